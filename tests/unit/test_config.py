@@ -1,0 +1,106 @@
+import dataclasses
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ulv_spark.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_local_conf_loads_with_absolute_paths():
+    cfg = load_config(REPO / "conf" / "local.yaml")
+    assert cfg.spark.master == "local[2]"
+    assert Path(cfg.lakehouse.root).is_absolute()
+    assert cfg.run.as_of == dt.date(2025, 10, 1)
+    assert cfg.train.use_gpu is False
+
+
+def test_databricks_conf_loads_with_managed_tables_and_gpu():
+    cfg = load_config(REPO / "conf" / "databricks.yaml")
+    assert cfg.lakehouse.root is None and cfg.lakehouse.catalog == "main"
+    assert cfg.train.use_gpu is True and cfg.train.local_mode is False
+    assert cfg.sources.orders.line_level is True
+    assert cfg.lakehouse.shared_dir == "/Volumes/main/ulv/shared"
+
+
+def test_config_is_frozen():
+    cfg = load_config(REPO / "conf" / "local.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.horizon_days = 3
+
+
+def test_unknown_key_names_key_and_file(write_conf):
+    path = write_conf("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"conf\.yaml: unknown key 'train\.epochz'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key(write_conf):
+    path = write_conf("train:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match=r"'train\.epochs' must be an integer, got 'three'"):
+        load_config(path)
+
+
+def test_bool_is_not_an_integer(write_conf):
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(write_conf("train:\n  epochs: true\n"))
+
+
+def test_missing_required_key_in_source(write_conf):
+    # a literal that is not one of the allowed formats
+    with pytest.raises(ConfigError, match=r"'sources\.orders\.format' must be one of"):
+        load_config(write_conf("sources:\n  orders:\n    format: xlsx\n"))
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_yaml_reports_line(write_conf):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line \d+\)"):
+        load_config(write_conf("run:\n  horizon_days: [1,\nx: {\n"))
+
+
+def test_overrides_are_typed_and_checked(write_conf):
+    path = write_conf("run:\n  horizon_days: 30\n")
+    cfg = load_config(path, ["run.horizon_days=60", "run.as_of=2024-05-01", "spark.extra={a: b}"])
+    assert cfg.run.horizon_days == 60 and cfg.run.as_of == dt.date(2024, 5, 1)
+    assert cfg.spark.extra == {"a": "b"}
+    with pytest.raises(ConfigError, match=r"with --set overrides\): 'run\.horizon_days' must be an integer"):
+        load_config(path, {"run.horizon_days": "x"})
+
+
+def test_extends_deep_merges(write_conf):
+    write_conf("train:\n  epochs: 9\n  batch_size: 8\n", name="base.yaml")
+    cfg = load_config(write_conf("extends: base.yaml\ntrain:\n  epochs: 2\n"))
+    assert (cfg.train.epochs, cfg.train.batch_size) == (2, 8)
+
+
+def test_run_date_defaults(write_conf):
+    cfg = load_config(write_conf("{}\n"))
+    assert cfg.run_date(dt.date(2020, 1, 2)) == dt.date(2020, 1, 2)
+    assert cfg.run_date() == dt.datetime.now(dt.timezone.utc).date()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochz: 3\n", "unknown key 'train.epochz'"),
+    ("spark:\n  shuffle_partitions: many\n", "'spark.shuffle_partitions' must be an integer"),
+])
+def test_cli_bad_conf_is_one_line_exit_2(write_conf, text, message):
+    path = write_conf(text)
+    proc = subprocess.run([sys.executable, "-m", "ulv_spark.cli", "tables", "--conf", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_conf_file_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ulv_spark.cli", "tables", "--conf", str(tmp_path / "x.yaml")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr

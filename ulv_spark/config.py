@@ -1,0 +1,395 @@
+"""Typed, frozen configuration loaded once from YAML.
+
+The YAML for an environment is parsed into the frozen dataclasses below. Unknown keys,
+missing required keys and wrong types fail at load time with a :class:`ConfigError` that
+names the key and the file. A file may start from another with ``extends: base.yaml``
+(resolved next to it, deep-merged). Command-line overrides use dotted keys
+(``--set train.epochs=2``) and are checked exactly like the file.
+
+Relative paths (lakehouse root, source paths, model and cache dirs) are resolved against the
+current working directory at load time so that every executor sees the same absolute path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SparkConf:
+    master: Optional[str] = "local[2]"  # None: keep what spark-submit / the cluster provides
+    app_name: str = "ulv_spark"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    ui_enabled: bool = False
+    log_level: str = "WARN"
+    extra: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
+
+
+@dataclass(frozen=True)
+class LakehouseConf:
+    root: Optional[str] = "lakehouse"  # None: managed tables (Databricks / Unity Catalog)
+    catalog: Optional[str] = None       # e.g. "main" on Unity Catalog
+    schema: str = "ulv"                 # database / schema holding every table
+    shared_dir: str = "lakehouse/_shared"  # storage every worker sees: caches, models, checkpoints
+
+
+@dataclass(frozen=True)
+class SourceConf:
+    """Where one input table comes from and how its columns map onto the contract."""
+
+    format: Literal["csv", "parquet", "json", "delta", "table", "preset"] = "csv"
+    path: Optional[str] = None          # file/dir path, Delta path, or metastore table name
+    options: dict[str, Any] = field(default_factory=dict)  # reader options (header, sep, ...)
+    columns: dict[str, str] = field(default_factory=dict)  # contract name -> source column
+    timestamp_format: Optional[str] = None  # e.g. "yyyyMMdd"; None = Spark's default parsing
+    line_level: bool = False             # one row per order line: aggregate to orders
+    return_id_prefix: Optional[str] = None  # order ids starting with this are returns/cancels
+    preset: Optional[str] = None         # e.g. "cdnow" (format: preset)
+
+
+@dataclass(frozen=True)
+class SourcesConf:
+    orders: Optional[SourceConf] = None
+    events: Optional[SourceConf] = None
+    campaign_exposures: Optional[SourceConf] = None
+    user_attributes: Optional[SourceConf] = None
+
+
+@dataclass(frozen=True)
+class IngestConf:
+    max_reject_share: float = 0.05  # fail (write nothing) when more rows than this are rejected
+
+
+@dataclass(frozen=True)
+class GenerateConf:
+    users: int = 20000
+    partitions: int = 4
+    seed: int = 7
+    start_date: dt.date = dt.date(2024, 1, 1)
+    end_date: dt.date = dt.date(2025, 12, 31)
+    output_dir: str = "lakehouse/raw"    # where the raw order log etc. are written (Parquet)
+    # buy-till-you-die parameters (BG/NBD: lambda ~ Gamma(r, alpha), p ~ Beta(a, b))
+    r: float = 0.6
+    alpha: float = 40.0
+    a: float = 0.8
+    b: float = 3.0
+    # Gamma-Gamma spend: per-order spend ~ Gamma(p, nu), nu ~ Gamma(q, gamma)
+    gg_p: float = 6.0
+    gg_q: float = 4.0
+    gg_gamma: float = 150.0
+    categories: int = 8
+    views_per_purchase: float = 4.0
+    campaign_date: Optional[dt.date] = None  # None: end_date - response window
+    campaign_arms: list[str] = field(default_factory=lambda: ["control", "coupon_10", "free_shipping"])
+    response_window_days: int = 30
+
+
+@dataclass(frozen=True)
+class FeaturesConf:
+    windows_days: list[int] = field(default_factory=lambda: [7, 30, 90, 180, 365])
+    sequence_length: int = 32
+    amount_buckets: list[float] = field(default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0])
+    gap_buckets_days: list[int] = field(default_factory=lambda: [1, 7, 30, 90, 180])
+    max_categories: int = 16            # categories beyond the top N share one token slot
+    training_origins: int = 3           # rolling origins D_k = D - H - k * step, k = 0..n-1
+    origin_step_days: int = 30
+
+
+@dataclass(frozen=True)
+class EncoderConf:
+    local_dir: Optional[str] = None     # a local transformers checkpoint dir; None = build from below
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConf:
+    model_dir: str = "lakehouse/_shared/models"  # versioned model directories go under here
+    checkpoint_dir: str = "lakehouse/_shared/checkpoints"
+    petastorm_cache: str = "lakehouse/_shared/petastorm"  # made a file:// URL when local
+    loader: Literal["petastorm", "arrow"] = "petastorm"
+    num_processes: int = 2
+    local_mode: bool = True
+    use_gpu: bool = False
+    batch_size: int = 256
+    epochs: int = 4
+    pretrain_epochs: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 2
+    validation_share: float = 0.2  # newest origins held out (time-based)
+    seed: int = 7
+    retrain_every_days: int = 7
+    mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"
+    encoder: EncoderConf = field(default_factory=EncoderConf)
+
+
+@dataclass(frozen=True)
+class ScoreConf:
+    batch_size: int = 4096
+    use_gpu: bool = False
+    margin: float = 0.3                 # share of incremental spend that is profit
+    arm_costs: dict[str, float] = field(default_factory=dict)  # cost of sending each arm
+    risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points
+
+
+@dataclass(frozen=True)
+class EvaluateConf:
+    report_dir: str = "lakehouse/_shared/reports"
+    origins: int = 1
+    uplift_top_share: float = 0.2
+
+
+@dataclass(frozen=True)
+class GatesConf:
+    max_reject_share: float = 0.05
+    max_user_count_change: float = 0.5    # relative change vs the previous night
+    max_null_feature_share: float = 0.2
+    max_score_psi: float = 0.25
+
+
+@dataclass(frozen=True)
+class NightlyConf:
+    evaluate: bool = False
+    generate_if_missing: bool = False
+
+
+@dataclass(frozen=True)
+class RunConf:
+    horizon_days: int = 90
+    as_of: Optional[dt.date] = None  # default run date; None = today (UTC)
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConf = field(default_factory=SparkConf)
+    lakehouse: LakehouseConf = field(default_factory=LakehouseConf)
+    run: RunConf = field(default_factory=RunConf)
+    sources: SourcesConf = field(default_factory=SourcesConf)
+    ingest: IngestConf = field(default_factory=IngestConf)
+    generate: GenerateConf = field(default_factory=GenerateConf)
+    features: FeaturesConf = field(default_factory=FeaturesConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    score: ScoreConf = field(default_factory=ScoreConf)
+    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    gates: GatesConf = field(default_factory=GatesConf)
+    nightly: NightlyConf = field(default_factory=NightlyConf)
+    source_file: Optional[str] = None  # set by load_config, not read from YAML
+
+    def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:
+        """The run date: the explicit one, else ``run.as_of``, else today (UTC)."""
+        return as_of or self.run.as_of or dt.datetime.now(dt.timezone.utc).date()
+
+
+# Keys whose values are filesystem paths and get resolved to absolute paths at load time.
+_PATH_KEYS = {
+    ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
+    ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"),
+    ("evaluate", "report_dir"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike | None = None, overrides: Optional[list[str] | dict[str, Any]] = None) -> Config:
+    """Load ``path`` (default ``conf/local.yaml``), apply dotted ``overrides``, validate.
+
+    Args:
+        path: the YAML file.
+        overrides: ``["train.epochs=2", ...]`` or ``{"train.epochs": 2}``.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key, missing required key, wrong type.
+    """
+    path = Path(path or os.environ.get("ULV_SPARK_CONF", "conf/local.yaml"))
+    raw = _read_yaml(path, seen=())
+    parsed = _parse_overrides(overrides)
+    where = str(path) + (" (with --set overrides)" if parsed else "")
+    for key, value in parsed.items():
+        _set_dotted(raw, key, value, where="--set " + key)
+    cfg = _build(Config, raw, prefix="", where=where)
+    cfg = _resolve_paths(cfg)
+    return dataclasses.replace(cfg, source_file=str(path.resolve()))
+
+
+def _read_yaml(path: Path, seen: tuple) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    base = _read_yaml((path.parent / base_name), seen + (path.resolve(),))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_overrides(overrides) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, _, text = item.partition("=")
+        parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return parsed
+
+
+def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_file"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known keys here: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], key, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key '{key}'")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, key: str, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, where)
+    if value is None:
+        raise ConfigError(f"{where}: '{key}' must not be empty")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    if tp is dt.date:
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise ConfigError(f"{where}: '{key}' must be a date YYYY-MM-DD, got {value!r}") from None
+    raise ConfigError(f"{where}: '{key}' has an unsupported type {tp}")  # pragma: no cover
+
+
+def _abs(path: Optional[str]) -> Optional[str]:
+    if path is None or "://" in path or path.startswith("dbfs:") or path.startswith("/Volumes"):
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def _resolve_paths(cfg: Config) -> Config:
+    sections = {}
+    for section, key in _PATH_KEYS:
+        sections.setdefault(section, {})[key] = _abs(getattr(getattr(cfg, section), key))
+    replaced = {s: dataclasses.replace(getattr(cfg, s), **vals) for s, vals in sections.items()}
+    sources = {}
+    for name in ("orders", "events", "campaign_exposures", "user_attributes"):
+        src = getattr(cfg.sources, name)
+        if src is not None and src.path and src.format not in ("table",):
+            sources[name] = dataclasses.replace(src, path=_abs(src.path))
+    replaced["sources"] = dataclasses.replace(cfg.sources, **sources)
+    return dataclasses.replace(cfg, **replaced)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as plain data (logged at job start, saved with each model)."""
+    def plain(value):
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+    return plain(dataclasses.asdict(cfg))

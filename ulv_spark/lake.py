@@ -1,0 +1,215 @@
+"""Every Delta read and write: create-from-contract, replace one partition, MERGE, time travel.
+
+Tables are addressed by :class:`TableRef`: a metastore name (``<catalog.>schema.table``) and,
+for the embedded lakehouse, a storage path. Locally the Spark catalog lives in memory, so
+:func:`attach` re-registers the existing Delta directories (and the ``latest_*`` views) in
+every new session; on Databricks the metastore keeps them and paths are usually None
+(managed tables).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ulv_spark.config import LakehouseConf
+from ulv_spark.schemas import AS_OF_DATE, RUN_ID, TableContract
+
+
+class SchemaMismatchError(ValueError):
+    """A DataFrame does not match the contract of the table it is written to."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    name: str                   # fully-qualified metastore name, e.g. "ulv.user_value"
+    path: Optional[str] = None  # storage location; None = managed table
+
+    @property
+    def schema_name(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+
+def _quote(name: str) -> str:
+    return ".".join(f"`{part}`" for part in name.split("."))
+
+
+def table_ref(lake: LakehouseConf, table: str) -> TableRef:
+    """The reference of logical table ``table`` (e.g. "orders") in the configured lakehouse."""
+    prefix = f"{lake.catalog}.{lake.schema}" if lake.catalog else lake.schema
+    path = str(Path(lake.root) / table) if lake.root else None
+    if lake.root and "://" in lake.root:
+        path = lake.root.rstrip("/") + "/" + table
+    return TableRef(f"{prefix}.{table}", path)
+
+
+def is_delta(spark, ref: TableRef) -> bool:
+    """True when the table exists (registered, or a Delta directory at its path)."""
+    from delta.tables import DeltaTable
+
+    if ref.path is not None:
+        return DeltaTable.isDeltaTable(spark, ref.path)
+    return spark.catalog.tableExists(ref.name)
+
+
+def _register(spark, ref: TableRef) -> None:
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ref.schema_name)}")
+    if ref.path is not None and not spark.catalog.tableExists(ref.name):
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {_quote(ref.name)} USING DELTA LOCATION '{ref.path}'")
+
+
+def ensure_table(spark, ref: TableRef, contract: TableContract):
+    """Create the table from its contract if it does not exist; return its DeltaTable.
+
+    The contract supplies the table comment, every column's type, nullability and comment, and
+    the partition columns, so the table documents itself in ``DESCRIBE TABLE EXTENDED``.
+    """
+    from delta.tables import DeltaTable
+
+    if is_delta(spark, ref):
+        _register(spark, ref)
+        return DeltaTable.forName(spark, ref.name)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ref.schema_name)}")
+    builder = DeltaTable.createIfNotExists(spark).tableName(ref.name).comment(contract.comment)
+    for col in contract.columns:
+        builder = builder.addColumn(col.name, col.type, nullable=col.nullable, comment=col.comment)
+    if contract.partition_by:
+        builder = builder.partitionedBy(*contract.partition_by)
+    if ref.path is not None:
+        builder = builder.location(ref.path)
+    return builder.execute()
+
+
+def conform(df, contract: TableContract):
+    """Select the contract's columns in order, cast to their types; fail on missing/extra ones."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in contract.column_names if c not in df.columns]
+    if missing:
+        raise SchemaMismatchError(f"{contract.name}: missing column(s) {missing}; got {df.columns}")
+    extra = [c for c in df.columns if c not in contract.column_names]
+    if extra and not contract.extra_columns:
+        raise SchemaMismatchError(f"{contract.name}: column(s) not in the contract {extra}")
+    cols = [F.col(c.name).cast(c.type).alias(c.name) for c in contract.columns]
+    return df.select(*cols, *[F.col(c) for c in extra])
+
+
+def _writer(df, ref: TableRef):
+    return df.write.format("delta")
+
+
+
+def _save(writer, ref: TableRef) -> None:
+    if ref.path is not None:
+        writer.save(ref.path)
+    else:
+        writer.saveAsTable(ref.name)
+
+
+def write_partition(spark, df, ref: TableRef, contract: TableContract, *, as_of: dt.date,
+                    partition_col: str = AS_OF_DATE) -> None:
+    """Replace exactly the ``partition_col = as_of`` partition with ``df`` (one transaction).
+
+    Re-running a date replaces that partition only; readers see the old version until commit.
+    Rows of ``df`` outside the partition make Delta fail the write (nothing is replaced).
+    """
+    ensure_table(spark, ref, contract)
+    data = conform(df, contract)
+    writer = (_writer(data, ref).mode("overwrite")
+              .option("replaceWhere", f"{partition_col} = DATE'{as_of.isoformat()}'"))
+    _save(writer, ref)
+
+
+def append(spark, df, ref: TableRef, contract: TableContract) -> None:
+    """Append ``df`` (e.g. reject rows, evaluation metrics)."""
+    ensure_table(spark, ref, contract)
+    _save(_writer(conform(df, contract), ref).mode("append"), ref)
+
+
+def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iterable[str]] = None) -> dict:
+    """MERGE ``df`` into the table on ``keys`` (default: the contract's keys).
+
+    New keys are inserted; existing keys are updated only when a column other than run_id
+    changed, so merging the same input twice leaves identical contents. Returns Delta's
+    operation metrics (numTargetRowsInserted, numTargetRowsUpdated, ...).
+    """
+    from delta.tables import DeltaTable
+
+    keys = list(keys or contract.keys)
+    if not keys:
+        raise ValueError(f"{contract.name}: MERGE needs key columns")
+    ensure_table(spark, ref, contract)
+    data = conform(df, contract)
+    target = DeltaTable.forName(spark, ref.name)
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    value_cols = [c for c in data.columns if c not in keys and c != RUN_ID]
+    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
+    builder = target.alias("t").merge(data.alias("s"), on)
+    if contract.extra_columns and hasattr(builder, "withSchemaEvolution"):
+        builder = builder.withSchemaEvolution()
+        existing = set(spark.table(ref.name).columns)
+        changed = " OR ".join(
+            f"NOT (t.`{c}` <=> s.`{c}`)" if c in existing else "true" for c in value_cols) or "false"
+    builder.whenMatchedUpdateAll(condition=changed).whenNotMatchedInsertAll().execute()
+    return last_operation_metrics(spark, ref)
+
+
+def last_operation_metrics(spark, ref: TableRef) -> dict:
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forName(spark, ref.name).history(1).select("operationMetrics").first()
+    return dict(row["operationMetrics"] or {}) if row else {}
+
+
+def read_table(spark, ref: TableRef, *, version: Optional[int] = None, as_of_date: Optional[dt.date] = None):
+    """Read the table, optionally as of a Delta ``version`` and/or one ``as_of_date`` partition."""
+    from pyspark.sql import functions as F
+
+    _register(spark, ref)
+    if version is not None:
+        reader = spark.read.format("delta").option("versionAsOf", version)
+        df = reader.load(ref.path) if ref.path is not None else reader.table(ref.name)
+    else:
+        df = spark.table(ref.name)
+    if as_of_date is not None:
+        df = df.filter(F.col(AS_OF_DATE) == F.lit(as_of_date))
+    return df
+
+
+def current_version(spark, ref: TableRef) -> Optional[int]:
+    """The newest Delta version of the table, or None when it does not exist."""
+    from delta.tables import DeltaTable
+
+    if not is_delta(spark, ref):
+        return None
+    _register(spark, ref)
+    return int(DeltaTable.forName(spark, ref.name).history(1).select("version").first()[0])
+
+
+def create_latest_view(spark, ref: TableRef, view_name: Optional[str] = None) -> str:
+    """``latest_<table>``: the rows of the newest as_of_date. Returns the view's name."""
+    table = ref.name.rsplit(".", 1)[1]
+    view = view_name or f"{ref.schema_name}.latest_{table}"
+    spark.sql(
+        f"CREATE OR REPLACE VIEW {_quote(view)} AS SELECT * FROM {_quote(ref.name)} "
+        f"WHERE {AS_OF_DATE} = (SELECT max({AS_OF_DATE}) FROM {_quote(ref.name)})")
+    return view
+
+
+def attach(spark, lake: LakehouseConf, tables: Iterable[str], views_for: Iterable[str] = ()) -> list[str]:
+    """Register the existing Delta tables ``tables`` (logical names) and their latest_* views.
+
+    Needed once per session where the catalog lives in memory (local Spark); harmless on a
+    persistent metastore. Returns the names registered.
+    """
+    names = []
+    with_views = set(views_for)
+    for table in tables:
+        ref = table_ref(lake, table)
+        if is_delta(spark, ref):
+            _register(spark, ref)
+            names.append(ref.name)
+            if table in with_views:
+                names.append(create_latest_view(spark, ref))
+    return names

@@ -1,0 +1,246 @@
+"""Table contracts: one per Delta table, with columns, types, nullability and comments.
+
+`lake.ensure_table` turns a contract into a self-documenting Delta table and
+`lake.write_*` check a DataFrame against it before writing, so schema drift fails loudly.
+Column names reused across modules live here as constants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Column names used across modules.
+USER_ID = "user_id"
+AS_OF_DATE = "as_of_date"
+RUN_ID = "run_id"
+MODEL_VERSION = "model_version"
+REJECT_REASON = "reject_reason"
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    type: str  # Spark SQL type, e.g. "STRING", "DOUBLE", "ARRAY<INT>"
+    nullable: bool = True
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class TableContract:
+    name: str                      # logical name; the metastore name is <catalog.>schema.name
+    comment: str                   # grain, key, meaning of as_of_date, producing job
+    columns: tuple[Col, ...]
+    partition_by: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()     # unique key (MERGE key for bronze tables)
+    extra_columns: bool = False    # True: columns beyond the contract are kept (user_attributes)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def ddl(self) -> str:
+        """`name TYPE [NOT NULL], ...` for createDataFrame / from_json."""
+        return ", ".join(f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns)
+
+    def col(self, name: str) -> Col:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+
+def _c(name: str, type_: str, comment: str, nullable: bool = True) -> Col:
+    return Col(name, type_, nullable, comment)
+
+
+def _run_cols() -> tuple[Col, ...]:
+    return (_c(MODEL_VERSION, "STRING", "Version of the model directory that produced the row", False),
+            _c(RUN_ID, "STRING", "Id of the job run that wrote the row", False))
+
+
+# --------------------------------------------------------------------------------------------
+# Bronze: what ingest writes
+# --------------------------------------------------------------------------------------------
+ORDERS = TableContract(
+    name="orders",
+    comment=("Bronze order log. Grain: one row per order (order lines aggregated); returns and "
+             "cancellations are their own rows with is_return = true and negative amount. "
+             "Key: order_id. Written by jobs/ingest.py with MERGE on order_id."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id as given by the source", False),
+        _c("order_id", "STRING", "Order id (unique); for line-level sources the invoice id", False),
+        _c("order_ts", "TIMESTAMP", "Order time (UTC)", False),
+        _c("order_date", "DATE", "Calendar date of order_ts (UTC)", False),
+        _c("amount", "DOUBLE", "Net order value in the source currency; negative for returns", False),
+        _c("quantity", "DOUBLE", "Total units in the order; negative for returns"),
+        _c("n_lines", "INT", "Number of source lines aggregated into this order", False),
+        _c("category", "STRING", "Main category of the order (category of the largest line)"),
+        _c("discount", "DOUBLE", "Discount granted on the order, same currency as amount"),
+        _c("is_return", "BOOLEAN", "True for returns and cancellations", False),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("order_id",),
+)
+
+EVENTS = TableContract(
+    name="events",
+    comment=("Bronze behaviour events (views, carts, searches...). Grain: one row per event. "
+             "Key: event_id (hash of user, time, type, product). Written by jobs/ingest.py with MERGE."),
+    columns=(
+        _c("event_id", "STRING", "Deterministic hash of user_id, event_ts, event_type, product_id, session_id", False),
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c("event_ts", "TIMESTAMP", "Event time (UTC)", False),
+        _c("event_date", "DATE", "Calendar date of event_ts (UTC)", False),
+        _c("event_type", "STRING", "Event type, lower case (view, add_to_cart, search, ...)", False),
+        _c("product_id", "STRING", "Product involved, if any"),
+        _c("category", "STRING", "Category of the product, if known"),
+        _c("session_id", "STRING", "Session id, if known"),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("event_id",),
+)
+
+CAMPAIGN_EXPOSURES = TableContract(
+    name="campaign_exposures",
+    comment=("Bronze campaign exposures. Grain: one row per (user_id, campaign_id). The arm named "
+             "'control' (or flagged is_control) is the hold-out. Observed outcome columns, when "
+             "present, win over outcomes derived from orders. Written by jobs/ingest.py with MERGE."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c("campaign_id", "STRING", "Campaign id", False),
+        _c("arm", "STRING", "Arm the user was assigned to (one arm is the control)", False),
+        _c("is_control", "BOOLEAN", "True for the hold-out arm", False),
+        _c("exposed_ts", "TIMESTAMP", "When the user was exposed / assigned (UTC)", False),
+        _c("response_window_days", "INT", "Days after exposure in which a response counts"),
+        _c("observed_converted", "BOOLEAN", "Observed conversion in the response window, if the source has it"),
+        _c("observed_value", "DOUBLE", "Observed spend in the response window, if the source has it"),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("user_id", "campaign_id"),
+)
+
+USER_ATTRIBUTES = TableContract(
+    name="user_attributes",
+    comment=("Bronze user attributes (CRM segment, channel, region ...). Grain: one row per user_id. "
+             "Columns beyond user_id come from the source. Written by jobs/ingest.py with MERGE."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=(USER_ID,),
+    extra_columns=True,
+)
+
+
+def rejects_contract(table: TableContract) -> TableContract:
+    """Quarantine table `<table>_rejects`: the offending row as text plus why and when."""
+    return TableContract(
+        name=f"{table.name}_rejects",
+        comment=(f"Rows of the {table.name} source that broke its contract. Grain: one row per "
+                 f"rejected source row and run. Written by jobs/ingest.py (append)."),
+        columns=(
+            _c("raw", "STRING", "The source row as JSON, with the source's own column names", False),
+            _c(USER_ID, "STRING", "Mapped user id as text (may be null: that can be the reason)"),
+            _c(REJECT_REASON, "STRING", "Why the row was rejected (e.g. null_user_id, bad_timestamp)", False),
+            _c(RUN_ID, "STRING", "Id of the ingest run", False),
+            _c("rejected_at", "TIMESTAMP", "When the row was rejected (UTC)", False),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Gold: scores (what SQL consumers read)
+# --------------------------------------------------------------------------------------------
+USER_VALUE = TableContract(
+    name="user_value",
+    comment=("Predicted customer value over the next horizon_days. Grain: one row per (user_id, "
+             "as_of_date); every user with features for the date. as_of_date: only data strictly "
+             "before it was used. Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c("horizon_days", "INT", "Prediction horizon in days, starting at as_of_date", False),
+        _c("expected_value", "DOUBLE", "Expected spend in [as_of_date, as_of_date + horizon_days)", False),
+        _c("p_purchase", "DOUBLE", "Probability of at least one purchase in the horizon", False),
+        _c("value_p10", "DOUBLE", "10th percentile of spend in the horizon", False),
+        _c("value_p90", "DOUBLE", "90th percentile of spend in the horizon", False),
+        _c("value_decile", "INT", "Decile of expected_value among users of the date (1 = top)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+)
+
+USER_CHURN = TableContract(
+    name="user_churn",
+    comment=("Churn risk: probability of no purchase in the next horizon_days. Grain: one row per "
+             "(user_id, as_of_date). Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c("horizon_days", "INT", "Horizon in days, starting at as_of_date", False),
+        _c("churn_probability", "DOUBLE", "Probability of no purchase in the horizon", False),
+        _c("risk_tier", "STRING", "low / medium / high, by the cut points in conf (score.risk_tiers)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+)
+
+PROMO_UPLIFT = TableContract(
+    name="promo_uplift",
+    comment=("Incremental effect of sending each campaign arm vs the control. Grain: one row per "
+             "(user_id, as_of_date, campaign_id, arm) for every non-control arm. Written nightly by "
+             "jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c("campaign_id", "STRING", "Campaign the arm belongs to", False),
+        _c("arm", "STRING", "Treatment arm", False),
+        _c("uplift_conversion", "DOUBLE", "P(convert | arm) - P(convert | control) in the response window", False),
+        _c("uplift_value", "DOUBLE", "E[spend | arm] - E[spend | control] in the response window", False),
+        _c("expected_profit", "DOUBLE", "uplift_value * margin - cost of the arm (conf: score.margin, score.arm_costs)", False),
+        _c("recommended", "BOOLEAN", "True when this arm has the highest positive expected_profit for the user", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+)
+
+USER_SEGMENTS = TableContract(
+    name="user_segments",
+    comment=("Value x churn segment per user. Grain: one row per (user_id, as_of_date). Segments: "
+             "champion, at_risk_high_value, promising, needs_attention, hibernating, lost. "
+             "Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date", False),
+        _c("segment", "STRING", "Segment name from the value x churn grid", False),
+        _c("value_band", "STRING", "high / mid / low expected value (deciles 1-2 / 3-6 / 7-10)", False),
+        _c("churn_band", "STRING", "Churn risk tier (low / medium / high)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+)
+
+EVALUATION_METRICS = TableContract(
+    name="evaluation_metrics",
+    comment=("Backtest metrics. Grain: one row per (run_id, split, method, metric). Written by "
+             "jobs/evaluate.py (append per run)."),
+    columns=(
+        _c("dataset", "STRING", "Data set evaluated (e.g. cdnow, synthetic, lakehouse)", False),
+        _c("split", "STRING", "Backtest split, e.g. origin=1997-10-01/h=273", False),
+        _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, oracle", False),
+        _c("metric", "STRING", "Metric name, e.g. value_gini, churn_auc, qini", False),
+        _c("value", "DOUBLE", "Metric value"),
+        _c(AS_OF_DATE, "DATE", "Run date of the evaluation", False),
+        _c(RUN_ID, "STRING", "Id of the evaluation run", False),
+    ),
+)
+
+OUTPUT_CONTRACTS = (USER_VALUE, USER_CHURN, PROMO_UPLIFT, USER_SEGMENTS)
+
+
+def find_contract(name: str) -> Optional[TableContract]:
+    """The contract with logical name `name`, among those defined in this module."""
+    for value in globals().values():
+        if isinstance(value, TableContract) and value.name == name:
+            return value
+    return None
