@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.10",
     "scikit-learn>=1.3",
     "pyyaml>=6",
+    "matplotlib>=3.8",
 ]
 
 EXTRAS = {
@@ -27,9 +28,7 @@ EXTRAS = {
         "nbformat>=5.9",
         "nbclient>=0.10",
         "ipykernel>=6.29",
-        "matplotlib>=3.8",
     ],
-    "report": ["matplotlib>=3.8"],
     "mlflow": ["mlflow-skinny>=2.10"],
 }
 

@@ -29,7 +29,7 @@ def spark(spark_root):
     from ulv_spark.spark import get_spark
 
     session = get_spark(
-        SparkConf(master="local[2]", app_name="ulv_spark_tests", shuffle_partitions=2, driver_memory="3g",
+        SparkConf(master="local[2]", app_name="ulv_spark_tests", shuffle_partitions=2, driver_memory="2g",
                   extra={"spark.sql.adaptive.coalescePartitions.enabled": "true",
                          "spark.databricks.delta.snapshotPartitions": "1"}),
         LakehouseConf(root=str(spark_root / "lakehouse"), schema="ulv_test"))

@@ -16,6 +16,41 @@ RUN_ID = "run_id"
 MODEL_VERSION = "model_version"
 REJECT_REASON = "reject_reason"
 
+# user_features / training_examples columns shared by features, train, score and evaluate.
+ORIGIN_DATE = "origin_date"          # training_examples: the past as-of date D_k of the example
+HORIZON_DAYS = "horizon_days"
+SEQ_TOKENS = "seq_tokens"            # ARRAY<INT>, fixed length L (features.sequence_length), PAD = 0
+SEQ_MASK = "seq_mask"                # ARRAY<INT>, 1 where seq_tokens holds an event, else 0
+LABEL_VALUE = "label_value"          # spend in [origin_date, origin_date + H) (net of returns, >= 0)
+LABEL_PURCHASES = "label_purchases"  # number of purchase orders in the window
+LABEL_CHURNED = "label_churned"      # 1 when no purchase in the window, else 0
+CAMPAIGN_ID = "campaign_id"          # campaign whose exposure fell in the window (null: none)
+ARM = "arm"                          # arm the user received in that campaign (null: none)
+IS_CONTROL = "is_control"            # true when `arm` is the campaign's control
+LABEL_CONVERTED = "label_converted"  # 1/0 purchase in the campaign's response window (null: no exposure)
+LABEL_RESPONSE_VALUE = "label_response_value"  # spend in the response window (null: no exposure)
+
+# Columns of user_features / training_examples that are not tabular model inputs. Every other
+# numeric column is a tabular feature (see feature_columns), so joined user attributes and new
+# features reach the model without code changes; the model stores the list it was trained on.
+NON_FEATURE_COLUMNS = frozenset({
+    USER_ID, AS_OF_DATE, ORIGIN_DATE, HORIZON_DAYS, SEQ_TOKENS, SEQ_MASK, LABEL_VALUE,
+    LABEL_PURCHASES, LABEL_CHURNED, CAMPAIGN_ID, ARM, IS_CONTROL, LABEL_CONVERTED,
+    LABEL_RESPONSE_VALUE, RUN_ID, MODEL_VERSION,
+})
+_NUMERIC_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "boolean")
+
+
+def feature_columns(schema) -> list[str]:
+    """Tabular feature columns of a user_features / training_examples schema, in table order.
+
+    Args:
+        schema: a pyspark StructType, or a list of (name, simpleString type) pairs.
+    """
+    pairs = [(f.name, f.dataType.simpleString()) for f in schema.fields] if hasattr(schema, "fields") else list(schema)
+    return [name for name, type_ in pairs
+            if name not in NON_FEATURE_COLUMNS and type_.lower().startswith(_NUMERIC_TYPES)]
+
 
 @dataclass(frozen=True)
 class Col:
