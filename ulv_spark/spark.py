@@ -36,8 +36,9 @@ def get_spark(spark_cfg: SparkConf, lake_cfg: Optional[LakehouseConf] = None):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: its --master wins
     builder = SparkSession.builder.appName(spark_cfg.app_name)
-    if spark_cfg.master:
+    if spark_cfg.master and not submitted:
         builder = builder.master(spark_cfg.master)
     settings = {
         "spark.sql.extensions": DELTA_EXTENSION,
@@ -62,7 +63,7 @@ def get_spark(spark_cfg: SparkConf, lake_cfg: Optional[LakehouseConf] = None):
     for key, value in settings.items():
         builder = builder.config(key, value)
 
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+    if not submitted:
         # In-process JVM: let delta-spark add its jar (resolved from ~/.m2 after `make setup`).
         from delta import configure_spark_with_delta_pip
 
