@@ -1,0 +1,150 @@
+"""Pure pandas batch -> pandas batch inference around the trained model (no Spark here).
+
+`predict_batch` is what the Spark wrapper (`score/udf.py`) runs on every Arrow batch; it can be
+called directly on a pandas frame, which is how it is tested and benchmarked. The model itself
+comes from the training team (`train/artifacts.load_model`, `train/model.predict_arrays`).
+
+Input batch grain: one row per user, columns `user_id`, `seq_tokens`, `seq_mask` (sequences of
+ints of the model's `seq_len`) and every column of `meta.feature_columns` (numbers; NaN/None
+allowed). Output grain: one row per input row, same order, columns `PREDICTION_SCHEMA`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
+
+# Columns the model adds per user (the staging table `score_predictions` holds them).
+EXPECTED_VALUE = "expected_value"
+P_PURCHASE = "p_purchase"
+VALUE_P10 = "value_p10"
+VALUE_P90 = "value_p90"
+CHURN_PROBABILITY = "churn_probability"
+ARM_CONVERSION = "arm_conversion"   # ARRAY<DOUBLE>: P(convert | arm) for meta.arms, control first
+ARM_VALUE = "arm_value"             # ARRAY<DOUBLE>: E[spend | arm] for meta.arms, control first
+
+SCALAR_OUTPUTS = (EXPECTED_VALUE, P_PURCHASE, VALUE_P10, VALUE_P90, CHURN_PROBABILITY)
+ARM_OUTPUTS = (ARM_CONVERSION, ARM_VALUE)
+PREDICTION_SCHEMA = (f"{USER_ID} STRING, " + ", ".join(f"{c} DOUBLE" for c in SCALAR_OUTPUTS)
+                     + ", " + ", ".join(f"{c} ARRAY<DOUBLE>" for c in ARM_OUTPUTS))
+_NUMERIC_PREFIXES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "boolean")
+
+
+def input_columns(meta) -> list[str]:
+    """Columns of user_features that `predict_batch` reads, in the order it expects them."""
+    return [USER_ID, SEQ_TOKENS, SEQ_MASK, *meta.feature_columns]
+
+
+def _stack_sequences(values: pd.Series, seq_len: int, name: str) -> np.ndarray:
+    """(B, seq_len) int64 array from a column of int sequences; a null sequence becomes all PAD (0)."""
+    out = np.zeros((len(values), seq_len), dtype=np.int64)
+    for i, seq in enumerate(values):
+        if seq is None or (isinstance(seq, float) and np.isnan(seq)):
+            continue
+        arr = np.asarray(seq, dtype=np.int64)
+        if arr.shape != (seq_len,):
+            raise ValueError(f"{name} of row {i} has length {arr.shape[0] if arr.ndim else 0}, "
+                             f"the model expects seq_len={seq_len}")
+        out[i] = arr
+    return out
+
+
+def batch_to_arrays(pdf: pd.DataFrame, meta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's inputs for one batch: tokens (B, L) int64, mask (B, L) int64, tabular (B, F) float32.
+
+    Tabular values stay raw (the model standardises with the mean/std stored in `meta`); nulls
+    become NaN, which the model is documented to accept.
+
+    Raises:
+        ValueError: a column is missing or a sequence has the wrong length.
+    """
+    missing = [c for c in input_columns(meta) if c not in pdf.columns]
+    if missing:
+        raise ValueError(f"batch lacks column(s) {missing} the model needs")
+    tokens = _stack_sequences(pdf[SEQ_TOKENS], meta.seq_len, SEQ_TOKENS)
+    mask = _stack_sequences(pdf[SEQ_MASK], meta.seq_len, SEQ_MASK)
+    tabular = np.empty((len(pdf), len(meta.feature_columns)), dtype=np.float32)
+    for j, col in enumerate(meta.feature_columns):
+        # to_numeric turns None/pd.NA into NaN for object columns (e.g. nullable booleans)
+        tabular[:, j] = pd.to_numeric(pdf[col], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+    return tokens, mask, tabular
+
+
+def outputs_to_frame(user_ids: Sequence, outputs: Mapping[str, np.ndarray], n_arms: int) -> pd.DataFrame:
+    """The prediction frame (columns of `PREDICTION_SCHEMA`) from `predict_arrays`' outputs.
+
+    With no arms, the arm columns hold empty lists, so the schema never depends on the model.
+    """
+    n = len(user_ids)
+    frame = {USER_ID: np.asarray(user_ids, dtype=object)}
+    for col in SCALAR_OUTPUTS:
+        values = np.asarray(outputs[col], dtype=np.float64).reshape(-1)
+        if values.shape[0] != n:
+            raise ValueError(f"model output {col} has {values.shape[0]} rows for a batch of {n}")
+        frame[col] = values
+    key_for = {ARM_CONVERSION: "arm_conversion", ARM_VALUE: "arm_value"}
+    for col in ARM_OUTPUTS:
+        raw = outputs.get(key_for[col])
+        values = (np.zeros((n, 0)) if raw is None or n_arms == 0
+                  else np.asarray(raw, dtype=np.float64).reshape(n, n_arms))
+        frame[col] = list(values)
+    return pd.DataFrame(frame)
+
+
+def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu") -> pd.DataFrame:
+    """Score one batch of users: pandas frame of features in, pandas frame of predictions out.
+
+    Grain: one output row per input row, in the same order.
+
+    Args:
+        pdf: user_id, seq_tokens, seq_mask and every column of meta.feature_columns.
+        model: the module returned by `train.artifacts.load_model`.
+        meta: its `ModelMeta`.
+        device: torch device string ("cpu", "cuda", "cuda:1").
+
+    Returns:
+        Columns user_id, expected_value, p_purchase, value_p10, value_p90, churn_probability,
+        arm_conversion, arm_value (lists of len(meta.arms), control first).
+    """
+    from ulv_spark.train.model import predict_arrays
+
+    if len(pdf) == 0:
+        return outputs_to_frame([], {c: np.zeros(0) for c in SCALAR_OUTPUTS}, 0)
+    tokens, mask, tabular = batch_to_arrays(pdf, meta)
+    outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
+    return outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
+
+
+def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tuple[Optional[int], Optional[int]],
+                           vocab_fingerprint: Optional[str]) -> list[str]:
+    """Why the model cannot score this feature table (empty list: it can).
+
+    Args:
+        meta: the model's `ModelMeta`.
+        columns: column name -> Spark simpleString type of the user_features table.
+        seq_lengths: (min, max) length of seq_tokens over the rows to score (None: no rows).
+        vocab_fingerprint: fingerprint of the token vocabulary the features were built with.
+    """
+    problems = []
+    for seq_col in (SEQ_TOKENS, SEQ_MASK):
+        if seq_col not in columns:
+            problems.append(f"user_features has no {seq_col} column")
+    missing = [c for c in meta.feature_columns if c not in columns]
+    if missing:
+        problems.append(f"feature column(s) the model was trained on are missing from user_features: {missing}")
+    not_numeric = [c for c in meta.feature_columns
+                   if c in columns and not columns[c].lower().startswith(_NUMERIC_PREFIXES)]
+    if not_numeric:
+        problems.append(f"feature column(s) are not numeric in user_features: "
+                        f"{ {c: columns[c] for c in not_numeric} }")
+    low, high = seq_lengths
+    if low is not None and (low != meta.seq_len or high != meta.seq_len):
+        problems.append(f"sequence length differs: model seq_len={meta.seq_len}, "
+                        f"user_features seq_tokens length {low}..{high}")
+    if vocab_fingerprint != meta.vocab_fingerprint:
+        problems.append(f"token vocabulary differs: model vocab_fingerprint={meta.vocab_fingerprint!r}, "
+                        f"features vocabulary_fingerprint={vocab_fingerprint!r}")
+    return problems
