@@ -145,11 +145,24 @@ class TrainConf:
 
 @dataclass(frozen=True)
 class ScoreConf:
-    batch_size: int = 4096
-    use_gpu: bool = False
+    batch_size: int = 4096              # rows per Arrow batch fed to the model (arrow.maxRecordsPerBatch)
+    use_gpu: bool = False               # score on the task's GPU when CUDA is available (else CPU)
     margin: float = 0.3                 # share of incremental spend that is profit
     arm_costs: dict[str, float] = field(default_factory=dict)  # cost of sending each arm
-    risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points
+    risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points low|medium|high
+    model_version: Optional[str] = None  # model dir name under train.model_dir (or a path); None = latest
+    rank_buckets: int = 64              # value buckets ranked in parallel for exact deciles (1 = one global window)
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'score.{key}' {what}")
+
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.rank_buckets >= 1, "rank_buckets", f"must be >= 1, got {self.rank_buckets}")
+        need(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
+        need(len(self.risk_tiers) == 2 and 0.0 < self.risk_tiers[0] < self.risk_tiers[1] < 1.0, "risk_tiers",
+             f"must be two increasing probabilities in (0, 1), got {self.risk_tiers}")
 
 
 @dataclass(frozen=True)
