@@ -102,13 +102,43 @@ class GenerateConf:
 
 @dataclass(frozen=True)
 class FeaturesConf:
-    windows_days: list[int] = field(default_factory=lambda: [7, 30, 90, 180, 365])
-    sequence_length: int = 32
-    amount_buckets: list[float] = field(default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0])
-    gap_buckets_days: list[int] = field(default_factory=lambda: [1, 7, 30, 90, 180])
-    max_categories: int = 16            # categories beyond the top N share one token slot
+    windows_days: list[int] = field(default_factory=lambda: [7, 30, 90, 180, 365])  # orders/spend/events in [D - w, D)
+    sequence_length: int = 32           # L: last L orders + events per user as tokens (padded with 0)
+    amount_buckets: list[float] = field(default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0])  # |amount| cut points of a token
+    gap_buckets_days: list[int] = field(default_factory=lambda: [1, 7, 30, 90, 180])  # days-since-previous-event cut points of a token
+    max_categories: int = 16            # category slots of a token: xxhash64(category) mod N (+ one slot for none)
     training_origins: int = 3           # rolling origins D_k = D - H - k * step, k = 0..n-1
     origin_step_days: int = 30
+    # Behaviour event types (lower case) with their own token and count column; other types -> UNK token.
+    event_types: list[str] = field(default_factory=lambda: ["view", "add_to_cart", "search"])
+    view_event_type: str = "view"       # event type counted as a view for view->purchase conversion
+    default_response_window_days: int = 30  # campaign response window when an exposure has none
+    # Categorical user attributes to one-hot encode: column -> values (attr_<col>_<value>); other
+    # string attributes are left out so the table schema never depends on the data.
+    attribute_onehot: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'features.{key}' {what}")
+
+        def increasing(values) -> bool:
+            return all(b > a for a, b in zip(values, values[1:]))
+
+        need(bool(self.windows_days) and min(self.windows_days) > 0 and increasing(self.windows_days),
+             "windows_days", f"must be positive and strictly increasing, got {self.windows_days}")
+        need(self.sequence_length >= 1, "sequence_length", "must be >= 1")
+        need(min(self.amount_buckets, default=1.0) > 0 and increasing(self.amount_buckets),
+             "amount_buckets", f"must be positive and strictly increasing, got {self.amount_buckets}")
+        need(min(self.gap_buckets_days, default=1) > 0 and increasing(self.gap_buckets_days),
+             "gap_buckets_days", f"must be positive and strictly increasing, got {self.gap_buckets_days}")
+        need(self.max_categories >= 1, "max_categories", "must be >= 1")
+        need(self.training_origins >= 1, "training_origins", "must be >= 1")
+        need(self.origin_step_days >= 1, "origin_step_days", "must be >= 1")
+        need(self.default_response_window_days >= 1, "default_response_window_days", "must be >= 1")
+        names = [t.strip().lower() for t in self.event_types]
+        need(all(names) and len(set(names)) == len(names) and not {"purchase", "return"} & set(names),
+             "event_types", f"must be distinct non-empty names other than purchase/return, got {self.event_types}")
 
 
 @dataclass(frozen=True)
