@@ -182,6 +182,7 @@ class ScoreConf:
     risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points low|medium|high
     model_version: Optional[str] = None  # model dir name under train.model_dir (or a path); None = latest
     rank_buckets: int = 64              # value buckets ranked in parallel for exact deciles (1 = one global window)
+    partitions: int = 0                 # spread users over N scoring tasks first; 0 = the table's own splits
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -190,6 +191,7 @@ class ScoreConf:
 
         need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         need(self.rank_buckets >= 1, "rank_buckets", f"must be >= 1, got {self.rank_buckets}")
+        need(self.partitions >= 0, "partitions", f"must be >= 0, got {self.partitions}")
         need(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
         need(len(self.risk_tiers) == 2 and 0.0 < self.risk_tiers[0] < self.risk_tiers[1] < 1.0, "risk_tiers",
              f"must be two increasing probabilities in (0, 1), got {self.risk_tiers}")

@@ -255,6 +255,26 @@ USER_SEGMENTS = TableContract(
     keys=(USER_ID, AS_OF_DATE),
 )
 
+SCORE_PREDICTIONS = TableContract(
+    name="score_predictions",
+    comment=("Staging: raw model outputs per user, computed once per run so the four score tables "
+             "derive from the same rows. Grain: one row per (user_id, as_of_date). arm_* arrays follow "
+             "the arms of model_version (control first). Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c("expected_value", "DOUBLE", "Expected spend in the horizon", False),
+        _c("p_purchase", "DOUBLE", "Probability of at least one purchase in the horizon", False),
+        _c("value_p10", "DOUBLE", "10th percentile of spend in the horizon", False),
+        _c("value_p90", "DOUBLE", "90th percentile of spend in the horizon", False),
+        _c("churn_probability", "DOUBLE", "Probability of no purchase in the horizon", False),
+        _c("arm_conversion", "ARRAY<DOUBLE>", "P(convert | arm) per model arm, control first", False),
+        _c("arm_value", "ARRAY<DOUBLE>", "E[spend | arm] in the response window per model arm, control first", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+)
+
 EVALUATION_METRICS = TableContract(
     name="evaluation_metrics",
     comment=("Backtest metrics. Grain: one row per (run_id, split, method, metric). Written by "
