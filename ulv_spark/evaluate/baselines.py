@@ -1,0 +1,327 @@
+"""The established baselines the model is compared with, as small fit/predict objects.
+
+Every method works on pandas frames with one row per user (features at an origin date plus,
+for training, the labels of the following horizon) and follows one protocol:
+
+* ``name``: the method's name in the metrics table;
+* ``fits_on``: ``"train"`` (supervised: examples whose labels are known before the evaluation
+  origin) or ``"calibration"`` (BG/NBD: the calibration-period RFM of the users scored; it never
+  sees a label);
+* ``fit(frame) -> self`` and ``predict(frame) -> DataFrame`` with ``user_id`` and any of
+  ``expected_value``, ``p_purchase``, ``churn_probability`` and, per treatment arm,
+  ``uplift_conversion:<arm>`` / ``uplift_value:<arm>`` (see :func:`uplift_column`).
+
+lifetimes and scikit-learn are single-node libraries, so these frames live on the driver;
+the backtest collects only the columns the methods need (see backtest.py).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_RESPONSE_VALUE,
+                               LABEL_VALUE, NON_FEATURE_COLUMNS, USER_ID)
+
+# RFM columns of user_features (lifetimes definitions, in days).
+FREQUENCY = "frequency"
+RECENCY = "recency"
+T_AGE = "T"
+MONETARY = "monetary_value"
+RFM_COLUMNS = (FREQUENCY, RECENCY, T_AGE, MONETARY)
+
+# Prediction columns every method may return.
+EXPECTED_VALUE = "expected_value"
+P_PURCHASE = "p_purchase"
+CHURN_PROBABILITY = "churn_probability"
+EXPECTED_PURCHASES = "expected_purchases"
+P_ALIVE = "p_alive"
+UPLIFT_KINDS = ("conversion", "value")
+
+
+def uplift_column(kind: str, arm: str) -> str:
+    """Name of the predicted-uplift column of ``arm`` vs control: ``uplift_<kind>:<arm>``."""
+    if kind not in UPLIFT_KINDS:
+        raise ValueError(f"uplift kind must be one of {UPLIFT_KINDS}, got {kind!r}")
+    return f"uplift_{kind}:{arm}"
+
+
+def infer_feature_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric columns of ``frame`` that are tabular features (as schemas.feature_columns)."""
+    return [c for c in frame.columns
+            if c not in NON_FEATURE_COLUMNS and (pd.api.types.is_numeric_dtype(frame[c])
+                                                 or pd.api.types.is_bool_dtype(frame[c]))]
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], who: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{who}: frame lacks column(s) {missing}; has {list(frame.columns)}")
+
+
+def _matrix(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    # HistGradientBoosting handles NaN natively, so missing features stay missing.
+    return frame.loc[:, list(columns)].astype("float64").to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# BG/NBD + Gamma-Gamma
+# --------------------------------------------------------------------------------------------
+class BgNbdGammaGamma:
+    """BG/NBD purchase counts x Gamma-Gamma spend per purchase (the standard CLV baseline).
+
+    * expected purchases in the horizon: BG/NBD ``conditional_expected_number_of_purchases_up_to_time``;
+    * expected value = Gamma-Gamma ``conditional_expected_average_profit`` x expected purchases
+      (Gamma-Gamma is fitted on repeat customers with a positive mean repeat value, as it
+      requires; everyone else gets the population mean through its shrinkage weight);
+    * churn = P(no purchase in the horizon | history), exactly under BG/NBD:
+      ``(1 - P(alive)) + P(alive) * ((alpha + T) / (alpha + T + H)) ** (r + frequency)``
+      (an alive customer's rate has posterior Gamma(r + x, alpha + T); a dead one buys nothing),
+      and p_purchase = 1 - churn.
+
+    Works on the calibration-period RFM (lifetimes definitions, days): ``frequency``,
+    ``recency``, ``T``, ``monetary_value``. It never reads a label.
+    """
+
+    name = "bgnbd_gg"
+    fits_on = "calibration"
+
+    def __init__(self, horizon_days: int, penalizer: float = 0.0, gg_penalizer: float = 0.0):
+        if horizon_days <= 0:
+            raise ValueError(f"horizon_days must be positive, got {horizon_days}")
+        self.horizon_days = int(horizon_days)
+        self.penalizer = float(penalizer)
+        self.gg_penalizer = float(gg_penalizer)
+
+    @staticmethod
+    def _rfm(frame: pd.DataFrame):
+        _require(frame, RFM_COLUMNS, "bgnbd_gg")
+        rfm = frame.loc[:, list(RFM_COLUMNS)].astype("float64")
+        if rfm[[FREQUENCY, RECENCY, T_AGE]].isna().any().any():
+            raise ValueError("bgnbd_gg: frequency/recency/T must not be null (users without a "
+                             "purchase before the origin have no BG/NBD history)")
+        return rfm[FREQUENCY], rfm[RECENCY], rfm[T_AGE], rfm[MONETARY].fillna(0.0)
+
+    def fit(self, frame: pd.DataFrame) -> "BgNbdGammaGamma":
+        from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+        f, r, t, m = self._rfm(frame)
+        self.bgf_ = BetaGeoFitter(penalizer_coef=self.penalizer).fit(f, r, t)
+        repeat = (f > 0) & (m > 0)
+        if repeat.sum() < 2:
+            raise ValueError("bgnbd_gg: Gamma-Gamma needs repeat customers with positive spend")
+        self.ggf_ = GammaGammaFitter(penalizer_coef=self.gg_penalizer).fit(f[repeat], m[repeat])
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        f, r, t, m = self._rfm(frame)
+        h = self.horizon_days
+        purchases = np.asarray(self.bgf_.conditional_expected_number_of_purchases_up_to_time(h, f, r, t), float)
+        p_alive = np.asarray(self.bgf_.conditional_probability_alive(f, r, t), float)
+        rr, alpha = self.bgf_.params_["r"], self.bgf_.params_["alpha"]
+        t_arr, f_arr = t.to_numpy(), f.to_numpy()
+        no_buy_if_alive = ((alpha + t_arr) / (alpha + t_arr + h)) ** (rr + f_arr)
+        churn = (1.0 - p_alive) + p_alive * no_buy_if_alive
+        # Returns netted into a non-positive mean repeat value would make Gamma-Gamma
+        # negative; such customers count as spending nothing per repeat purchase.
+        avg = np.asarray(self.ggf_.conditional_expected_average_profit(f, m.clip(lower=0.0)), float)
+        return pd.DataFrame({
+            USER_ID: frame[USER_ID].to_numpy(),
+            EXPECTED_PURCHASES: purchases,
+            P_ALIVE: p_alive,
+            EXPECTED_VALUE: np.maximum(avg, 0.0) * purchases,
+            CHURN_PROBABILITY: churn,
+            P_PURCHASE: 1.0 - churn,
+        })
+
+
+# --------------------------------------------------------------------------------------------
+# gradient-boosted trees on the tabular features
+# --------------------------------------------------------------------------------------------
+class _Constant:
+    """Stand-in for a model when the training labels hold a single value."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def predict(self, x):
+        return np.full(len(x), self.value)
+
+    def predict_proba(self, x):
+        return np.column_stack([np.full(len(x), 1.0 - self.value), np.full(len(x), self.value)])
+
+
+def _regressor(x, y, *, max_iter, learning_rate, random_state):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    y = np.clip(np.asarray(y, float), 0.0, None)
+    if y.sum() <= 0:
+        return _Constant(0.0)
+    # Poisson loss: spend is non-negative, mostly zero and heavy-tailed; the log link keeps
+    # predictions positive and the loss still targets the mean, which value metrics score.
+    return HistGradientBoostingRegressor(loss="poisson", max_iter=max_iter, learning_rate=learning_rate,
+                                         random_state=random_state).fit(x, y)
+
+
+def _classifier(x, y, *, max_iter, learning_rate, random_state):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    y = np.asarray(y, float)
+    if np.unique(y).size < 2:
+        return _Constant(float(y.mean()) if y.size else 0.0)
+    return HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
+                                          random_state=random_state).fit(x, y.astype(int))
+
+
+class TabularGbm:
+    """scikit-learn HistGradientBoosting on the same tabular features the model gets.
+
+    Value: Poisson-loss regressor on ``label_value``; churn: classifier on ``label_churned``;
+    p_purchase = 1 - churn_probability.
+    """
+
+    name = "gbm"
+    fits_on = "train"
+
+    def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
+                 learning_rate: float = 0.1, random_state: int = 7):
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state)
+
+    def fit(self, frame: pd.DataFrame) -> "TabularGbm":
+        self.features_ = self.feature_columns or infer_feature_columns(frame)
+        _require(frame, [*self.features_, LABEL_VALUE, LABEL_CHURNED], self.name)
+        if frame.empty:
+            raise ValueError("gbm: no training rows")
+        x = _matrix(frame, self.features_)
+        self.value_model_ = _regressor(x, frame[LABEL_VALUE], **self.params)
+        self.churn_model_ = _classifier(x, frame[LABEL_CHURNED], **self.params)
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = _matrix(frame, self.features_)
+        churn = self.churn_model_.predict_proba(x)[:, 1]
+        return pd.DataFrame({
+            USER_ID: frame[USER_ID].to_numpy(),
+            EXPECTED_VALUE: np.maximum(self.value_model_.predict(x), 0.0),
+            CHURN_PROBABILITY: churn,
+            P_PURCHASE: 1.0 - churn,
+        })
+
+
+# --------------------------------------------------------------------------------------------
+# RFM-quantile heuristic
+# --------------------------------------------------------------------------------------------
+class RfmHeuristic:
+    """Classic RFM scoring turned into predictions by the training users' outcomes per score.
+
+    R, F and M are each scored 1..q by the q-quantiles of the training frame (R on days since
+    the last purchase, fewer = better: ``T - recency``; F on ``frequency``; M on
+    ``monetary_value``); missing values score 1. The RFM score is R + F + M. A user's expected
+    value and churn probability are the mean ``label_value`` / ``label_churned`` of training
+    users with the same score (the overall mean for a score no training user had).
+    """
+
+    name = "rfm_heuristic"
+    fits_on = "train"
+
+    def __init__(self, quantiles: int = 5):
+        if quantiles < 2:
+            raise ValueError(f"quantiles must be at least 2, got {quantiles}")
+        self.quantiles = int(quantiles)
+
+    @staticmethod
+    def _raw(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        _require(frame, RFM_COLUMNS, "rfm_heuristic")
+        num = frame.loc[:, list(RFM_COLUMNS)].astype("float64")
+        return {"r": -(num[T_AGE] - num[RECENCY]).to_numpy(),  # negated: higher = better
+                "f": num[FREQUENCY].to_numpy(), "m": num[MONETARY].to_numpy()}
+
+    def _score(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        total = np.zeros(len(raw["r"]), dtype=np.int64)
+        for key, edges in self.edges_.items():
+            values = raw[key]
+            # side="left": a value equal to a quantile edge belongs to the lower bin, so a mass
+            # of ties (e.g. frequency 0) stays at the bottom instead of jumping past every edge.
+            part = 1 + np.searchsorted(edges, values, side="left")
+            total += np.where(np.isnan(values), 1, part)
+        return total
+
+    def fit(self, frame: pd.DataFrame) -> "RfmHeuristic":
+        _require(frame, [LABEL_VALUE, LABEL_CHURNED], self.name)
+        if frame.empty:
+            raise ValueError("rfm_heuristic: no training rows")
+        raw = self._raw(frame)
+        probs = np.arange(1, self.quantiles) / self.quantiles
+        self.edges_ = {k: np.nanquantile(v, probs) if np.isfinite(v).any() else np.full(probs.size, np.inf)
+                       for k, v in raw.items()}
+        scores = self._score(raw)
+        labels = pd.DataFrame({"score": scores, "value": frame[LABEL_VALUE].astype(float).to_numpy(),
+                               "churn": frame[LABEL_CHURNED].astype(float).to_numpy()})
+        self.table_ = labels.groupby("score").mean()
+        self.fallback_ = labels[["value", "churn"]].mean()
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        scores = pd.Series(self._score(self._raw(frame)))
+        value = scores.map(self.table_["value"]).fillna(self.fallback_["value"]).to_numpy()
+        churn = scores.map(self.table_["churn"]).fillna(self.fallback_["churn"]).to_numpy()
+        return pd.DataFrame({USER_ID: frame[USER_ID].to_numpy(), "rfm_score": scores.to_numpy(),
+                             EXPECTED_VALUE: value, CHURN_PROBABILITY: churn, P_PURCHASE: 1.0 - churn})
+
+
+# --------------------------------------------------------------------------------------------
+# two-model uplift
+# --------------------------------------------------------------------------------------------
+class TwoModelUplift:
+    """Two-model (T-learner) uplift: one GBM per arm, uplift = arm prediction - control's.
+
+    Fitted on the training rows with a campaign arm and an observed response: per arm a
+    classifier on ``label_converted`` and a Poisson regressor on ``label_response_value``.
+    Arms are pooled by name across campaigns; the control arm is the one flagged
+    ``is_control``. Predicts ``uplift_conversion:<arm>`` and ``uplift_value:<arm>`` for every
+    other arm.
+    """
+
+    name = "two_model_gbm"
+    fits_on = "train"
+
+    def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
+                 learning_rate: float = 0.1, random_state: int = 7, min_rows_per_arm: int = 20):
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state)
+        self.min_rows_per_arm = int(min_rows_per_arm)
+
+    def fit(self, frame: pd.DataFrame) -> "TwoModelUplift":
+        self.features_ = self.feature_columns or infer_feature_columns(frame)
+        _require(frame, [*self.features_, ARM, IS_CONTROL, LABEL_CONVERTED, LABEL_RESPONSE_VALUE], self.name)
+        exposed = frame[frame[ARM].notna() & frame[LABEL_CONVERTED].notna()]
+        controls = exposed.loc[exposed[IS_CONTROL].fillna(False).astype(bool), ARM].unique()
+        if len(controls) != 1:
+            raise ValueError(f"two_model_gbm: need exactly one control arm in the training rows, got {list(controls)}")
+        self.control_arm_ = str(controls[0])
+        counts = exposed[ARM].value_counts()
+        small = counts[counts < self.min_rows_per_arm]
+        if self.control_arm_ in small.index or len(counts) < 2:
+            raise ValueError(f"two_model_gbm: too few exposed training rows per arm: {counts.to_dict()}")
+        self.models_ = {}
+        for arm, rows in exposed.groupby(ARM, sort=True):
+            if arm in small.index:
+                continue
+            x = _matrix(rows, self.features_)
+            self.models_[str(arm)] = (_classifier(x, rows[LABEL_CONVERTED], **self.params),
+                                      _regressor(x, rows[LABEL_RESPONSE_VALUE].fillna(0.0), **self.params))
+        self.arms_ = [a for a in self.models_ if a != self.control_arm_]
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = _matrix(frame, self.features_)
+        base_conv, base_value = self.models_[self.control_arm_]
+        conv0, value0 = base_conv.predict_proba(x)[:, 1], base_value.predict(x)
+        out = {USER_ID: frame[USER_ID].to_numpy()}
+        for arm in self.arms_:
+            conv, value = self.models_[arm]
+            out[uplift_column("conversion", arm)] = conv.predict_proba(x)[:, 1] - conv0
+            out[uplift_column("value", arm)] = value.predict(x) - value0
+        return pd.DataFrame(out)
