@@ -53,7 +53,7 @@ def _stack_sequences(values: pd.Series, seq_len: int, name: str) -> np.ndarray:
 
 
 def batch_to_arrays(pdf: pd.DataFrame, meta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's inputs for one batch: tokens (B, L) int64, mask (B, L) int64, tabular (B, F) float32.
+    """The model's inputs for one batch: tokens (B, L) int64, mask (B, L) int64, tabular (B, F) float64.
 
     Tabular values stay raw (the model standardises with the mean/std stored in `meta`); nulls
     become NaN, which the model is documented to accept.
@@ -66,7 +66,7 @@ def batch_to_arrays(pdf: pd.DataFrame, meta) -> tuple[np.ndarray, np.ndarray, np
         raise ValueError(f"batch lacks column(s) {missing} the model needs")
     tokens = _stack_sequences(pdf[SEQ_TOKENS], meta.seq_len, SEQ_TOKENS)
     mask = _stack_sequences(pdf[SEQ_MASK], meta.seq_len, SEQ_MASK)
-    tabular = np.empty((len(pdf), len(meta.feature_columns)), dtype=np.float32)
+    tabular = np.empty((len(pdf), len(meta.feature_columns)), dtype=np.float64)
     for j, col in enumerate(meta.feature_columns):
         # to_numeric turns None/pd.NA into NaN for object columns (e.g. nullable booleans)
         tabular[:, j] = pd.to_numeric(pdf[col], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -140,6 +140,9 @@ def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tup
     if not_numeric:
         problems.append(f"feature column(s) are not numeric in user_features: "
                         f"{ {c: columns[c] for c in not_numeric} }")
+    no_campaign = [a for a in list(meta.arms)[1:] if a not in meta.arm_campaigns]
+    if no_campaign:
+        problems.append(f"model arm(s) {no_campaign} have no campaign in its arm_campaigns")
     low, high = seq_lengths
     if low is not None and (low != meta.seq_len or high != meta.seq_len):
         problems.append(f"sequence length differs: model seq_len={meta.seq_len}, "
