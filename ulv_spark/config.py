@@ -149,6 +149,7 @@ class EncoderConf:
     num_heads: int = 4
     intermediate_size: int = 128
     dropout: float = 0.1
+    pooling: Literal["cls", "mean"] = "mean"  # sequence summary: the CLS position, or masked mean
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class TrainConf:
     model_dir: str = "lakehouse/_shared/models"  # versioned model directories go under here
     checkpoint_dir: str = "lakehouse/_shared/checkpoints"
     petastorm_cache: str = "lakehouse/_shared/petastorm"  # made a file:// URL when local
+    parquet_dir: str = "lakehouse/_shared/train_feed"  # prepared Parquet for the Arrow loader / torchrun
     loader: Literal["petastorm", "arrow"] = "petastorm"
     num_processes: int = 2
     local_mode: bool = True
@@ -171,6 +173,38 @@ class TrainConf:
     retrain_every_days: int = 7
     mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"
     encoder: EncoderConf = field(default_factory=EncoderConf)
+    mlm_probability: float = 0.15       # share of event tokens masked in pretraining
+    randomised_assignment: bool = True  # False: campaigns were targeted, so add a propensity head
+    tabular_hidden: int = 64            # width of the MLP over standardised tabular features
+    head_hidden: int = 64               # width of the shared trunk feeding every head
+    loss_weights: dict[str, float] = field(default_factory=dict)  # value/churn/uplift/propensity; missing = 1
+    max_grad_norm: float = 1.0          # gradient clipping; 0 = off
+    bf16: bool = True                   # bf16 autocast on GPU (ignored on CPU)
+    reader_workers: int = 2             # Petastorm reader threads per rank
+    shuffle_buffer: int = 1024          # rows mixed across row groups by Petastorm's shuffling queue; 0 = off
+    feed_files: int = 0                 # Parquet files / row groups of the feed; 0 = 4 per process
+    steps_per_epoch: int = 0            # cap on steps per epoch; 0 = rows // (batch_size * processes)
+    resume: bool = True                 # continue from the run's last checkpoint when one exists
+    stop_after_epochs: Optional[int] = None  # end this invocation after N epochs, keeping the checkpoint
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'train.{key}' {what}")
+
+        for key in ("num_processes", "batch_size", "patience", "reader_workers"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "pretrain_epochs", "shuffle_buffer", "feed_files", "steps_per_epoch"):
+            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(0.0 <= self.validation_share < 1.0, "validation_share", f"must be in [0, 1), got {self.validation_share}")
+        need(0.0 < self.mlm_probability < 1.0, "mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
+        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, "stop_after_epochs",
+             f"must be >= 1 when set, got {self.stop_after_epochs}")
+        unknown = sorted(set(self.loss_weights) - {"value", "churn", "uplift", "propensity"})
+        need(not unknown, "loss_weights", f"has unknown task(s) {unknown} (known: value, churn, uplift, propensity)")
+        need(self.encoder.hidden_size % self.encoder.num_heads == 0, "encoder.hidden_size",
+             f"must be a multiple of encoder.num_heads ({self.encoder.hidden_size} vs {self.encoder.num_heads})")
 
 
 @dataclass(frozen=True)
@@ -248,7 +282,7 @@ class Config:
 # Keys whose values are filesystem paths and get resolved to absolute paths at load time.
 _PATH_KEYS = {
     ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
-    ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"),
+    ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"), ("train", "parquet_dir"),
     ("evaluate", "report_dir"),
 }
 

@@ -1,0 +1,198 @@
+"""Versioned model directories: save, load, find the newest complete one.
+
+A model directory ``<train.model_dir>/<version>/`` holds:
+
+* ``config.json`` — the transformers encoder config (``AutoConfig``-loadable);
+* ``model.safetensors`` — every weight of the multi-task model (encoder, MLM head, heads);
+* ``model_spec.json`` — the head architecture (:class:`~ulv_spark.train.model.ModelSpec`);
+* ``meta.json`` — :class:`ModelMeta` (what scoring needs to feed the model);
+* ``vocabulary.json`` — vocabulary size, fingerprint, sequence length, special tokens;
+* ``feature_stats.json`` — tabular feature order, mean, std and the transform before them;
+* ``metrics.json`` — validation metrics of the run; ``conf.yaml`` — the resolved conf used;
+* ``_COMPLETE`` — written last, so a half-written directory is never taken as the latest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+COMPLETE_MARKER = "_COMPLETE"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a trained model expects and means; saved as meta.json in the model directory.
+
+    ``feature_mean`` / ``feature_std`` are statistics of sign(x) * log1p(|x|) of each raw
+    feature (see ``feature_transform``); :func:`ulv_spark.train.model.predict_arrays` applies
+    the transform and the standardisation itself, so callers pass raw values.
+    """
+
+    version: str                  # model directory name, sortable (UTC time based)
+    feature_columns: list[str]    # tabular inputs in model order
+    feature_mean: list[float]
+    feature_std: list[float]
+    seq_len: int
+    vocab_size: int
+    vocab_fingerprint: str
+    arms: list[str]               # arms[0] is the control; [] when no campaigns
+    arm_campaigns: dict[str, str]  # arm -> campaign_id it was trained on
+    horizon_days: int
+    trained_as_of: str            # ISO date of the training run
+    feature_transform: str = "signed_log1p"  # applied to raw features before standardising
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelMeta":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def new_version(now: Optional[dt.datetime] = None) -> str:
+    """``YYYYMMDDTHHMMSSffffff-<8 hex>``: sorts by UTC creation time, unique per call."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+
+
+def save_model(model, meta: ModelMeta, out_root: str, metrics: dict, conf: dict) -> str:
+    """Write a new versioned model directory under ``out_root``; returns its path.
+
+    The directory is named ``meta.version``; if that already exists (or is empty) a fresh
+    version is made, so an existing model is never overwritten.
+    """
+    import safetensors.torch
+    import yaml
+
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = meta.version or new_version()
+    if (root / version).exists():
+        version = new_version()
+    meta = dataclasses.replace(meta, version=version)
+    target = root / version
+    target.mkdir(parents=True)
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    module.mlm.config.save_pretrained(str(target))
+    safetensors.torch.save_model(module, str(target / WEIGHTS_FILE))
+    _write_json(target / "model_spec.json", module.spec.to_dict())
+    _write_json(target / "meta.json", meta.to_dict())
+    _write_json(target / "vocabulary.json", {
+        "vocab_size": meta.vocab_size, "fingerprint": meta.vocab_fingerprint, "seq_len": meta.seq_len,
+        "special_tokens": {"pad": 0, "mask": 1, "cls": 2, "unk": 3}})
+    _write_json(target / "feature_stats.json", {
+        "columns": meta.feature_columns, "mean": meta.feature_mean, "std": meta.feature_std,
+        "transform": meta.feature_transform})
+    _write_json(target / "metrics.json", metrics)
+    (target / "conf.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(conf, default=str)), sort_keys=False),
+                                      encoding="utf-8")
+    (target / COMPLETE_MARKER).write_text(dt.datetime.now(dt.timezone.utc).isoformat(), encoding="utf-8")
+    return str(target)
+
+
+def read_meta(model_dir: str) -> ModelMeta:
+    """The :class:`ModelMeta` of a model directory, without loading weights."""
+    return ModelMeta.from_dict(json.loads((Path(model_dir) / "meta.json").read_text(encoding="utf-8")))
+
+
+def load_model(model_dir: str, device: str = "cpu"):
+    """(model in eval mode on ``device``, ModelMeta) from a complete model directory.
+
+    Raises:
+        FileNotFoundError: the directory is missing or incomplete (no ``_COMPLETE`` marker).
+    """
+    import safetensors.torch
+    from transformers import AutoConfig
+
+    from ulv_spark.train.model import ModelSpec, build_model
+
+    path = Path(model_dir)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a complete model directory (no {COMPLETE_MARKER})")
+    spec = ModelSpec.from_dict(json.loads((path / "model_spec.json").read_text(encoding="utf-8")))
+    encoder_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    model = build_model(spec, encoder_config=encoder_config)
+    missing, unexpected = safetensors.torch.load_model(model, str(path / WEIGHTS_FILE), strict=False)
+    if unexpected or [k for k in missing if not _is_tied(model, k)]:
+        raise ValueError(f"{model_dir}: weights do not match the architecture "
+                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    model.to(device).eval()
+    return model, read_meta(model_dir)
+
+
+def _is_tied(model, key: str) -> bool:
+    # safetensors stores a tied tensor once (e.g. the MLM decoder shares the word embeddings)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensor = params.get(key)
+    return tensor is not None and any(t is tensor for k, t in params.items() if k != key)
+
+
+def latest_model_dir(model_root: str) -> Optional[str]:
+    """The newest complete model directory under ``model_root``, or None when there is none."""
+    root = Path(model_root)
+    if not root.is_dir():
+        return None
+    complete = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / COMPLETE_MARKER).is_file())
+    return str(root / complete[-1]) if complete else None
+
+
+def log_to_mlflow(tracking_uri: Optional[str], model_dir: str, params: dict, metrics: dict, log=None) -> Optional[str]:
+    """Record a run (params, final metrics, the model directory) in MLflow; returns its run id.
+
+    Skipped (None, with a log line) when no tracking URI is configured or mlflow is not
+    installed — it is an optional extra (``pip install ulv_spark[mlflow]``).
+    """
+    from ulv_spark.runtime import get_logger
+
+    log = log or get_logger("ulv_spark.train")
+    if not tracking_uri:
+        return None
+    try:
+        import mlflow
+    except ImportError:
+        log.info("mlflow: train.mlflow_tracking_uri is set but mlflow is not installed; skipping the MLflow run")
+        return None
+    mlflow.set_tracking_uri(_absolute_file_uri(tracking_uri))
+    mlflow.set_experiment("ulv_spark")
+    flat = _flatten(params)
+    with mlflow.start_run(run_name=Path(model_dir).name) as run:
+        # MLflow caps a param value at 500 chars (6000 in newer servers); long lists are not params
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        mlflow.log_metrics({k: float(v) for k, v in _flatten(metrics).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifacts(model_dir, artifact_path="model")
+        mlflow.set_tag("model_dir", model_dir)
+        log.info("mlflow: run %s at %s", run.info.run_id, tracking_uri)
+        return run.info.run_id
+
+
+def _absolute_file_uri(uri: str) -> str:
+    # "file:lakehouse/_shared/mlruns" is relative to the working directory; make it absolute
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file:" + str(Path(uri[len("file:"):]).resolve())
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return "file:" + str(Path(uri).resolve())
+    return uri
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

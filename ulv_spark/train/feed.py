@@ -1,0 +1,359 @@
+"""The training feed: training_examples -> model-ready rows -> batches per rank.
+
+Two halves:
+
+* driver side (Spark, pure DataFrame -> DataFrame plus small aggregates): split by origin,
+  feature statistics, the arm catalogue and :func:`prepare_feed_frame`; then materialise it
+  for one of two loaders — Petastorm (:func:`make_petastorm_feed`, ``make_spark_converter``)
+  or Arrow (:func:`write_arrow_feed`, plain Parquet files);
+* rank side (no Spark): :func:`open_batches` gives an endless iterator of torch batches for
+  (rank, world) plus a fixed ``steps_per_epoch``, identical on every rank, so DDP ranks never
+  disagree on the number of all-reduces (Petastorm shards by row group, so per-rank row
+  counts differ).
+
+Feed rows (grain: one row per training example, i.e. per (user_id, origin_date)):
+``row_id`` BIGINT (xxhash64 of user_id, origin_date), ``tokens`` / ``mask`` ARRAY<INT> (L),
+``features`` ARRAY<FLOAT> (standardised), ``y_value``, ``y_churn``, ``y_converted``,
+``y_response`` FLOAT (0 when not exposed) and ``arm_index`` INT (-1: not exposed).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ulv_spark import schemas as S
+
+ROW_ID, TOKENS, MASK, FEATURES = "row_id", "tokens", "mask", "features"
+Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX = "y_value", "y_churn", "y_converted", "y_response", "arm_index"
+FEED_COLUMNS = (ROW_ID, TOKENS, MASK, FEATURES, Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX)
+FEED_META_FILE = "feed.json"  # next to train/ and val/ of an exported feed (torchrun_main reads it)
+# Standardised tabular inputs are clipped here: a value far outside the training range says
+# "extreme" just as well at 10 sigma, and unbounded inputs make the MLP extrapolate wildly.
+FEATURE_CLIP = 10.0
+CONTROL_ARM = "control"
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side (Spark)
+# --------------------------------------------------------------------------------------------
+def _signed_log1p(column):
+    from pyspark.sql import functions as F
+
+    x = column.cast("double")
+    clean = F.when(F.isnan(x), F.lit(None)).otherwise(x)  # NaN would poison avg/stddev
+    return F.signum(clean) * F.log1p(F.abs(clean))
+
+
+def split_by_origin(examples, *, validation_share: float):
+    """Hold out the newest origin dates as validation (time-based split).
+
+    With k origins, the newest max(1, round(k * share)) are held out, but always at least one
+    stays for training. With a single origin there is no time to split on, so a stable hash
+    of user_id picks ``share`` of the users instead. Collects only the distinct origin dates.
+
+    Returns:
+        (train DataFrame, validation DataFrame or None, list of held-out origin dates as ISO strings).
+    """
+    from pyspark.sql import functions as F
+
+    if validation_share <= 0:
+        return examples, None, []
+    origins = sorted(r[0] for r in examples.select(S.ORIGIN_DATE).distinct().collect())
+    if len(origins) >= 2:
+        held = origins[-min(len(origins) - 1, max(1, round(len(origins) * validation_share))):]
+        is_val = F.col(S.ORIGIN_DATE).isin(held)
+        return examples.filter(~is_val), examples.filter(is_val), [d.isoformat() for d in held]
+    bucket = F.pmod(F.xxhash64(F.col(S.USER_ID)), F.lit(10_000)) < F.lit(int(validation_share * 10_000))
+    return examples.filter(~bucket), examples.filter(bucket), []
+
+
+def feature_statistics(examples, feature_columns: list[str]) -> tuple[list[float], list[float]]:
+    """Mean and std of sign(x)*log1p(|x|) per feature (std 1 where undefined or 0).
+
+    One aggregate row comes back to the driver; NaN and null are left out of the statistics.
+    """
+    from pyspark.sql import functions as F
+
+    if not feature_columns:
+        return [], []
+    aggs = []
+    for i, name in enumerate(feature_columns):
+        t = _signed_log1p(F.col(name))
+        aggs += [F.avg(t).alias(f"m{i}"), F.stddev_pop(t).alias(f"s{i}")]
+    row = examples.agg(*aggs).first()
+    mean = [float(row[f"m{i}"]) if row[f"m{i}"] is not None else 0.0 for i in range(len(feature_columns))]
+    std = [float(row[f"s{i}"]) if row[f"s{i}"] not in (None, 0.0) and row[f"s{i}"] > 1e-9 else 1.0
+           for i in range(len(feature_columns))]
+    return mean, std
+
+
+def label_statistics(examples) -> dict[str, float]:
+    """Base rates of the labels (one aggregate row), used to initialise the output biases."""
+    from pyspark.sql import functions as F
+
+    value = F.col(S.LABEL_VALUE).cast("double")
+    response = F.col(S.LABEL_RESPONSE_VALUE).cast("double")
+    exposed = F.col(S.ARM).isNotNull()
+    row = examples.agg(
+        F.avg((value > 0).cast("double")).alias("p_purchase"),
+        F.avg(F.when(value > 0, F.log(value))).alias("log_mean"),
+        F.stddev_pop(F.when(value > 0, F.log(value))).alias("log_std"),
+        F.avg(F.col(S.LABEL_CHURNED).cast("double")).alias("p_churn"),
+        F.avg(F.when(exposed, F.coalesce(F.col(S.LABEL_CONVERTED).cast("double"), F.lit(0.0)))).alias("p_converted"),
+        F.avg(F.when(exposed, (F.coalesce(response, F.lit(0.0)) > 0).cast("double"))).alias("p_response"),
+        F.avg(F.when(exposed & (response > 0), F.log(response))).alias("response_log_mean"),
+        F.stddev_pop(F.when(exposed & (response > 0), F.log(response))).alias("response_log_std"),
+    ).first()
+    return {k: float(v) for k, v in row.asDict().items() if v is not None}
+
+
+def arm_catalogue(examples) -> tuple[list[str], dict[str, str]]:
+    """The arms to model (control first) and the campaign each arm's head is trained on.
+
+    The control is the arm named "control" if there is one, else the arm flagged is_control
+    on most rows. An arm name seen in several campaigns is tied to its most recent campaign
+    (latest origin, then campaign_id). Collects one row per (campaign, arm).
+
+    Returns:
+        (arms, {arm: campaign_id}); ([], {}) when no example was exposed to a campaign.
+    """
+    from pyspark.sql import functions as F
+
+    rows = (examples.filter(F.col(S.ARM).isNotNull())
+            .groupBy(S.CAMPAIGN_ID, S.ARM)
+            .agg(F.max(S.ORIGIN_DATE).alias("last_origin"),
+                 F.sum(F.coalesce(F.col(S.IS_CONTROL).cast("int"), F.lit(0))).alias("control_rows"),
+                 F.count(F.lit(1)).alias("rows"))
+            .collect())
+    if not rows:
+        return [], {}
+    campaigns: dict[str, tuple] = {}
+    control_votes: dict[str, int] = {}
+    for r in rows:
+        key = (r["last_origin"], r[S.CAMPAIGN_ID] or "")
+        if r[S.ARM] not in campaigns or key > campaigns[r[S.ARM]]:
+            campaigns[r[S.ARM]] = key
+        control_votes[r[S.ARM]] = control_votes.get(r[S.ARM], 0) + int(r["control_rows"] or 0)
+    if CONTROL_ARM in campaigns:
+        control = CONTROL_ARM
+    else:
+        control = max(sorted(control_votes), key=lambda a: control_votes[a])
+        if control_votes[control] == 0:
+            raise ValueError(f"no control arm: none is named '{CONTROL_ARM}' or flagged is_control "
+                             f"(arms: {sorted(campaigns)})")
+    arms = [control] + sorted(a for a in campaigns if a != control)
+    return arms, {a: campaigns[a][1] for a in arms}
+
+
+def standardised_features_column(feature_columns: list[str], mean: list[float], std: list[float]):
+    """ARRAY<FLOAT> of standardised features; mirrors ``ulv_spark.train.model.standardise``."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    for name, m, s in zip(feature_columns, mean, std):
+        z = (_signed_log1p(F.col(name)) - F.lit(float(m))) / F.lit(float(s))
+        clipped = F.greatest(F.lit(-FEATURE_CLIP), F.least(F.lit(FEATURE_CLIP), F.coalesce(z, F.lit(0.0))))
+        parts.append(clipped.cast("float"))
+    return F.array(*parts)
+
+
+def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float], std: list[float],
+                       arms: list[str], seq_len: int):
+    """training_examples rows -> feed rows (see the module docstring for the columns).
+
+    Grain: one row per input row. Rows whose arm is not in ``arms`` count as not exposed;
+    missing sequences become all-padding, null labels 0.
+    """
+    from pyspark.sql import functions as F
+
+    arm_index = F.lit(-1)
+    for i, arm in reversed(list(enumerate(arms))):
+        arm_index = F.when(F.col(S.ARM) == F.lit(arm), F.lit(i)).otherwise(arm_index)
+    padding = F.array_repeat(F.lit(0), seq_len)
+    exposed = arm_index >= 0
+    return examples.select(
+        F.xxhash64(F.col(S.USER_ID), F.col(S.ORIGIN_DATE)).alias(ROW_ID),
+        F.coalesce(F.col(S.SEQ_TOKENS).cast("array<int>"), padding).alias(TOKENS),
+        F.coalesce(F.col(S.SEQ_MASK).cast("array<int>"), padding).alias(MASK),
+        standardised_features_column(feature_columns, mean, std).alias(FEATURES),
+        F.greatest(F.coalesce(F.col(S.LABEL_VALUE).cast("double"), F.lit(0.0)), F.lit(0.0)).cast("float").alias(Y_VALUE),
+        F.coalesce(F.col(S.LABEL_CHURNED).cast("float"), F.lit(0.0)).alias(Y_CHURN),
+        F.when(exposed, F.coalesce(F.col(S.LABEL_CONVERTED).cast("float"), F.lit(0.0))).otherwise(F.lit(0.0)).cast("float").alias(Y_CONVERTED),
+        F.when(exposed, F.greatest(F.coalesce(F.col(S.LABEL_RESPONSE_VALUE).cast("double"), F.lit(0.0)), F.lit(0.0)))
+        .otherwise(F.lit(0.0)).cast("float").alias(Y_RESPONSE),
+        arm_index.cast("int").alias(ARM_INDEX),
+    )
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """Where a rank finds its rows: picklable, needs no Spark to open (Arrow) or only its files (Petastorm)."""
+
+    loader: str                    # "petastorm" or "arrow"
+    rows: int                      # rows in the feed (fixes steps per epoch)
+    converter: object = None       # petastorm SparkDatasetConverter (loader = petastorm)
+    path: Optional[str] = None     # directory of Parquet files (loader = arrow)
+
+
+def file_url(path: str) -> str:
+    """A local path as a file:// URL (Petastorm wants URLs); URLs pass through unchanged."""
+    return path if "://" in path or path.startswith("dbfs:") else Path(path).resolve().as_uri()
+
+
+def make_petastorm_feed(spark, frame, *, cache_dir: str, files: int) -> FeedSpec:
+    """Materialise ``frame`` with Petastorm's ``make_spark_converter`` under ``cache_dir``.
+
+    ``frame`` is spread round-robin over ``files`` Parquet files of near-equal size, so row
+    groups (Petastorm's shard unit) balance across ranks. Call :func:`delete_feed` when done.
+    """
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, file_url(cache_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        converter = make_spark_converter(frame.repartition(files), dtype="float32")
+    return FeedSpec(loader="petastorm", rows=len(converter), converter=converter)
+
+
+def write_arrow_feed(frame, path: str, *, files: int) -> FeedSpec:
+    """Write ``frame`` as ``files`` near-equal Parquet files under ``path`` (replacing it)."""
+    frame.repartition(files).write.mode("overwrite").parquet(path)
+    return arrow_feed(path)
+
+
+def delete_feed(spec: Optional[FeedSpec]) -> None:
+    """Remove the materialised feed (Petastorm cache or Arrow Parquet directory)."""
+    import shutil
+
+    if spec is None:
+        return
+    if spec.loader == "petastorm" and spec.converter is not None:
+        spec.converter.delete()
+    elif spec.path and os.path.isdir(spec.path):
+        shutil.rmtree(spec.path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Rank side (no Spark)
+# --------------------------------------------------------------------------------------------
+def parquet_files(path: str) -> list[str]:
+    """The data files of a Parquet directory, sorted (Spark's _SUCCESS and dot files left out)."""
+    return sorted(str(p) for p in Path(path).glob("*.parquet") if not p.name.startswith(("_", ".")))
+
+
+def _parquet_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+def arrow_feed(path: str) -> FeedSpec:
+    """A :class:`FeedSpec` for an existing Arrow feed directory (e.g. copied to a GPU machine)."""
+    return FeedSpec(loader="arrow", rows=_parquet_rows(path), path=path)
+
+
+def steps_per_epoch(rows: int, batch_size: int, world: int, cap: int = 0) -> int:
+    """Batches per rank per epoch: rows // (batch_size * world), at least 1, at most ``cap`` (0 = no cap)."""
+    steps = max(1, rows // (batch_size * world))
+    return min(steps, cap) if cap > 0 else steps
+
+
+class Batches:
+    """An endless iterator of batches (dict of torch tensors) for one rank, plus its epoch length."""
+
+    def __init__(self, iterator: Iterator[dict], steps: int):
+        self._iterator = iterator
+        self.steps_per_epoch = steps
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._iterator)
+
+    def epoch(self) -> Iterator[dict]:
+        """The next ``steps_per_epoch`` batches."""
+        for _ in range(self.steps_per_epoch):
+            yield next(self._iterator)
+
+
+@contextlib.contextmanager
+def open_batches(spec: FeedSpec, *, rank: int, world: int, batch_size: int, shuffle: bool = True,
+                 seed: int = 0, workers: int = 2, shuffle_buffer: int = 0, steps_cap: int = 0) -> Iterator[Batches]:
+    """Open this rank's share of the feed as :class:`Batches` (a context manager).
+
+    Petastorm: ``make_torch_dataloader(cur_shard=rank, shard_count=world, num_epochs=None)``.
+    Arrow: files ``rank, rank + world, ...`` of the directory read with ``pyarrow.dataset``,
+    cycled forever (shuffled file order and rows per epoch when ``shuffle``).
+    """
+    steps = steps_per_epoch(spec.rows, batch_size, world, steps_cap)
+    if spec.loader == "petastorm":
+        from petastorm.pytorch import BatchedDataLoader
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            manager = spec.converter.make_torch_dataloader(
+                batch_size=batch_size, num_epochs=None, workers_count=workers,
+                shuffling_queue_capacity=shuffle_buffer if shuffle else 0, data_loader_fn=BatchedDataLoader,
+                cur_shard=rank, shard_count=world, shuffle_row_groups=shuffle, seed=seed)
+            with manager as loader:
+                yield Batches(iter(loader), steps)
+    elif spec.loader == "arrow":
+        yield Batches(_arrow_batches(spec.path, rank=rank, world=world, batch_size=batch_size,
+                                     shuffle=shuffle, seed=seed), steps)
+    else:
+        raise ValueError(f"unknown loader {spec.loader!r} (petastorm or arrow)")
+
+
+def _column_to_numpy(column) -> np.ndarray:
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(column), -1) if len(column) else values.reshape(0, 0)
+    return column.to_numpy(zero_copy_only=False)
+
+
+def _arrow_batches(path: str, *, rank: int, world: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[dict]:
+    import pyarrow.dataset as ds
+    import torch
+
+    files = parquet_files(path)[rank::world]
+    if not files:
+        raise ValueError(f"{path}: rank {rank} of {world} has no Parquet file to read "
+                         f"({len(parquet_files(path))} files; write at least one per process)")
+    dataset = ds.dataset(files, format="parquet")
+    fragments = list(dataset.get_fragments())
+    columns = [c for c in FEED_COLUMNS if c in dataset.schema.names]
+    pending: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    held = 0
+    epoch = 0
+    while True:
+        rng = np.random.default_rng([seed, rank, epoch])
+        order = rng.permutation(len(fragments)) if shuffle else range(len(fragments))
+        for i in order:
+            table = fragments[i].to_table(columns=columns)
+            arrays = {c: _column_to_numpy(table.column(c)) for c in columns}
+            if shuffle:
+                perm = rng.permutation(table.num_rows)
+                arrays = {c: a[perm] for c, a in arrays.items()}
+            for c in columns:
+                pending[c].append(arrays[c])
+            held += table.num_rows
+            if held < batch_size:
+                continue
+            joined = {c: np.concatenate(pending[c]) for c in columns}
+            start = 0
+            while held - start >= batch_size:
+                yield {c: torch.from_numpy(np.ascontiguousarray(joined[c][start:start + batch_size])) for c in columns}
+                start += batch_size
+            pending = {c: [joined[c][start:]] for c in columns}
+            held -= start
+        epoch += 1

@@ -1,0 +1,276 @@
+"""The multi-task network: a transformers encoder over event tokens + an MLP over tabular features.
+
+Torch and transformers only (no Spark), so the same code trains under TorchDistributor or
+torchrun and predicts inside a pandas UDF. Heads: ZILN value (purchase logit, mu, sigma),
+churn logit, one outcome head per campaign arm (TARNet: conversion logit + ZILN response
+spend) and, for targeted campaigns, a propensity head. Pretraining uses the encoder's own
+masked-LM head (``AutoModelForMaskedLM``) on the same weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ulv_spark.train.feed import FEATURE_CLIP
+from ulv_spark.train.losses import (CLS_ID, UNK_ID, ziln_expected_value, ziln_quantile, ziln_sigma)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ulv_spark.train.artifacts import ModelMeta
+
+FEATURE_TRANSFORM = "signed_log1p"  # applied before standardising (spend and counts are heavy-tailed)
+ARM_OUTPUTS = 4  # conversion logit, response ZILN logit, mu, sigma-raw
+PREDICT_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a :class:`MultiTaskModel` (saved as model_spec.json next to the weights)."""
+
+    vocab_size: int
+    seq_len: int
+    n_features: int
+    n_arms: int
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    dropout: float = 0.1
+    pooling: str = "mean"          # "cls" or "mean"
+    tabular_hidden: int = 64
+    head_hidden: int = 64
+    propensity: bool = False       # add a propensity head (targeted, non-randomised campaigns)
+    encoder_local_dir: Optional[str] = None  # start the encoder from this local checkpoint
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def build_encoder_config(spec: ModelSpec):
+    """A BertConfig sized from the spec: vocabulary from the features, positions for CLS + L."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
+        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout,
+        max_position_embeddings=spec.seq_len + 1, type_vocab_size=1, pad_token_id=0)
+
+
+def build_masked_lm(spec: ModelSpec, encoder_config: Any = None):
+    """The encoder with its masked-LM head: from a saved config, a local checkpoint, or the spec.
+
+    Args:
+        spec: the architecture.
+        encoder_config: a transformers config (loading a saved model: weights come afterwards).
+
+    Raises:
+        ValueError: ``encoder_local_dir`` is not a local directory, or its position limit is
+            shorter than CLS + the sequence length.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    if encoder_config is not None:
+        return AutoModelForMaskedLM.from_config(encoder_config)
+    if spec.encoder_local_dir:
+        local = spec.encoder_local_dir
+        if not os.path.isdir(local):
+            # a hub name would trigger a download: only local checkpoints are allowed
+            raise ValueError(f"train.encoder.local_dir must be a local directory, got {local!r}")
+        mlm = AutoModelForMaskedLM.from_pretrained(local, local_files_only=True)
+        limit = getattr(mlm.config, "max_position_embeddings", None)
+        if limit is not None and limit < spec.seq_len + 1:
+            raise ValueError(f"encoder at {local} handles {limit} positions; the sequences need "
+                             f"{spec.seq_len + 1} (CLS + features.sequence_length)")
+        if mlm.get_input_embeddings().num_embeddings != spec.vocab_size:
+            mlm.resize_token_embeddings(spec.vocab_size)
+        return mlm
+    return AutoModelForMaskedLM.from_config(build_encoder_config(spec))
+
+
+class ArmHeads(nn.Module):
+    """One independent two-layer head per arm on the shared representation (TARNet)."""
+
+    def __init__(self, n_arms: int, width: int, outputs: int = ARM_OUTPUTS):
+        super().__init__()
+        bound = 1.0 / math.sqrt(width)
+        self.w1 = nn.Parameter(torch.empty(n_arms, width, width).uniform_(-bound, bound))
+        self.b1 = nn.Parameter(torch.zeros(n_arms, width))
+        self.w2 = nn.Parameter(torch.empty(n_arms, width, outputs).uniform_(-bound, bound))
+        self.b2 = nn.Parameter(torch.zeros(n_arms, outputs))
+
+    def forward(self, rep: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(torch.einsum("bh,ahk->bak", rep, self.w1) + self.b1)
+        return torch.einsum("bak,ako->bao", hidden, self.w2) + self.b2
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder over ``[CLS] + tokens`` and an MLP over tabular features, feeding every head."""
+
+    def __init__(self, spec: ModelSpec, mlm: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.mlm = mlm
+        enc_hidden = int(mlm.config.hidden_size)
+        tab, width, drop = spec.tabular_hidden, spec.head_hidden, spec.dropout
+        self.tabular = nn.Sequential(nn.Linear(spec.n_features, tab), nn.GELU(), nn.Dropout(drop),
+                                     nn.Linear(tab, tab), nn.GELU())
+        self.trunk = nn.Sequential(nn.Linear(enc_hidden + tab, width), nn.GELU(), nn.Dropout(drop),
+                                   nn.Linear(width, width), nn.GELU())
+        self.value_head = nn.Linear(width, 3)
+        self.churn_head = nn.Linear(width, 1)
+        self.arm_heads = ArmHeads(spec.n_arms, width) if spec.n_arms > 0 else None
+        self.propensity_head = nn.Linear(width, spec.n_arms) if spec.propensity and spec.n_arms > 1 else None
+
+    def _with_cls(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A leading CLS keeps every row attendable, even a user without any event.
+        ids = tokens.long().clamp(min=0)
+        ids = torch.where(ids >= self.spec.vocab_size, torch.full_like(ids, UNK_ID), ids)
+        lead = torch.full((ids.shape[0], 1), CLS_ID, dtype=ids.dtype, device=ids.device)
+        attn = torch.cat([torch.ones_like(lead), (mask > 0).long()], dim=1)
+        return torch.cat([lead, ids], dim=1), attn
+
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) summary of each sequence: the CLS state or the masked mean."""
+        ids, attn = self._with_cls(tokens, mask)
+        states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+        if self.spec.pooling == "cls":
+            return states[:, 0]
+        weights = attn.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, tabular: Optional[torch.Tensor] = None,
+                mlm: bool = False) -> dict[str, torch.Tensor]:
+        """Raw head outputs; with ``mlm=True`` only ``mlm_logits`` (B, L, vocab) for pretraining."""
+        if mlm:
+            ids, attn = self._with_cls(tokens, mask)
+            return {"mlm_logits": self.mlm(input_ids=ids, attention_mask=attn).logits[:, 1:]}
+        pooled = self.encode(tokens, mask)
+        rep = self.trunk(torch.cat([pooled, self.tabular(tabular.to(pooled.dtype))], dim=1))
+        out = {"value": self.value_head(rep), "churn": self.churn_head(rep).squeeze(-1)}
+        if self.arm_heads is not None:
+            out["arm"] = self.arm_heads(rep)
+        if self.propensity_head is not None:
+            out["propensity"] = self.propensity_head(rep)
+        return out
+
+    @torch.no_grad()
+    def set_output_bias(self, stats: dict[str, float]) -> None:
+        """Start the heads at the label base rates, so early steps learn signal, not scale.
+
+        Args:
+            stats: ``p_purchase``, ``log_mean``, ``log_std`` (value), ``p_churn``, and for
+                arms ``p_converted``, ``p_response``, ``response_log_mean``, ``response_log_std``.
+        """
+        def logit(p: float) -> float:
+            p = min(max(p, 1e-4), 1 - 1e-4)
+            return math.log(p / (1 - p))
+
+        def inv_softplus(s: float) -> float:
+            s = max(s, 0.05)
+            return s + math.log(-math.expm1(-s))
+
+        self.value_head.bias.copy_(torch.tensor(
+            [logit(stats.get("p_purchase", 0.5)), stats.get("log_mean", 0.0), inv_softplus(stats.get("log_std", 1.0))]))
+        self.churn_head.bias.fill_(logit(stats.get("p_churn", 0.5)))
+        if self.arm_heads is not None:
+            self.arm_heads.b2.copy_(torch.tensor(
+                [logit(stats.get("p_converted", 0.5)), logit(stats.get("p_response", 0.5)),
+                 stats.get("response_log_mean", 0.0), inv_softplus(stats.get("response_log_std", 1.0))]
+            ).expand_as(self.arm_heads.b2))
+
+
+def build_model(spec: ModelSpec, encoder_config: Any = None) -> MultiTaskModel:
+    """A fresh :class:`MultiTaskModel` (random heads; encoder as in :func:`build_masked_lm`)."""
+    return MultiTaskModel(spec, build_masked_lm(spec, encoder_config))
+
+
+def standardise(tabular: np.ndarray, mean, std) -> np.ndarray:
+    """Raw tabular features -> model inputs: signed log1p, standardise, NaN -> 0, clip.
+
+    Mirrors :func:`ulv_spark.train.feed.standardised_features_column` (the Spark side) exactly.
+    """
+    x = np.asarray(tabular, dtype=np.float64)
+    x = np.sign(x) * np.log1p(np.abs(x))
+    z = (x - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
+    z = np.where(np.isnan(z), 0.0, z)
+    return np.clip(z, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
+
+
+def head_predictions(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Business quantities from raw head outputs (float64): value, quantiles, churn, per-arm outcomes."""
+    value = out["value"].double()
+    logit, mu, sigma = value[:, 0], value[:, 1], ziln_sigma(value[:, 2])
+    preds = {
+        "expected_value": ziln_expected_value(logit, mu, sigma),
+        "p_purchase": torch.sigmoid(logit),
+        "value_p10": ziln_quantile(logit, mu, sigma, 0.1),
+        "value_p90": ziln_quantile(logit, mu, sigma, 0.9),
+        "churn_probability": torch.sigmoid(out["churn"].double()),
+    }
+    if "arm" in out:
+        arm = out["arm"].double()
+        preds["arm_conversion"] = torch.sigmoid(arm[..., 0])
+        preds["arm_value"] = ziln_expected_value(arm[..., 1], arm[..., 2], ziln_sigma(arm[..., 3]))
+    if "propensity" in out:
+        preds["arm_propensity"] = torch.softmax(out["propensity"].double(), dim=-1)
+    return preds
+
+
+def predict_arrays(model: MultiTaskModel, meta: "ModelMeta", tokens: np.ndarray, mask: np.ndarray,
+                   tabular: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Predictions for a batch of users from raw inputs (no Spark, no pandas).
+
+    Args:
+        model: a loaded model (:func:`ulv_spark.train.artifacts.load_model`), in eval mode.
+        meta: its :class:`~ulv_spark.train.artifacts.ModelMeta` (feature order and statistics).
+        tokens, mask: int (B, L) event tokens and attention mask, L = ``meta.seq_len``.
+        tabular: float (B, F) RAW features in ``meta.feature_columns`` order; NaN allowed.
+        device: torch device string.
+
+    Returns:
+        ``expected_value``, ``p_purchase``, ``value_p10``, ``value_p90``, ``churn_probability``
+        (B,) and ``arm_conversion``, ``arm_value`` (B, A) with A = len(meta.arms), control at
+        index 0 ((B, 0) without arms); plus ``arm_propensity`` (B, A) when the model has that head.
+    """
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    tabular = np.asarray(tabular, dtype=np.float64).reshape(len(tokens), -1)
+    if tokens.ndim != 2 or tokens.shape != mask.shape or tokens.shape[1] != meta.seq_len:
+        raise ValueError(f"tokens and mask must both be (B, {meta.seq_len}); got {tokens.shape} and {mask.shape}")
+    if tabular.shape[1] != len(meta.feature_columns):
+        raise ValueError(f"tabular must have {len(meta.feature_columns)} columns "
+                         f"({', '.join(meta.feature_columns[:5])}...); got {tabular.shape[1]}")
+    n_arms = len(meta.arms)
+    features = standardise(tabular, meta.feature_mean, meta.feature_std)
+    keys = ["expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability"]
+    chunks: dict[str, list[np.ndarray]] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(tokens), PREDICT_CHUNK):
+            sl = slice(start, start + PREDICT_CHUNK)
+            out = model(torch.as_tensor(tokens[sl], dtype=torch.long, device=device),
+                        torch.as_tensor(mask[sl], dtype=torch.long, device=device),
+                        torch.as_tensor(features[sl], device=device))
+            for key, value in head_predictions(out).items():
+                chunks.setdefault(key, []).append(value.cpu().numpy())
+    model.train(was_training)
+    result = {k: np.concatenate(chunks[k]) if k in chunks else np.zeros(0) for k in keys}
+    for key in ("arm_conversion", "arm_value", "arm_propensity"):
+        if key in chunks:
+            result[key] = np.concatenate(chunks[key])
+        elif key != "arm_propensity":
+            result[key] = np.zeros((len(tokens), n_arms))
+    return result
