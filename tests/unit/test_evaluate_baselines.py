@@ -131,7 +131,7 @@ def _tabular(n, seed):
 def test_gbm_uses_only_feature_columns_and_learns_value_and_churn():
     train, test = _tabular(3000, 1), _tabular(1000, 2)
     assert infer_feature_columns(train) == ["x1", "x2"]
-    pred = TabularGbm(max_iter=50).fit(train).predict(test)
+    pred = TabularGbm(max_iter=50, threads=1).fit(train).predict(test)
     assert M.normalized_gini(test["label_value"], pred["expected_value"]) > 0.95
     assert M.roc_auc(test["label_churned"], pred["churn_probability"]) > 0.99
     assert pred["expected_value"].min() >= 0
@@ -149,7 +149,7 @@ def test_two_model_uplift_recovers_a_segment_effect():
     frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "x1": x1, "x_noise": rng.random(n),
                           "arm": arm, "is_control": arm == "control", "label_converted": conv,
                           "label_response_value": conv * 50.0})
-    model = TwoModelUplift(max_iter=30).fit(frame)
+    model = TwoModelUplift(max_iter=30, threads=1).fit(frame)
     assert model.control_arm_ == "control" and model.arms_ == ["coupon"]
     pred = model.predict(frame)
     up = pred[uplift_column("conversion", "coupon")].to_numpy()

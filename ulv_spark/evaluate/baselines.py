@@ -152,7 +152,20 @@ class _Constant:
         return np.column_stack([np.full(len(x), 1.0 - self.value), np.full(len(x), self.value)])
 
 
-def _regressor(x, y, *, max_iter, learning_rate, random_state):
+def _threads(n: Optional[int]):
+    """Limit OpenMP threads of scikit-learn; None/0 = the library default (all cores).
+
+    On a shared or oversubscribed machine OpenMP's spinning threads can make a fit 30x
+    slower than one thread, so the number is configurable (evaluate.gbm_threads).
+    """
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="openmp") if n else nullcontext()
+
+
+def _regressor(x, y, *, max_iter, learning_rate, random_state, threads=None):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     y = np.clip(np.asarray(y, float), 0.0, None)
@@ -160,18 +173,25 @@ def _regressor(x, y, *, max_iter, learning_rate, random_state):
         return _Constant(0.0)
     # Poisson loss: spend is non-negative, mostly zero and heavy-tailed; the log link keeps
     # predictions positive and the loss still targets the mean, which value metrics score.
-    return HistGradientBoostingRegressor(loss="poisson", max_iter=max_iter, learning_rate=learning_rate,
-                                         random_state=random_state).fit(x, y)
+    with _threads(threads):
+        return HistGradientBoostingRegressor(loss="poisson", max_iter=max_iter, learning_rate=learning_rate,
+                                             random_state=random_state).fit(x, y)
 
 
-def _classifier(x, y, *, max_iter, learning_rate, random_state):
+def _classifier(x, y, *, max_iter, learning_rate, random_state, threads=None):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     y = np.asarray(y, float)
     if np.unique(y).size < 2:
         return _Constant(float(y.mean()) if y.size else 0.0)
-    return HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
-                                          random_state=random_state).fit(x, y.astype(int))
+    with _threads(threads):
+        return HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
+                                              random_state=random_state).fit(x, y.astype(int))
+
+
+def _predict(model, x, threads, proba: bool = False):
+    with _threads(threads):
+        return model.predict_proba(x)[:, 1] if proba else model.predict(x)
 
 
 class TabularGbm:
@@ -185,9 +205,10 @@ class TabularGbm:
     fits_on = "train"
 
     def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
-                 learning_rate: float = 0.1, random_state: int = 7):
+                 learning_rate: float = 0.1, random_state: int = 7, threads: Optional[int] = None):
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
-        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state)
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state,
+                           threads=threads)
 
     def fit(self, frame: pd.DataFrame) -> "TabularGbm":
         self.features_ = self.feature_columns or infer_feature_columns(frame)
@@ -201,10 +222,11 @@ class TabularGbm:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         x = _matrix(frame, self.features_)
-        churn = self.churn_model_.predict_proba(x)[:, 1]
+        threads = self.params["threads"]
+        churn = _predict(self.churn_model_, x, threads, proba=True)
         return pd.DataFrame({
             USER_ID: frame[USER_ID].to_numpy(),
-            EXPECTED_VALUE: np.maximum(self.value_model_.predict(x), 0.0),
+            EXPECTED_VALUE: np.maximum(_predict(self.value_model_, x, threads), 0.0),
             CHURN_PROBABILITY: churn,
             P_PURCHASE: 1.0 - churn,
         })
@@ -288,9 +310,11 @@ class TwoModelUplift:
     fits_on = "train"
 
     def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
-                 learning_rate: float = 0.1, random_state: int = 7, min_rows_per_arm: int = 20):
+                 learning_rate: float = 0.1, random_state: int = 7, min_rows_per_arm: int = 20,
+                 threads: Optional[int] = None):
         self.feature_columns = list(feature_columns) if feature_columns is not None else None
-        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state)
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state,
+                           threads=threads)
         self.min_rows_per_arm = int(min_rows_per_arm)
 
     def fit(self, frame: pd.DataFrame) -> "TwoModelUplift":
@@ -317,11 +341,12 @@ class TwoModelUplift:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         x = _matrix(frame, self.features_)
+        threads = self.params["threads"]
         base_conv, base_value = self.models_[self.control_arm_]
-        conv0, value0 = base_conv.predict_proba(x)[:, 1], base_value.predict(x)
+        conv0, value0 = _predict(base_conv, x, threads, proba=True), _predict(base_value, x, threads)
         out = {USER_ID: frame[USER_ID].to_numpy()}
         for arm in self.arms_:
             conv, value = self.models_[arm]
-            out[uplift_column("conversion", arm)] = conv.predict_proba(x)[:, 1] - conv0
-            out[uplift_column("value", arm)] = value.predict(x) - value0
+            out[uplift_column("conversion", arm)] = _predict(conv, x, threads, proba=True) - conv0
+            out[uplift_column("value", arm)] = _predict(value, x, threads) - value0
         return pd.DataFrame(out)

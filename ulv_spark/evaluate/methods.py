@@ -1,0 +1,120 @@
+"""The trained model and the synthetic oracle as backtest methods (same protocol as baselines.py).
+
+* :class:`ModelMethod` scores users with a trained model directory through the scoring
+  team's pure-pandas ``score.predict.predict_batch``; it is trained elsewhere, so ``fit`` only
+  loads it (``fits_on = None``).
+* :class:`Oracle` predicts the known truth of synthetic data (the ceiling): the truth columns
+  are joined onto the frame it scores (see :data:`TRUTH_COLUMNS`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, P_ALIVE, P_PURCHASE, uplift_column)
+from ulv_spark.schemas import USER_ID
+
+# Truth columns a synthetic evaluation frame carries (from truth_users / truth_uplift).
+TRUE_EXPECTED_SPEND = "true_expected_spend"
+TRUE_EXPECTED_PURCHASES = "true_expected_purchases"
+TRUE_P_ALIVE = "true_p_alive"
+TRUE_P_NO_PURCHASE = "true_p_no_purchase"
+
+
+def true_uplift_column(kind: str, arm: str) -> str:
+    """Truth column of the true effect of ``arm`` vs control: ``true_uplift_<kind>:<arm>``."""
+    return "true_" + uplift_column(kind, arm)
+
+
+class ModelMethod:
+    """The multi-task model from a model directory, as a backtest method named ``model``.
+
+    Predicts expected_value, p_purchase, churn_probability, value_p10/p90 and, for every
+    non-control arm of the model (``meta.arms[0]`` is the control), uplift = arm outcome -
+    control outcome, for conversion and value.
+    """
+
+    name = "model"
+    fits_on = None
+
+    def __init__(self, model_dir: str, device: str = "cpu"):
+        self.model_dir = model_dir
+        self.device = device
+
+    @property
+    def trained_as_of(self) -> Optional[dt.date]:
+        from ulv_spark.train.artifacts import read_meta
+
+        text = read_meta(self.model_dir).trained_as_of
+        return dt.date.fromisoformat(str(text)[:10]) if text else None
+
+    def required_columns(self) -> list[str]:
+        from ulv_spark.score.predict import input_columns
+        from ulv_spark.train.artifacts import read_meta
+
+        return input_columns(read_meta(self.model_dir))
+
+    def fit(self, frame: Optional[pd.DataFrame] = None) -> "ModelMethod":
+        from ulv_spark.train.artifacts import load_model
+
+        self.model_, self.meta_ = load_model(self.model_dir, device=self.device)
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from ulv_spark.score.predict import predict_batch
+
+        if not hasattr(self, "model_"):
+            self.fit()
+        out = predict_batch(frame.reset_index(drop=True), self.model_, self.meta_, device=self.device)
+        result = out[[USER_ID, EXPECTED_VALUE, P_PURCHASE, "value_p10", "value_p90", CHURN_PROBABILITY]].copy()
+        arms = list(self.meta_.arms)
+        if len(arms) > 1 and len(out):
+            conv = np.stack(out["arm_conversion"].to_numpy())
+            value = np.stack(out["arm_value"].to_numpy())
+            for j, arm in enumerate(arms[1:], start=1):
+                result[uplift_column("conversion", arm)] = conv[:, j] - conv[:, 0]
+                result[uplift_column("value", arm)] = value[:, j] - value[:, 0]
+        return result
+
+
+class Oracle:
+    """The truth of synthetic data as predictions: the ceiling every method is measured against.
+
+    expected_value = true expected spend in the horizon; churn = true P(no purchase in the
+    horizon) when the truth has it, else 1 - p_alive * (1 - exp(-m / p_alive)) with m the true
+    expected purchases (a Poisson count for an alive user, exact when purchases are Poisson);
+    uplift = the true effect per arm.
+    """
+
+    name = "oracle"
+    fits_on = None
+
+    def fit(self, frame: Optional[pd.DataFrame] = None) -> "Oracle":
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if TRUE_EXPECTED_SPEND not in frame.columns:
+            raise ValueError("oracle: the frame carries no truth columns (synthetic data only)")
+        out = {USER_ID: frame[USER_ID].to_numpy(),
+               EXPECTED_VALUE: frame[TRUE_EXPECTED_SPEND].astype(float).fillna(0.0).to_numpy()}
+        churn = None
+        if TRUE_P_NO_PURCHASE in frame.columns:
+            churn = frame[TRUE_P_NO_PURCHASE].astype(float).to_numpy()
+        elif {TRUE_P_ALIVE, TRUE_EXPECTED_PURCHASES} <= set(frame.columns):
+            p_alive = np.clip(frame[TRUE_P_ALIVE].astype(float).fillna(0.0).to_numpy(), 0.0, 1.0)
+            m = np.clip(frame[TRUE_EXPECTED_PURCHASES].astype(float).fillna(0.0).to_numpy(), 0.0, None)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rate = np.where(p_alive > 0, m / np.where(p_alive > 0, p_alive, 1.0), 0.0)
+            churn = 1.0 - p_alive * (1.0 - np.exp(-rate))
+        if churn is not None:
+            out[CHURN_PROBABILITY] = np.clip(churn, 0.0, 1.0)
+            out[P_PURCHASE] = 1.0 - out[CHURN_PROBABILITY]
+        if TRUE_P_ALIVE in frame.columns:
+            out[P_ALIVE] = frame[TRUE_P_ALIVE].astype(float).to_numpy()
+        for col in frame.columns:
+            if col.startswith("true_uplift_"):
+                out[col[len("true_"):]] = frame[col].astype(float).to_numpy()
+        return pd.DataFrame(out)

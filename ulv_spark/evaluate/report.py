@@ -1,0 +1,262 @@
+"""A self-contained HTML backtest report: metric tables plus embedded PNG plots.
+
+The file opens in a browser with no server: styles are inline and every plot is a PNG
+embedded as ``<img src="data:image/png;base64,...">`` (matplotlib's Agg renderer through the
+object API, so no display or pyplot state is involved). Per split it shows:
+
+* gain curves and lift curves of every value prediction (with the random and perfect lines);
+* decile calibration bars: mean predicted vs mean actual value per predicted decile;
+* Qini curves per treatment arm and outcome (with the random line);
+* the churn reliability diagram (observed churn rate vs mean predicted probability).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from ulv_spark.evaluate import metrics as M
+from ulv_spark.evaluate.backtest import UPLIFT_OUTCOME, BacktestResult, SplitResult
+from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLIFT_KINDS
+from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
+
+METHOD_ORDER = ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm")
+COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
+          "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd"}
+LOWER_IS_BETTER = ("mape", "ece")
+CLOSEST_TO_ONE = ("total_ratio",)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em} h3{margin-top:1.5em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em} th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4} td.name,th.name{text-align:left} td.best{font-weight:bold;background:#e8f5e9}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0} .note{color:#555;font-size:.9em}
+"""
+
+
+def _ordered(methods) -> list[str]:
+    known = [m for m in METHOD_ORDER if m in methods]
+    return known + sorted(m for m in methods if m not in METHOD_ORDER)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.2):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _img(fig, plot: str, caption: str) -> str:
+    data = _png(fig)
+    return (f'<figure><img data-plot="{html.escape(plot)}" alt="{html.escape(caption)}" '
+            f'src="data:image/png;base64,{data}"/><figcaption class="note">{html.escape(caption)}</figcaption></figure>')
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+def gain_lift_plot(res: SplitResult) -> Optional[str]:
+    """Gain and lift curves of every method predicting expected_value on this split."""
+    methods = [m for m in _ordered(res.predictions) if EXPECTED_VALUE in res.predictions[m]]
+    actual = res.test[LABEL_VALUE].astype(float).clip(lower=0).to_numpy()
+    if not methods or actual.sum() <= 0:
+        return None
+    fig, axes = _figure(2)
+    gain_ax, lift_ax = axes[0]
+    px, py = M.gain_curve(actual, actual)
+    gain_ax.plot(px, py, color="black", linestyle=":", label="perfect")
+    gain_ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="random")
+    for m in methods:
+        x, y = M.gain_curve(actual, res.predictions[m][EXPECTED_VALUE].to_numpy(float))
+        gain_ax.plot(x, y, color=COLORS.get(m), label=m)
+        keep = x > 0
+        lift_ax.plot(x[keep], y[keep] / x[keep], color=COLORS.get(m), label=m)
+    lift_ax.axhline(1.0, color="#999", linestyle="--", label="random")
+    gain_ax.set(xlabel="share of users targeted (by predicted value)", ylabel="share of actual spend",
+                title="Gain curve")
+    lift_ax.set(xlabel="share of users targeted", ylabel="lift (share of spend / share of users)",
+                title="Lift curve", xlim=(0.01, 1))
+    gain_ax.legend(fontsize=8)
+    lift_ax.legend(fontsize=8)
+    return _img(fig, "gain_lift", f"Gain and lift curves, {res.split.name}")
+
+
+def decile_plot(res: SplitResult, bins: int = 10) -> Optional[str]:
+    """Mean predicted vs mean actual value per predicted-value decile, one panel per method."""
+    methods = [m for m in _ordered(res.predictions) if EXPECTED_VALUE in res.predictions[m]]
+    if not methods or len(res.test) < bins:
+        return None
+    actual = res.test[LABEL_VALUE].astype(float).clip(lower=0).to_numpy()
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = _figure(ncols, nrows, width=4.6, height=3.4)
+    for i, m in enumerate(methods):
+        ax = axes[i // ncols][i % ncols]
+        table = M.decile_table(actual, res.predictions[m][EXPECTED_VALUE].to_numpy(float), bins)
+        x = table["bin"]
+        ax.bar(x - 0.2, table["predicted_mean"], width=0.4, color=COLORS.get(m, "#555"), label="predicted")
+        ax.bar(x + 0.2, table["actual_mean"], width=0.4, color="#bbb", label="actual")
+        mape = M.decile_mape(actual, res.predictions[m][EXPECTED_VALUE].to_numpy(float), bins)
+        ax.set(title=f"{m} (decile MAPE {mape:.2f})", xlabel="predicted-value decile (1 = top)",
+               ylabel="mean value per user", xticks=list(x))
+        ax.legend(fontsize=8)
+    for j in range(len(methods), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    return _img(fig, "decile_calibration", f"Decile calibration, {res.split.name}")
+
+
+def qini_plots(res: SplitResult) -> list[str]:
+    """One Qini-curve plot per (outcome, arm) that some method predicts uplift for."""
+    test = res.test
+    if ARM not in test.columns or LABEL_CONVERTED not in test.columns:
+        return []
+    exposed = test[ARM].notna() & test[LABEL_CONVERTED].notna()
+    control = exposed & test[IS_CONTROL].fillna(False).astype(bool)
+    out = []
+    for kind in UPLIFT_KINDS:
+        cols = sorted({c for p in res.predictions.values() for c in p.columns if c.startswith(f"uplift_{kind}:")})
+        for col in cols:
+            arm = col.split(":", 1)[1]
+            rows = (exposed & (test[ARM] == arm)) | control
+            t = (test.loc[rows, ARM] == arm).astype(int).to_numpy()
+            if t.sum() == 0 or t.sum() == t.size:
+                continue
+            y = test.loc[rows, UPLIFT_OUTCOME[kind]].astype(float).fillna(0.0).to_numpy()
+            fig, axes = _figure(1)
+            ax = axes[0][0]
+            end = None
+            for m in _ordered(res.predictions):
+                if col not in res.predictions[m]:
+                    continue
+                x, q = M.qini_curve(y, t, res.predictions[m].loc[rows, col].to_numpy(float))
+                coef = M.qini_coefficient(y, t, res.predictions[m].loc[rows, col].to_numpy(float))
+                ax.plot(x, q, color=COLORS.get(m), label=f"{m} (Qini {coef:.4g})")
+                end = q[-1]
+            ax.plot([0, 1], [0, end], color="#999", linestyle="--", label="random")
+            ax.set(xlabel="share of users targeted (by predicted uplift)",
+                   ylabel="incremental outcome per treated user", title=f"Qini curve: {kind}, {arm} vs control")
+            ax.legend(fontsize=8)
+            out.append(_img(fig, f"qini_{kind}_{arm}", f"Qini curve ({kind}, arm {arm}), {res.split.name}"))
+    return out
+
+
+def reliability_plot(res: SplitResult, bins: int = 10) -> Optional[str]:
+    """Churn reliability diagram: observed churn rate vs mean predicted probability per bin."""
+    methods = [m for m in _ordered(res.predictions) if CHURN_PROBABILITY in res.predictions[m]]
+    if not methods:
+        return None
+    churned = res.test[LABEL_CHURNED].astype(int).to_numpy()
+    fig, axes = _figure(1)
+    ax = axes[0][0]
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="perfectly calibrated")
+    for m in methods:
+        table = M.reliability_table(churned, np.clip(res.predictions[m][CHURN_PROBABILITY].to_numpy(float), 0, 1), bins)
+        filled = table["n"] > 0
+        ece = M.expected_calibration_error(churned, np.clip(res.predictions[m][CHURN_PROBABILITY].to_numpy(float), 0, 1), bins)
+        ax.plot(table["mean_predicted"][filled], table["observed_rate"][filled], marker="o",
+                color=COLORS.get(m), label=f"{m} (ECE {ece:.3f})")
+    ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate",
+           title="Churn reliability diagram", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return _img(fig, "churn_reliability", f"Churn reliability diagram, {res.split.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# tables and page
+# --------------------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4g}"
+
+
+def _best(metric: str, values: Mapping[str, float]) -> Optional[str]:
+    candidates = {m: v for m, v in values.items() if m != "oracle" and v is not None and not math.isnan(v)}
+    if len(candidates) < 2 or metric.endswith("_share_of_oracle"):
+        return None
+    if any(k in metric for k in CLOSEST_TO_ONE):
+        return min(candidates, key=lambda m: abs(candidates[m] - 1))
+    if any(k in metric for k in LOWER_IS_BETTER):
+        return min(candidates, key=candidates.get)
+    return max(candidates, key=candidates.get)
+
+
+def metrics_table(metrics: pd.DataFrame, split: str) -> str:
+    """HTML table metric x method for one split; the best non-oracle value per row in bold."""
+    sub = metrics[metrics["split"] == split]
+    if sub.empty:
+        return '<p class="note">no metrics</p>'
+    methods = _ordered(sub["method"].unique())
+    wide = sub.pivot_table(index="metric", columns="method", values="value", aggfunc="first")
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    body = []
+    for metric in wide.index:
+        values = {m: wide.at[metric, m] if m in wide.columns else None for m in methods}
+        best = _best(metric, values)
+        cells = "".join(f'<td class="{"best" if m == best else ""}">{_fmt(values[m])}</td>' for m in methods)
+        body.append(f'<tr><td class="name">{html.escape(metric)}</td>{cells}</tr>')
+    return (f'<table class="metrics" data-split="{html.escape(split)}"><tr><th class="name">metric</th>{head}</tr>'
+            + "".join(body) + "</table>")
+
+
+def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
+                  facts: Optional[Mapping[str, object]] = None, notes: Optional[list[str]] = None,
+                  bins: int = 10) -> str:
+    """The complete HTML page for a backtest result (a string; see :func:`write_report`)."""
+    facts = dict(facts or {})
+    facts.setdefault("dataset", result.dataset)
+    facts.setdefault("generated (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"))
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<table class='facts'>" + "".join(f"<tr><th class='name'>{html.escape(str(k))}</th>"
+                                               f"<td class='name'>{html.escape(str(v))}</td></tr>"
+                                               for k, v in facts.items()) + "</table>"]
+    parts.append("<p class='note'>Bold: best non-oracle method per metric (lower is better for MAPE and "
+                 "ECE, closest to 1 for total_ratio). Value metrics score expected spend in the horizon "
+                 "against actual spend; churn = no purchase in the horizon; Qini/AUUC/uplift@k per arm "
+                 "vs control on exposed test users.</p>")
+    for note in notes or []:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    for res in result.splits:
+        name = res.split.name
+        parts.append(f"<h2 data-split='{html.escape(name)}'>Split {html.escape(name)}</h2>")
+        parts.append(f"<p class='note'>{len(res.test)} test users; {res.n_train} training rows; "
+                     f"methods: {', '.join(html.escape(m) for m in _ordered(res.predictions))}</p>")
+        if res.skipped:
+            items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>" for m, r in res.skipped.items())
+            parts.append(f"<p class='note'>Not run on this split:</p><ul class='skipped'>{items}</ul>")
+        parts.append(metrics_table(result.metrics, name))
+        plots = [("Value: gain and lift", gain_lift_plot(res)),
+                 ("Value: decile calibration", decile_plot(res, bins)),
+                 ("Churn: reliability", reliability_plot(res, bins))]
+        for heading, img in plots:
+            if img:
+                parts.append(f"<h3>{heading}</h3>{img}")
+        qini = qini_plots(res)
+        if qini:
+            parts.append("<h3>Uplift: Qini curves</h3>" + "".join(qini))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: BacktestResult, path: str, **kwargs) -> str:
+    """Render the report and write it to ``path`` (parent directories created); returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_report(result, **kwargs), encoding="utf-8")
+    return str(target)
