@@ -231,11 +231,56 @@ class ScoreConf:
              f"must be two increasing probabilities in (0, 1), got {self.risk_tiers}")
 
 
+EVALUATE_METHODS = ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm")
+
+
 @dataclass(frozen=True)
 class EvaluateConf:
-    report_dir: str = "lakehouse/_shared/reports"
-    origins: int = 1
-    uplift_top_share: float = 0.2
+    report_dir: str = "lakehouse/_shared/reports"  # HTML reports: evaluation_<dataset>_<as_of>_<run_id>.html
+    dataset: str = "lakehouse"           # name recorded in evaluation_metrics.dataset
+    origins: int = 1                     # evaluation origins E_j = as_of - H - j * origin_step_days
+    origin_step_days: int = 30           # days between evaluation origins and between training origins
+    train_origins: int = 2               # past origins E - H - k * step the supervised baselines learn from
+    test_share: float = 1.0              # share of users at E that are scored; < 1 also trains on the others at E
+    seed: int = 7                        # picks the test users when test_share < 1
+    # methods to run; "oracle" needs truth tables (synthetic data), "model" a model (see `model`)
+    methods: list[str] = field(default_factory=lambda: list(EVALUATE_METHODS))
+    # latest_before_origin: newest model under train.model_dir trained on or before each origin;
+    # train: train one per split on its training rows (into model_dir below); none: no model
+    model: Literal["latest_before_origin", "train", "none"] = "latest_before_origin"
+    model_dir: str = "lakehouse/_shared/backtest_models"  # models trained by the backtest (model: train)
+    bgnbd_penalizer: float = 0.0         # lifetimes BetaGeoFitter penalizer_coef
+    gg_penalizer: float = 0.0            # lifetimes GammaGammaFitter penalizer_coef
+    gbm_max_iter: int = 200              # HistGradientBoosting boosting rounds (gbm, two_model_gbm)
+    gbm_learning_rate: float = 0.1
+    gbm_threads: int = 0                 # OpenMP threads of scikit-learn; 0 = all cores
+    rfm_quantiles: int = 5               # R, F and M are scored 1..N by training-frame quantiles
+    bins: int = 10                       # predicted-value deciles and churn calibration bins
+    uplift_top_share: float = 0.2        # k of uplift@k: share of users targeted
+    max_train_rows: int = 300000         # supervised training rows collected to the driver (seeded sample beyond)
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'evaluate.{key}' {what}")
+
+        need(self.origins >= 1, "origins", f"must be >= 1, got {self.origins}")
+        need(self.origin_step_days >= 1, "origin_step_days", f"must be >= 1, got {self.origin_step_days}")
+        need(self.train_origins >= 0, "train_origins", f"must be >= 0, got {self.train_origins}")
+        need(0 < self.test_share <= 1, "test_share", f"must be in (0, 1], got {self.test_share}")
+        need(self.test_share < 1 or self.train_origins >= 1, "train_origins",
+             "must be >= 1 when test_share is 1 (nothing else to train on)")
+        unknown = sorted(set(self.methods) - set(EVALUATE_METHODS))
+        need(not unknown and bool(self.methods), "methods",
+             f"must be a non-empty subset of {list(EVALUATE_METHODS)}, got unknown {unknown}")
+        need(self.bgnbd_penalizer >= 0 and self.gg_penalizer >= 0, "bgnbd_penalizer", "and gg_penalizer must be >= 0")
+        need(self.gbm_max_iter >= 1, "gbm_max_iter", f"must be >= 1, got {self.gbm_max_iter}")
+        need(self.gbm_learning_rate > 0, "gbm_learning_rate", f"must be > 0, got {self.gbm_learning_rate}")
+        need(self.gbm_threads >= 0, "gbm_threads", f"must be >= 0, got {self.gbm_threads}")
+        need(self.rfm_quantiles >= 2, "rfm_quantiles", f"must be >= 2, got {self.rfm_quantiles}")
+        need(self.bins >= 2, "bins", f"must be >= 2, got {self.bins}")
+        need(0 < self.uplift_top_share <= 1, "uplift_top_share", f"must be in (0, 1], got {self.uplift_top_share}")
+        need(self.max_train_rows >= 100, "max_train_rows", f"must be >= 100, got {self.max_train_rows}")
 
 
 @dataclass(frozen=True)
@@ -283,7 +328,7 @@ class Config:
 _PATH_KEYS = {
     ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
     ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"), ("train", "parquet_dir"),
-    ("evaluate", "report_dir"),
+    ("evaluate", "report_dir"), ("evaluate", "model_dir"),
 }
 
 
