@@ -181,6 +181,7 @@ class TrainConf:
     max_grad_norm: float = 1.0          # gradient clipping; 0 = off
     bf16: bool = True                   # bf16 autocast on GPU (ignored on CPU)
     reader_workers: int = 2             # Petastorm reader threads per rank
+    cpu_threads: int = 0                # torch threads per process on CPU; 0 = $OMP_NUM_THREADS, else cores / local processes
     shuffle_buffer: int = 1024          # rows mixed across row groups by Petastorm's shuffling queue; 0 = off
     feed_files: int = 0                 # Parquet files / row groups of the feed; 0 = 4 per process
     steps_per_epoch: int = 0            # cap on steps per epoch; 0 = rows // (batch_size * processes)
@@ -194,7 +195,7 @@ class TrainConf:
 
         for key in ("num_processes", "batch_size", "patience", "reader_workers"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "pretrain_epochs", "shuffle_buffer", "feed_files", "steps_per_epoch"):
+        for key in ("epochs", "pretrain_epochs", "shuffle_buffer", "feed_files", "steps_per_epoch", "cpu_threads"):
             need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         need(0.0 <= self.validation_share < 1.0, "validation_share", f"must be in [0, 1), got {self.validation_share}")
         need(0.0 < self.mlm_probability < 1.0, "mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")

@@ -1,0 +1,43 @@
+"""`ulv-spark train`: train the multi-task model on training_examples of --as-of; write a model version."""
+from __future__ import annotations
+
+SUMMARY_KEYS = ("model_version", "model_dir", "epochs_run", "early_stopped", "best_epoch", "resumed_from_epoch",
+                "rows_train", "rows_val", "validation_origins", "loader", "world_size", "device", "seconds",
+                "metrics", "mlflow_run_id")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--fresh", action="store_true", help="ignore this run's checkpoints and start over")
+    parser.add_argument("--export-feed", action="store_true",
+                        help="only write the Arrow feed (train/, val/, feed.json) under train.parquet_dir, for "
+                             "`python -m ulv_spark.train.torchrun_main --data <feed_dir>` on a machine without Spark")
+
+
+def run(ctx, args) -> dict:
+    from ulv_spark import lake
+    from ulv_spark.cli import JobFailed
+    from ulv_spark.config import to_dict
+    from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
+    from ulv_spark.train import fit
+    from ulv_spark.train.artifacts import log_to_mlflow
+
+    cfg, spark = ctx.cfg, ctx.spark
+    ref = lake.table_ref(cfg.lakehouse, "training_examples")
+    if not lake.is_delta(spark, ref):
+        raise JobFailed(f"{ref.name} does not exist: run `ulv-spark features --as-of {ctx.as_of}` first")
+    examples = lake.read_table(spark, ref, as_of_date=ctx.as_of)
+    inputs = dict(train_cfg=cfg.train, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
+                  vocab_fingerprint=vocabulary_fingerprint(cfg.features), horizon_days=cfg.run.horizon_days,
+                  as_of=ctx.as_of, data_version=lake.current_version(spark, ref))
+    try:
+        if args.export_feed:
+            return fit.export_feed(spark, examples, **inputs)
+        summary = fit.train_model(spark, examples, conf=to_dict(cfg), fresh=args.fresh, **inputs)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from None
+    if summary["status"] != "finished":
+        raise JobFailed(f"stopped after {summary['epochs_run']} of {summary['epochs_planned']} epochs "
+                        f"(train.stop_after_epochs); run again to resume from {summary['checkpoint_dir']}")
+    summary["mlflow_run_id"] = log_to_mlflow(cfg.train.mlflow_tracking_uri, summary["model_dir"],
+                                             params={"train": to_dict(cfg)["train"]}, metrics=summary["metrics"])
+    return {k: summary.get(k) for k in SUMMARY_KEYS}
