@@ -1,0 +1,206 @@
+"""`ulv-spark score --as-of D`: write user_value, user_churn, promo_uplift and user_segments for D.
+
+Steps, each logged as a stage:
+1. resolve the model (score.model_version, else the newest under train.model_dir) and check it
+   fits user_features of D (feature columns, sequence length, token vocabulary, one row per
+   user) -- a mismatch fails here, before anything is written;
+2. score every user once through the pandas UDF into the staging table `score_predictions`
+   (replaceWhere D), then read that exact Delta version back, so the four tables derive from
+   the same rows and a re-run of D replaces them with identical content;
+3. write the four tables (each its own Delta transaction, replacing partition D) and the
+   `latest_*` views. A failing table is named in the error together with the tables already
+   written; tables not yet written keep their previous version.
+"""
+from __future__ import annotations
+
+import os
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from ulv_spark import lake, schemas
+from ulv_spark.cli import JobFailed
+from ulv_spark.runtime import get_logger, stage
+from ulv_spark.schemas import AS_OF_DATE, MODEL_VERSION, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID
+from ulv_spark.score import tables, udf
+from ulv_spark.score.predict import (ARM_CONVERSION, ARM_VALUE, EXPECTED_VALUE, SCALAR_OUTPUTS,
+                                     compatibility_problems)
+
+SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
+log = get_logger("ulv_spark.score")
+
+
+def run(ctx, args) -> dict:
+    """Score every user of user_features for ctx.as_of; returns the run summary."""
+    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
+    model_dir = resolve_model_dir(cfg.train.model_dir, cfg.score.model_version)
+    with stage("score.check", log) as info:
+        meta = _load_meta(model_dir)
+        features = _read_features(spark, cfg.lakehouse, as_of)
+        users = check_features(features, meta, _vocabulary_fingerprint(cfg.features), as_of)
+        info.update(model_version=meta.version, users=users)
+    if meta.horizon_days != cfg.run.horizon_days:
+        log.warning("model horizon %s days differs from run.horizon_days=%s; tables use the model's",
+                    meta.horizon_days, cfg.run.horizon_days)
+    unknown_costs = sorted(set(cfg.score.arm_costs) - set(meta.arms))
+    if unknown_costs:
+        log.warning("score.arm_costs names arm(s) the model does not have: %s", unknown_costs)
+
+    predictions, staging_version = _predict(ctx, features, model_dir, meta, users)
+    with stage("score.tables", log) as info:
+        written = _write_tables(ctx, predictions, meta)
+        info.update(tables=len(written))
+    views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
+    return {"model_version": meta.version, "model_dir": model_dir, "users": users,
+            "horizon_days": meta.horizon_days, "arms": list(meta.arms), "staging_version": staging_version,
+            "tables": written, "views": views, "batch_size": cfg.score.batch_size, "use_gpu": cfg.score.use_gpu}
+
+
+def resolve_model_dir(model_root: str, model_version) -> str:
+    """The model directory: `model_version` (a name under `model_root`, or a path), else the newest."""
+    from ulv_spark.train.artifacts import latest_model_dir
+
+    if model_version is None:
+        found = latest_model_dir(model_root)
+        if not found:
+            raise JobFailed(f"no trained model under {model_root}: run `ulv-spark train` first "
+                            f"or set score.model_version")
+        return str(found)
+    candidate = str(model_version)
+    if not (os.path.isabs(candidate) or "://" in candidate):
+        candidate = os.path.join(model_root, candidate)
+    if not os.path.isdir(candidate):
+        raise JobFailed(f"score.model_version={model_version!r}: no model directory at {candidate}")
+    return candidate
+
+
+def _load_meta(model_dir: str):
+    from ulv_spark.train.artifacts import load_model
+
+    try:
+        return load_model(model_dir, device="cpu")[1]
+    except Exception as exc:  # noqa: BLE001 - any load error means the same thing to the user
+        raise JobFailed(f"cannot load the model at {model_dir}: {type(exc).__name__}: {exc}") from exc
+
+
+def _vocabulary_fingerprint(features_cfg) -> str:
+    from ulv_spark.features.sequences import vocabulary_fingerprint
+
+    return vocabulary_fingerprint(features_cfg)
+
+
+def _read_features(spark, lake_cfg, as_of):
+    ref = lake.table_ref(lake_cfg, "user_features")
+    if not lake.is_delta(spark, ref):
+        raise JobFailed(f"table {ref.name} does not exist: run `ulv-spark features --as-of {as_of}` first")
+    return lake.read_table(spark, ref, as_of_date=as_of)
+
+
+def check_features(features, meta, vocab_fingerprint: str, as_of) -> int:
+    """Number of users to score; JobFailed (nothing written yet) when the model does not fit them."""
+    columns = dict(features.dtypes)
+    problems = compatibility_problems(meta, columns=columns, seq_lengths=(None, None),
+                                      vocab_fingerprint=vocab_fingerprint)
+    if problems:
+        raise JobFailed(_mismatch(meta, as_of, problems))
+    sizes = [F.when(F.col(c).isNotNull(), F.size(c)) for c in (SEQ_TOKENS, SEQ_MASK)]
+    stats = features.agg(F.count(F.lit(1)).alias("rows"), F.count_distinct(USER_ID).alias("users"),
+                         F.least(*[F.min(s) for s in sizes]).alias("low"),
+                         F.greatest(*[F.max(s) for s in sizes]).alias("high")).first()
+    if stats["rows"] == 0:
+        raise JobFailed(f"user_features has no rows for as_of_date {as_of}: run `ulv-spark features "
+                        f"--as-of {as_of}` first; nothing was written")
+    problems = compatibility_problems(meta, columns=columns, seq_lengths=(stats["low"], stats["high"]),
+                                      vocab_fingerprint=vocab_fingerprint)
+    if stats["users"] != stats["rows"]:
+        problems.append(f"user_features has {stats['rows']} rows but {stats['users']} distinct users for {as_of}")
+    if problems:
+        raise JobFailed(_mismatch(meta, as_of, problems))
+    return int(stats["users"])
+
+
+def _mismatch(meta, as_of, problems) -> str:
+    return (f"model {meta.version} does not fit user_features of {as_of}: " + "; ".join(problems)
+            + ". Nothing was written (retrain the model or rebuild the features with the model's conf)")
+
+
+def _predict(ctx, features, model_dir, meta, users: int):
+    """Score into the staging table; return (its rows for the date at the written version, version)."""
+    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
+    ref = lake.table_ref(cfg.lakehouse, schemas.SCORE_PREDICTIONS.name)
+    with stage("score.predict", log) as info:
+        scored = udf.score_users(features, model_dir=model_dir, feature_columns=list(meta.feature_columns),
+                                 use_gpu=cfg.score.use_gpu, partitions=cfg.score.partitions)
+        staged = scored.select("*", F.lit(as_of).alias(AS_OF_DATE), F.lit(meta.version).alias(MODEL_VERSION),
+                               F.lit(ctx.run_id).alias(RUN_ID))
+        try:
+            with udf.arrow_batch_size(spark, cfg.score.batch_size):
+                lake.write_partition(spark, staged, ref, schemas.SCORE_PREDICTIONS, as_of=as_of)
+        except Exception as exc:
+            raise JobFailed(f"scoring failed while writing {ref.name} ({_first_line(exc)}); "
+                            f"no score table was written") from exc
+        version = lake.current_version(spark, ref)
+        info.update(users=users, batch_size=cfg.score.batch_size, staging_version=version)
+    predictions = lake.read_table(spark, ref, version=version, as_of_date=as_of)
+    _check_predictions(predictions, users, len(meta.arms))
+    return predictions, version
+
+
+def _check_predictions(predictions, users: int, n_arms: int) -> None:
+    bad_value = None
+    for col in SCALAR_OUTPUTS:
+        cond = F.col(col).isNull() | F.isnan(col)
+        bad_value = cond if bad_value is None else bad_value | cond
+    bad_arms = (F.size(ARM_CONVERSION) != n_arms) | (F.size(ARM_VALUE) != n_arms)
+    stats = predictions.agg(F.count(F.lit(1)).alias("rows"),
+                            F.sum(F.when(bad_value, 1).otherwise(0)).alias("nan"),
+                            F.sum(F.when(bad_arms, 1).otherwise(0)).alias("bad_arms")).first()
+    if stats["rows"] != users or stats["nan"] or stats["bad_arms"]:
+        raise JobFailed(f"predictions are unusable ({stats['rows']} rows for {users} users, {stats['nan']} with "
+                        f"NaN/null outputs, {stats['bad_arms']} with arm arrays not of length {n_arms}); "
+                        f"no score table was written")
+
+
+def _write_tables(ctx, predictions, meta) -> dict:
+    """Write the four tables for the date, in order; JobFailed names the one that failed."""
+    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
+    buckets = cfg.score.rank_buckets
+    cuts = (predictions.approxQuantile(EXPECTED_VALUE, [i / buckets for i in range(1, buckets)], 1e-3)
+            if buckets > 1 else [])
+    scored = tables.add_value_decile(predictions, cut_points=cuts).persist(StorageLevel.MEMORY_AND_DISK)
+    horizon, tiers = meta.horizon_days, cfg.score.risk_tiers
+    frames = {
+        "user_value": (tables.user_value_table(scored, horizon_days=horizon), schemas.USER_VALUE),
+        "user_churn": (tables.user_churn_table(predictions, horizon_days=horizon, risk_tiers=tiers),
+                       schemas.USER_CHURN),
+        "promo_uplift": (tables.promo_uplift_table(predictions, arms=meta.arms, arm_campaigns=meta.arm_campaigns,
+                                                   margin=cfg.score.margin, arm_costs=cfg.score.arm_costs),
+                         schemas.PROMO_UPLIFT),
+        "user_segments": (tables.user_segments_table(scored, risk_tiers=tiers), schemas.USER_SEGMENTS),
+    }
+    written: dict = {}
+    try:
+        for name in SCORE_TABLES:
+            df, contract = frames[name]
+            ref = lake.table_ref(cfg.lakehouse, name)
+            try:
+                with stage(f"score.write.{name}", log) as info:
+                    lake.write_partition(spark, df, ref, contract, as_of=as_of)
+                    metrics = lake.last_operation_metrics(spark, ref)
+                    written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
+                                     "rows": int(metrics.get("numOutputRows", -1))}
+                    info.update(rows=written[name]["rows"])
+            except Exception as exc:
+                pending = [t for t in SCORE_TABLES if t not in written]
+                raise JobFailed(
+                    f"writing {ref.name} for {as_of} failed ({_first_line(exc)}). Written by this run: "
+                    f"{list(written) or 'none'}; not written (previous versions stay readable): {pending}. "
+                    f"Re-run the date once the cause is fixed") from exc
+    finally:
+        scored.unpersist()
+    return written
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
