@@ -130,7 +130,7 @@ def _tabular(n, seed):
 
 def test_gbm_uses_only_feature_columns_and_learns_value_and_churn():
     train, test = _tabular(3000, 1), _tabular(1000, 2)
-    assert infer_feature_columns(train) == ["x1", "x2"]
+    assert infer_feature_columns(train.assign(true_expected_spend=1.0)) == ["x1", "x2"]
     pred = TabularGbm(max_iter=50, threads=1).fit(train).predict(test)
     assert M.normalized_gini(test["label_value"], pred["expected_value"]) > 0.95
     assert M.roc_auc(test["label_churned"], pred["churn_probability"]) > 0.99

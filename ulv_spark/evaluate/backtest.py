@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -30,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from ulv_spark.evaluate import metrics as M
-from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, RFM_COLUMNS, UPLIFT_KINDS,
-                                          uplift_column)
+from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, HAS_PURCHASE, RFM_COLUMNS,
+                                          UPLIFT_KINDS)
 from ulv_spark.evaluate.methods import TRUE_EXPECTED_SPEND, true_uplift_column
 from ulv_spark.runtime import get_logger
 from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_RESPONSE_VALUE,
@@ -110,7 +111,7 @@ def partition(examples: pd.DataFrame, split: Split) -> SplitFrames:
     in_test = holdout_mask(at_origin[USER_ID], split.test_share, split.seed)
     past = examples[origin_dates.isin(set(split.train_origins))]
     train = pd.concat([past, at_origin[~in_test]], ignore_index=True)
-    calib_cols = [USER_ID, *[c for c in RFM_COLUMNS if c in at_origin.columns]]
+    calib_cols = [USER_ID, *[c for c in (*RFM_COLUMNS, HAS_PURCHASE) if c in at_origin.columns]]
     return SplitFrames(train=train, calibration=at_origin[calib_cols].reset_index(drop=True),
                        test=at_origin[in_test].reset_index(drop=True))
 
@@ -210,6 +211,7 @@ class SplitResult:
     test: pd.DataFrame                      # the test rows (labels, truth), row order of predictions
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> aligned predictions
     skipped: dict[str, str] = field(default_factory=dict)               # method -> why it did not run
+    seconds: dict[str, float] = field(default_factory=dict)             # method -> fit + predict time
     n_train: int = 0
 
 
@@ -268,8 +270,11 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
         frames = partition(examples, split)
         res = SplitResult(split=split, test=frames.test, n_train=len(frames.train))
         for prototype in methods:
-            method = copy.deepcopy(prototype)
+            name = prototype.name
+            started = time.perf_counter()
             try:
+                # a method may pick split-specific state (the model trained before the origin)
+                method = prototype.for_split(split) if hasattr(prototype, "for_split") else copy.deepcopy(prototype)
                 if method.fits_on == "calibration":
                     method.fit(frames.calibration)
                 elif method.fits_on == "train":
@@ -279,9 +284,10 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
                 else:
                     method.fit(None)
                 res.predictions[method.name] = _align(frames.test, method.predict(frames.test), method.name)
+                res.seconds[method.name] = round(time.perf_counter() - started, 2)
             except ValueError as exc:
-                res.skipped[method.name] = str(exc).splitlines()[0]
-                log.warning("%s on %s skipped: %s", method.name, split.name, res.skipped[method.name])
+                res.skipped[name] = str(exc).splitlines()[0]
+                log.warning("%s on %s skipped: %s", name, split.name, res.skipped[name])
                 continue
             metric_values = evaluate_predictions(frames.test, res.predictions[method.name],
                                                  uplift_top_share=uplift_top_share, bins=bins)
@@ -289,8 +295,8 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
                            "value": float(v)} for k, v in sorted(metric_values.items())]
             rows.extend(split_rows)
         rows.extend(_oracle_shares([r for r in rows if r["split"] == split.name]))
-        log.info("backtest %s: %d test users, %d train rows, methods %s", split.name, len(frames.test),
-                 len(frames.train), sorted(res.predictions))
+        log.info("backtest %s: %d test users, %d train rows, seconds per method %s", split.name,
+                 len(frames.test), len(frames.train), res.seconds)
         results.append(res)
     metrics = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     return BacktestResult(dataset=dataset, splits=results, metrics=metrics)

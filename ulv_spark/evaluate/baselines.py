@@ -30,6 +30,7 @@ RECENCY = "recency"
 T_AGE = "T"
 MONETARY = "monetary_value"
 RFM_COLUMNS = (FREQUENCY, RECENCY, T_AGE, MONETARY)
+HAS_PURCHASE = "has_purchase"  # user_features: 1 when the user bought before the origin, else 0
 
 # Prediction columns every method may return.
 EXPECTED_VALUE = "expected_value"
@@ -48,10 +49,13 @@ def uplift_column(kind: str, arm: str) -> str:
 
 
 def infer_feature_columns(frame: pd.DataFrame) -> list[str]:
-    """Numeric columns of ``frame`` that are tabular features (as schemas.feature_columns)."""
+    """Numeric columns of ``frame`` that are tabular features (as schemas.feature_columns).
+
+    Truth columns (``true_*``, synthetic data) are never features.
+    """
     return [c for c in frame.columns
-            if c not in NON_FEATURE_COLUMNS and (pd.api.types.is_numeric_dtype(frame[c])
-                                                 or pd.api.types.is_bool_dtype(frame[c]))]
+            if c not in NON_FEATURE_COLUMNS and not str(c).startswith("true_")
+            and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
 
 
 def _require(frame: pd.DataFrame, columns: Iterable[str], who: str) -> None:
@@ -81,7 +85,9 @@ class BgNbdGammaGamma:
       and p_purchase = 1 - churn.
 
     Works on the calibration-period RFM (lifetimes definitions, days): ``frequency``,
-    ``recency``, ``T``, ``monetary_value``. It never reads a label.
+    ``recency``, ``T``, ``monetary_value``. It never reads a label. When the frame has
+    ``has_purchase``, only buyers are fitted on (users seen only through events have no
+    purchase history; they are predicted as customers acquired at the origin, T = 0).
     """
 
     name = "bgnbd_gg"
@@ -106,6 +112,8 @@ class BgNbdGammaGamma:
     def fit(self, frame: pd.DataFrame) -> "BgNbdGammaGamma":
         from lifetimes import BetaGeoFitter, GammaGammaFitter
 
+        if HAS_PURCHASE in frame.columns:
+            frame = frame[frame[HAS_PURCHASE].astype(float) > 0]
         f, r, t, m = self._rfm(frame)
         self.bgf_ = BetaGeoFitter(penalizer_coef=self.penalizer).fit(f, r, t)
         repeat = (f > 0) & (m > 0)

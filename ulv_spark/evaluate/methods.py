@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Optional
+from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -29,37 +30,82 @@ def true_uplift_column(kind: str, arm: str) -> str:
     return "true_" + uplift_column(kind, arm)
 
 
+def trained_as_of(model_dir: str) -> Optional[dt.date]:
+    """The run date the model in ``model_dir`` was trained for (its meta.json), or None."""
+    from ulv_spark.train.artifacts import read_meta
+
+    text = read_meta(model_dir).trained_as_of
+    return dt.date.fromisoformat(str(text)[:10]) if text else None
+
+
+def newest_model_before(model_root: str, origin: dt.date) -> Optional[str]:
+    """The newest complete model directory under ``model_root`` trained on or before ``origin``.
+
+    A model trained for run date D learned from labels that end by D, so it may be scored on
+    an origin E >= D without seeing the evaluation window.
+    """
+    from ulv_spark.train.artifacts import COMPLETE_MARKER
+
+    root = Path(model_root)
+    if not root.is_dir():
+        return None
+    for path in sorted((p for p in root.iterdir() if (p / COMPLETE_MARKER).is_file()), key=lambda p: p.name,
+                       reverse=True):
+        trained = trained_as_of(str(path))
+        if trained is not None and trained <= origin:
+            return str(path)
+    return None
+
+
 class ModelMethod:
     """The multi-task model from a model directory, as a backtest method named ``model``.
 
     Predicts expected_value, p_purchase, churn_probability, value_p10/p90 and, for every
     non-control arm of the model (``meta.arms[0]`` is the control), uplift = arm outcome -
     control outcome, for conversion and value.
+
+    Which directory scores a split (:meth:`for_split`): ``by_split[split.name]`` when given
+    (models trained by the backtest on that split's training rows), else ``model_dir`` when
+    given, else the newest model under ``model_root`` trained on or before the split's origin.
+    With ``check_origin`` a model trained after the origin is refused (its training labels
+    would overlap the evaluation window).
     """
 
     name = "model"
     fits_on = None
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
+    def __init__(self, model_dir: Optional[str] = None, *, model_root: Optional[str] = None,
+                 by_split: Optional[Mapping[str, str]] = None, check_origin: bool = True, device: str = "cpu"):
+        if not (model_dir or model_root or by_split):
+            raise ValueError("ModelMethod needs model_dir, model_root or by_split")
         self.model_dir = model_dir
+        self.model_root = model_root
+        self.by_split = dict(by_split or {})
+        self.check_origin = check_origin
         self.device = device
 
-    @property
-    def trained_as_of(self) -> Optional[dt.date]:
-        from ulv_spark.train.artifacts import read_meta
-
-        text = read_meta(self.model_dir).trained_as_of
-        return dt.date.fromisoformat(str(text)[:10]) if text else None
-
-    def required_columns(self) -> list[str]:
-        from ulv_spark.score.predict import input_columns
-        from ulv_spark.train.artifacts import read_meta
-
-        return input_columns(read_meta(self.model_dir))
+    def for_split(self, split) -> "ModelMethod":
+        """A copy bound to the model directory that scores ``split`` (raises ValueError if none)."""
+        if split.name in self.by_split:
+            return ModelMethod(self.by_split[split.name], check_origin=False, device=self.device)
+        if self.model_dir:
+            trained = trained_as_of(self.model_dir)
+            if self.check_origin and trained is not None and trained > split.origin:
+                raise ValueError(f"model {Path(self.model_dir).name} was trained for {trained}, after the "
+                                 f"evaluation origin {split.origin}: its labels overlap the evaluation window")
+            return ModelMethod(self.model_dir, check_origin=False, device=self.device)
+        if self.model_root:
+            found = newest_model_before(self.model_root, split.origin)
+            if found is None:
+                raise ValueError(f"no complete model under {self.model_root} trained on or before {split.origin}")
+            return ModelMethod(found, check_origin=False, device=self.device)
+        raise ValueError(f"no model for split {split.name}")
 
     def fit(self, frame: Optional[pd.DataFrame] = None) -> "ModelMethod":
         from ulv_spark.train.artifacts import load_model
 
+        if not self.model_dir:
+            raise ValueError("ModelMethod.fit needs a model directory: call for_split(split) first")
         self.model_, self.meta_ = load_model(self.model_dir, device=self.device)
         return self
 

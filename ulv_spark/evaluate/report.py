@@ -81,16 +81,19 @@ def gain_lift_plot(res: SplitResult) -> Optional[str]:
     px, py = M.gain_curve(actual, actual)
     gain_ax.plot(px, py, color="black", linestyle=":", label="perfect")
     gain_ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="random")
+    # cumulative lift on a grid from the top 2 %: the first few users alone give lifts in the
+    # hundreds that flatten the rest of the curve
+    grid = np.linspace(0.02, 1.0, 50)
     for m in methods:
         x, y = M.gain_curve(actual, res.predictions[m][EXPECTED_VALUE].to_numpy(float))
         gain_ax.plot(x, y, color=COLORS.get(m), label=m)
-        keep = x > 0
-        lift_ax.plot(x[keep], y[keep] / x[keep], color=COLORS.get(m), label=m)
+        lift_ax.plot(grid, np.interp(grid, x, y) / grid, color=COLORS.get(m), label=m)
+    lift_ax.plot(grid, np.interp(grid, px, py) / grid, color="black", linestyle=":", label="perfect")
     lift_ax.axhline(1.0, color="#999", linestyle="--", label="random")
     gain_ax.set(xlabel="share of users targeted (by predicted value)", ylabel="share of actual spend",
                 title="Gain curve")
     lift_ax.set(xlabel="share of users targeted", ylabel="lift (share of spend / share of users)",
-                title="Lift curve", xlim=(0.01, 1))
+                title="Cumulative lift", xlim=(0, 1))
     gain_ax.legend(fontsize=8)
     lift_ax.legend(fontsize=8)
     return _img(fig, "gain_lift", f"Gain and lift curves, {res.split.name}")
@@ -235,8 +238,10 @@ def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
     for res in result.splits:
         name = res.split.name
         parts.append(f"<h2 data-split='{html.escape(name)}'>Split {html.escape(name)}</h2>")
+        timing = ", ".join(f"{html.escape(m)} ({res.seconds[m]:.1f} s)" if m in res.seconds else html.escape(m)
+                           for m in _ordered(res.predictions))
         parts.append(f"<p class='note'>{len(res.test)} test users; {res.n_train} training rows; "
-                     f"methods: {', '.join(html.escape(m) for m in _ordered(res.predictions))}</p>")
+                     f"methods (fit + predict time): {timing}</p>")
         if res.skipped:
             items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>" for m, r in res.skipped.items())
             parts.append(f"<p class='note'>Not run on this split:</p><ul class='skipped'>{items}</ul>")

@@ -1,0 +1,53 @@
+"""`ulv-spark evaluate`: backtest the model against the baselines; metrics table + HTML report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# pipeline input -> logical lakehouse table; only orders is required
+INPUT_TABLES = {"orders": "orders", "events": "events", "exposures": "campaign_exposures",
+                "attributes": "user_attributes", "truth_users": "truth_users", "truth_uplift": "truth_uplift"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", default=None, help="name recorded with the metrics (default: evaluate.dataset)")
+    parser.add_argument("--report", default=None, help="HTML report path (default: under evaluate.report_dir)")
+
+
+def read_inputs(spark, lake_cfg):
+    """The pipeline inputs from the lakehouse: every table of INPUT_TABLES that exists."""
+    from ulv_spark import lake
+    from ulv_spark.evaluate.pipeline import EvaluationInputs
+
+    frames = {}
+    for key, table in INPUT_TABLES.items():
+        ref = lake.table_ref(lake_cfg, table)
+        frames[key] = lake.read_table(spark, ref) if lake.is_delta(spark, ref) else None
+    return EvaluationInputs(**frames)
+
+
+def run(ctx, args) -> dict:
+    from ulv_spark import lake
+    from ulv_spark.cli import JobFailed
+    from ulv_spark.evaluate import pipeline
+    from ulv_spark.evaluate.report import write_report
+    from ulv_spark.schemas import EVALUATION_METRICS
+
+    cfg, spark = ctx.cfg, ctx.spark
+    dataset = args.dataset or cfg.evaluate.dataset
+    inputs = read_inputs(spark, cfg.lakehouse)
+    if inputs.orders is None:
+        raise JobFailed(f"{lake.table_ref(cfg.lakehouse, 'orders').name} does not exist: run `ulv-spark ingest` first")
+    splits = pipeline.splits_from_conf(ctx.as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
+    try:
+        result, facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset=dataset)
+    except ValueError as exc:
+        raise JobFailed(str(exc).splitlines()[0]) from None
+    ref = lake.table_ref(cfg.lakehouse, EVALUATION_METRICS.name)
+    lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=ctx.as_of, run_id=ctx.run_id), ref,
+                EVALUATION_METRICS)
+    path = args.report or str(Path(cfg.evaluate.report_dir) / f"evaluation_{dataset}_{ctx.as_of}_{ctx.run_id}.html")
+    write_report(result, path, title=f"ulv_spark backtest: {dataset}",
+                 facts={**facts, "as_of": ctx.as_of, "run_id": ctx.run_id})
+    return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),
+            "skipped": {s.split.name: s.skipped for s in result.splits if s.skipped},
+            "headline": pipeline.headline(result.metrics)}
