@@ -214,10 +214,9 @@ def make_petastorm_feed(spark, frame, *, cache_dir: str, files: int) -> FeedSpec
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
+    _quiet_petastorm_warnings()
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, file_url(cache_dir))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        converter = make_spark_converter(frame.repartition(files), dtype="float32")
+    converter = make_spark_converter(frame.repartition(files), dtype="float32")
     return FeedSpec(loader="petastorm", rows=len(converter), converter=converter)
 
 
@@ -264,6 +263,20 @@ def steps_per_epoch(rows: int, batch_size: int, world: int, cap: int = 0) -> int
     return min(steps, cap) if cap > 0 else steps
 
 
+def covering_batch_size(rows: int, batch_size: int, world: int) -> int:
+    """A batch size <= ``batch_size`` whose fixed steps cover nearly all ``rows`` (for validation)."""
+    steps = max(1, -(-rows // (batch_size * world)))
+    return max(1, rows // (steps * world))
+
+
+def _quiet_petastorm_warnings() -> None:
+    # Petastorm 0.12 on pyarrow 14 warns on every read about APIs it cannot stop using.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm\..*")
+    warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
+    warnings.filterwarnings("ignore", message=".*LocalFileSystem.*")
+
+
 class Batches:
     """An endless iterator of batches (dict of torch tensors) for one rank, plus its epoch length."""
 
@@ -294,16 +307,15 @@ def open_batches(spec: FeedSpec, *, rank: int, world: int, batch_size: int, shuf
     """
     steps = steps_per_epoch(spec.rows, batch_size, world, steps_cap)
     if spec.loader == "petastorm":
+        _quiet_petastorm_warnings()
         from petastorm.pytorch import BatchedDataLoader
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            manager = spec.converter.make_torch_dataloader(
-                batch_size=batch_size, num_epochs=None, workers_count=workers,
-                shuffling_queue_capacity=shuffle_buffer if shuffle else 0, data_loader_fn=BatchedDataLoader,
-                cur_shard=rank, shard_count=world, shuffle_row_groups=shuffle, seed=seed)
-            with manager as loader:
-                yield Batches(iter(loader), steps)
+        manager = spec.converter.make_torch_dataloader(
+            batch_size=batch_size, num_epochs=None, workers_count=workers,
+            shuffling_queue_capacity=shuffle_buffer if shuffle else 0, data_loader_fn=BatchedDataLoader,
+            cur_shard=rank, shard_count=world, shuffle_row_groups=shuffle, seed=seed)
+        with manager as loader:
+            yield Batches(iter(loader), steps)
     elif spec.loader == "arrow":
         yield Batches(_arrow_batches(spec.path, rank=rank, world=world, batch_size=batch_size,
                                      shuffle=shuffle, seed=seed), steps)

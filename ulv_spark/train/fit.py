@@ -358,8 +358,11 @@ def train_rank(spec: TrainSpec) -> dict:
         train_batches = stack.enter_context(feeds.open_batches(
             spec.train_feed, shuffle=True, seed=spec.seed + 7919 * state.completed, shuffle_buffer=spec.shuffle_buffer,
             **open_kw))
-        val_batches = (stack.enter_context(feeds.open_batches(spec.val_feed, shuffle=False, seed=spec.seed, **open_kw))
-                       if spec.val_feed is not None and spec.val_feed.rows > 0 else None)
+        val_batches = None
+        if spec.val_feed is not None and spec.val_feed.rows > 0:
+            val_kw = {**open_kw, "batch_size": feeds.covering_batch_size(spec.val_feed.rows, spec.batch_size, world),
+                      "steps_cap": 0}
+            val_batches = stack.enter_context(feeds.open_batches(spec.val_feed, shuffle=False, seed=spec.seed, **val_kw))
         while state.completed < len(plan) and not state.early_stopped:
             if spec.stop_after_epochs is not None and epochs_this_run >= spec.stop_after_epochs:
                 status = "interrupted"

@@ -1,0 +1,250 @@
+"""Model, artifacts, Arrow loader and the per-rank training loop, without Spark (one process)."""
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ulv_spark.config import EncoderConf, TrainConf
+from ulv_spark.train import feed as feeds
+from ulv_spark.train import fit, synthetic, torchrun_main
+from ulv_spark.train.artifacts import COMPLETE_MARKER, ModelMeta, latest_model_dir, load_model, read_meta, save_model
+from ulv_spark.train.model import ModelSpec, build_masked_lm, build_model, predict_arrays, standardise
+
+SEQ, VOCAB = 6, 30
+FEATURES = ["recency_days", "frequency", "monetary_value"]
+ARMS = ["control", "coupon", "ship"]
+TINY = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0, tabular_hidden=8, head_hidden=8)
+
+
+def _meta(arms=ARMS, **kw):
+    base = dict(version="", feature_columns=FEATURES, feature_mean=[1.0, 0.5, 3.0], feature_std=[2.0, 0.7, 1.5],
+                seq_len=SEQ, vocab_size=VOCAB, vocab_fingerprint="fp", arms=list(arms),
+                arm_campaigns={a: "c1" for a in arms}, horizon_days=90, trained_as_of="2025-10-01")
+    return ModelMeta(**{**base, **kw})
+
+
+def _model(n_arms=3, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=n_arms, **{**TINY, **kw}))
+
+
+def _inputs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, SEQ + 1, n)
+    mask = (np.arange(SEQ)[None, :] < lengths[:, None]).astype(np.int32)
+    tokens = np.where(mask == 1, rng.integers(4, VOCAB, (n, SEQ)), 0).astype(np.int32)
+    tabular = rng.normal(size=(n, len(FEATURES))) * 10
+    tabular[0, 1] = np.nan
+    return tokens, mask, tabular
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and predictions
+# ---------------------------------------------------------------------------------------------
+def test_standardise_applies_signed_log1p_then_zscore_nan_to_zero_and_clips():
+    raw = np.array([[0.0, math.e - 1, np.nan], [-(math.e - 1), 1e30, 2.0]])
+    got = standardise(raw, mean=[0.0, 1.0, 0.0], std=[1.0, 2.0, 1.0])
+    expected = np.array([[0.0, 0.0, 0.0], [-1.0, 10.0, math.log(3.0)]], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert got.dtype == np.float32
+
+
+def test_predict_arrays_returns_every_output_with_consistent_values():
+    model, meta = _model().eval(), _meta()
+    tokens, mask, tabular = _inputs(7)
+    out = predict_arrays(model, meta, tokens, mask, tabular)
+    for key in ("expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability"):
+        assert out[key].shape == (7,) and np.isfinite(out[key]).all(), key
+    assert out["arm_conversion"].shape == (7, 3) and out["arm_value"].shape == (7, 3)
+    assert ((out["p_purchase"] > 0) & (out["p_purchase"] < 1)).all()
+    assert (out["value_p10"] <= out["value_p90"]).all() and (out["expected_value"] > 0).all()
+    # expected value = p * lognormal mean of the value head, checked against scipy
+    with torch.no_grad():
+        raw = model(torch.as_tensor(tokens).long(), torch.as_tensor(mask).long(),
+                    torch.as_tensor(standardise(tabular, meta.feature_mean, meta.feature_std)))["value"].double().numpy()
+    sigma = np.log1p(np.exp(raw[:, 2])) + 1e-3
+    expected = 1 / (1 + np.exp(-raw[:, 0])) * stats.lognorm.mean(s=sigma, scale=np.exp(raw[:, 1]))
+    np.testing.assert_allclose(out["expected_value"], expected, rtol=1e-5)
+
+
+def test_predict_arrays_without_arms_gives_empty_arm_outputs():
+    out = predict_arrays(_model(n_arms=0).eval(), _meta(arms=[]), *_inputs(4))
+    assert out["arm_conversion"].shape == (4, 0) and out["arm_value"].shape == (4, 0)
+
+
+def test_predict_arrays_rejects_wrong_shapes_and_survives_unknown_tokens():
+    model, meta = _model().eval(), _meta()
+    tokens, mask, tabular = _inputs(3)
+    with pytest.raises(ValueError, match="tabular must have 3 columns"):
+        predict_arrays(model, meta, tokens, mask, tabular[:, :2])
+    with pytest.raises(ValueError, match=r"\(B, 6\)"):
+        predict_arrays(model, meta, tokens[:, :4], mask[:, :4], tabular)
+    tokens[:, 0] = VOCAB + 100  # a newer vocabulary's id: read as UNK, not an index error
+    assert np.isfinite(predict_arrays(model, meta, tokens, mask, tabular)["expected_value"]).all()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_user_without_events_gets_finite_predictions(pooling):
+    model = _model(pooling=pooling).eval()
+    tokens = np.zeros((2, SEQ), dtype=np.int32)
+    out = predict_arrays(model, _meta(), tokens, np.zeros_like(tokens), np.full((2, 3), np.nan))
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_propensity_head_only_when_assignment_is_not_randomised():
+    assert _model().propensity_head is None
+    out = predict_arrays(_model(propensity=True).eval(), _meta(), *_inputs(5))
+    np.testing.assert_allclose(out["arm_propensity"].sum(axis=1), 1.0)
+
+
+def test_encoder_from_a_local_checkpoint_dir_is_resized_to_the_vocabulary(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=12, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "enc")
+    spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=3, n_arms=0, encoder_local_dir=str(tmp_path / "enc"))
+    mlm = build_masked_lm(spec)
+    assert mlm.get_input_embeddings().num_embeddings == VOCAB and mlm.config.hidden_size == 16
+    short = dataclasses.replace(spec, seq_len=80)
+    with pytest.raises(ValueError, match="positions"):
+        build_masked_lm(short)
+    with pytest.raises(ValueError, match="local directory"):
+        build_masked_lm(dataclasses.replace(spec, encoder_local_dir="bert-base-uncased"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+# ---------------------------------------------------------------------------------------------
+def test_save_load_round_trip_predicts_identically(tmp_path):
+    model = _model(seed=4).eval()
+    model_dir = save_model(model, _meta(), str(tmp_path), metrics={"val_loss": 1.5}, conf={"train": {"epochs": 2}})
+    names = set(os.listdir(model_dir))
+    assert {"config.json", "model.safetensors", "meta.json", "vocabulary.json", "feature_stats.json", "metrics.json",
+            "conf.yaml", "model_spec.json", COMPLETE_MARKER} <= names
+    loaded, meta = load_model(model_dir)
+    assert not loaded.training and meta.version == os.path.basename(model_dir)
+    assert meta == dataclasses.replace(_meta(), version=meta.version) == read_meta(model_dir)
+    a = predict_arrays(model, meta, *_inputs(6))
+    b = predict_arrays(loaded, meta, *_inputs(6))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert json.loads(open(os.path.join(model_dir, "metrics.json")).read()) == {"val_loss": 1.5}
+
+
+def test_latest_model_dir_skips_half_written_versions(tmp_path):
+    assert latest_model_dir(str(tmp_path / "missing")) is None
+    assert latest_model_dir(str(tmp_path)) is None
+    first = save_model(_model(), _meta(version="20250101T000000000000-aaaaaaaa"), str(tmp_path), {}, {})
+    (tmp_path / "20990101T000000000000-bbbbbbbb").mkdir()  # newer, but never completed
+    assert latest_model_dir(str(tmp_path)) == first
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "20990101T000000000000-bbbbbbbb"))
+    second = save_model(_model(), _meta(version="20250101T000000000000-aaaaaaaa"), str(tmp_path), {}, {})
+    assert second != first and latest_model_dir(str(tmp_path)) == second  # never overwrites a version
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow loader and the training loop (one process, no Spark)
+# ---------------------------------------------------------------------------------------------
+def test_arrow_loader_ranks_split_an_epoch_into_disjoint_shards(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 256, files=4, seq_len=SEQ, vocab_size=VOCAB)
+    spec = feeds.arrow_feed(os.path.join(root, "train"))
+    seen = []
+    for rank in range(2):
+        with feeds.open_batches(spec, rank=rank, world=2, batch_size=32, shuffle=True, seed=3) as batches:
+            assert batches.steps_per_epoch == 4
+            ids = [int(i) for b in batches.epoch() for i in b["row_id"]]
+            assert len(ids) == len(set(ids)) == 128
+            seen.append(set(ids))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(256))
+    with pytest.raises(ValueError, match="no Parquet file"):
+        with feeds.open_batches(spec, rank=4, world=5, batch_size=8) as batches:
+            next(batches)
+
+
+def test_step_and_batch_arithmetic():
+    assert feeds.steps_per_epoch(1000, 64, 2) == 7 and feeds.steps_per_epoch(10, 64, 2) == 1
+    assert feeds.steps_per_epoch(1000, 64, 2, cap=3) == 3
+    assert feeds.covering_batch_size(200, 64, 2) == 50
+    assert fit.effective_batch_size(256, 100, 2) == 50 and fit.effective_batch_size(16, 100, 2) == 16
+    assert fit._local_slots("local[2]") == 2 and fit._local_slots("local") == 1
+    assert fit._local_slots("spark://h:7077") is None
+
+
+def test_run_key_ignores_knobs_that_do_not_change_the_result():
+    cfg = TrainConf()
+    key = fit.run_key("2025-10-01", 3, cfg, ["a"])
+    assert key == fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, stop_after_epochs=1, resume=False), ["a"])
+    assert key != fit.run_key("2025-10-01", 4, cfg, ["a"])
+    assert key != fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, learning_rate=0.1), ["a"])
+
+
+def _train_cfg(tmp_path, **kw):
+    base = dict(model_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ck"), batch_size=32,
+                epochs=2, pretrain_epochs=1, cpu_threads=1, learning_rate=3e-3, tabular_hidden=16, head_hidden=16,
+                encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0))
+    return TrainConf(**{**base, **kw})
+
+
+def _spec(tmp_path, root, **kw):
+    cfg = _train_cfg(tmp_path, **kw)
+    info = json.loads(open(os.path.join(root, "feed.json")).read())
+    meta = ModelMeta.from_dict(info["meta"])
+    model = fit.model_spec_from_conf(cfg, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                                     n_features=len(meta.feature_columns), n_arms=len(meta.arms))
+    val = os.path.join(root, "val")
+    return fit.train_spec_from_conf(cfg, model=model, meta=meta, train_feed=feeds.arrow_feed(os.path.join(root, "train")),
+                                    val_feed=feeds.arrow_feed(val) if os.path.isdir(val) else None,
+                                    checkpoint_dir=str(tmp_path / "ck" / "run"), conf={}, label_stats=info["label_stats"],
+                                    batch_size=cfg.batch_size, use_gpu=False)
+
+
+def test_tiny_data_overfits_losses_fall_in_both_stages(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, seq_len=SEQ, vocab_size=VOCAB, seed=5)
+    summary = fit.train_rank(_spec(tmp_path, root, epochs=40, pretrain_epochs=25, learning_rate=5e-3))
+    history = summary["history"]
+    pre = [h["train_loss"] for h in history if h["stage"] == "pretrain"]
+    fine = [h["train_loss"] for h in history if h["stage"] == "finetune"]
+    assert len(pre) == 25 and len(fine) == 40 and summary["status"] == "finished"
+    assert np.mean(pre[-3:]) < np.mean(pre[:3]) - 0.3
+    assert np.mean(fine[-3:]) < 0.7 * np.mean(fine[:3])
+    model, meta = load_model(summary["model_dir"])
+    assert meta.arms == list(synthetic.DEFAULT_ARMS) and meta.feature_columns == list(synthetic.FEATURE_NAMES)
+
+
+def test_early_stopping_ends_fine_tuning_when_validation_stops_improving(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, val_rows=32, seq_len=SEQ, vocab_size=VOCAB)
+    # a learning rate this small cannot move the validation loss by the improvement threshold
+    summary = fit.train_rank(_spec(tmp_path, root, epochs=6, pretrain_epochs=0, learning_rate=1e-12, patience=2))
+    assert summary["early_stopped"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    assert summary["metrics"]["val_rows"] == 32
+
+
+def test_stopped_run_resumes_from_its_checkpoint_via_torchrun_main(tmp_path, capsys):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 96, files=2, val_rows=32, seq_len=SEQ, vocab_size=VOCAB)
+    args = ["--data", root, "--model-root", str(tmp_path / "models"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--set", "train.epochs=2", "--set", "train.pretrain_epochs=1", "--set", "train.batch_size=32",
+            "--set", "train.cpu_threads=1", "--set", "train.encoder.hidden_size=16", "--set", "train.encoder.num_heads=2",
+            "--set", "train.encoder.num_layers=1", "--set", "train.encoder.intermediate_size=32", "--set", "train.patience=5"]
+    assert torchrun_main.main(args + ["--set", "train.stop_after_epochs=2"]) == 3
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "interrupted" and first["epochs_run"] == 2 and "model_dir" not in first
+    assert [os.path.basename(p) for p in fit.checkpoint_files(str(tmp_path / "ck"))] == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert latest_model_dir(str(tmp_path / "models")) is None
+
+    assert torchrun_main.main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["status"] == "finished" and second["resumed_from_epoch"] == 2 and second["epochs_run"] == 3
+    assert second["model_dir"] == latest_model_dir(str(tmp_path / "models"))
+    assert os.path.basename(fit.latest_checkpoint(str(tmp_path / "ck"))) == "epoch-0003.pt"
+    assert (tmp_path / "ck" / fit.FINISHED_MARKER).is_file()
+
+    # a finished run's checkpoints are not resumed: the next run starts over
+    assert torchrun_main.main(args) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["resumed_from_epoch"] is None and third["epochs_run"] == 3
