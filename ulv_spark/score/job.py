@@ -50,7 +50,11 @@ def run(ctx, args) -> dict:
     with stage("score.tables", log) as info:
         written = _write_tables(ctx, predictions, meta)
         info.update(tables=len(written))
-    views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
+    try:
+        views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
+    except Exception as exc:
+        raise JobFailed(f"all four tables were written for {as_of}, but creating the latest_* views failed "
+                        f"({_first_line(exc)})") from exc
     return {"model_version": meta.version, "model_dir": model_dir, "users": users,
             "horizon_days": meta.horizon_days, "arms": list(meta.arms), "staging_version": staging_version,
             "tables": written, "views": views, "batch_size": cfg.score.batch_size, "use_gpu": cfg.score.use_gpu}
@@ -163,13 +167,22 @@ def _check_predictions(predictions, users: int, n_arms: int) -> None:
 
 def _write_tables(ctx, predictions, meta) -> dict:
     """Write the four tables for the date, in order; JobFailed names the one that failed."""
-    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
+    cfg = ctx.cfg
     buckets = cfg.score.rank_buckets
     cuts = (predictions.approxQuantile(EXPECTED_VALUE, [i / buckets for i in range(1, buckets)], 1e-3)
             if buckets > 1 else [])
+    # persisted: user_value and user_segments both need the deciles, which cost a ranking pass
     scored = tables.add_value_decile(predictions, cut_points=cuts).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _write_each(ctx, _table_frames(cfg, predictions, scored, meta))
+    finally:
+        scored.unpersist()
+
+
+def _table_frames(cfg, predictions, scored, meta) -> dict:
+    """Table name -> (DataFrame, contract) of the four score tables (lazy)."""
     horizon, tiers = meta.horizon_days, cfg.score.risk_tiers
-    frames = {
+    return {
         "user_value": (tables.user_value_table(scored, horizon_days=horizon), schemas.USER_VALUE),
         "user_churn": (tables.user_churn_table(predictions, horizon_days=horizon, risk_tiers=tiers),
                        schemas.USER_CHURN),
@@ -178,26 +191,28 @@ def _write_tables(ctx, predictions, meta) -> dict:
                          schemas.PROMO_UPLIFT),
         "user_segments": (tables.user_segments_table(scored, risk_tiers=tiers), schemas.USER_SEGMENTS),
     }
+
+
+def _write_each(ctx, frames: dict) -> dict:
+    """Write the tables in SCORE_TABLES order, one Delta transaction each; JobFailed names a failing one."""
+    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     written: dict = {}
-    try:
-        for name in SCORE_TABLES:
-            df, contract = frames[name]
-            ref = lake.table_ref(cfg.lakehouse, name)
-            try:
-                with stage(f"score.write.{name}", log) as info:
-                    lake.write_partition(spark, df, ref, contract, as_of=as_of)
-                    metrics = lake.last_operation_metrics(spark, ref)
-                    written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
-                                     "rows": int(metrics.get("numOutputRows", -1))}
-                    info.update(rows=written[name]["rows"])
-            except Exception as exc:
-                pending = [t for t in SCORE_TABLES if t not in written]
-                raise JobFailed(
-                    f"writing {ref.name} for {as_of} failed ({_first_line(exc)}). Written by this run: "
-                    f"{list(written) or 'none'}; not written (previous versions stay readable): {pending}. "
-                    f"Re-run the date once the cause is fixed") from exc
-    finally:
-        scored.unpersist()
+    for name in SCORE_TABLES:
+        df, contract = frames[name]
+        ref = lake.table_ref(cfg.lakehouse, name)
+        try:
+            with stage(f"score.write.{name}", log) as info:
+                lake.write_partition(spark, df, ref, contract, as_of=as_of)
+                metrics = lake.last_operation_metrics(spark, ref)
+                written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
+                                 "rows": int(metrics.get("numOutputRows", -1))}
+                info.update(rows=written[name]["rows"])
+        except Exception as exc:
+            pending = [t for t in SCORE_TABLES if t not in written]
+            raise JobFailed(
+                f"writing {ref.name} for {as_of} failed ({_first_line(exc)}). Written by this run: "
+                f"{list(written) or 'none'}; not written (previous versions stay readable): {pending}. "
+                f"Re-run the date once the cause is fixed") from exc
     return written
 
 
