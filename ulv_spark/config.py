@@ -57,10 +57,25 @@ class SourceConf:
     path: Optional[str] = None          # file/dir path, Delta path, or metastore table name
     options: dict[str, Any] = field(default_factory=dict)  # reader options (header, sep, ...)
     columns: dict[str, str] = field(default_factory=dict)  # contract name -> source column
-    timestamp_format: Optional[str] = None  # e.g. "yyyyMMdd"; None = Spark's default parsing
+    timestamp_format: Optional[str] = None  # e.g. "yyyyMMdd", "epoch_seconds"; None = Spark's default parsing
+    timezone: Optional[str] = None       # zone of timestamps without an offset, e.g. "Europe/Berlin"; None = UTC
     line_level: bool = False             # one row per order line: aggregate to orders
     return_id_prefix: Optional[str] = None  # order ids starting with this are returns/cancels
+    derive_order_id: bool = False        # no order id in the source: build <user>-<yyyyMMddHHmmss>-<n>
+    control_arm: str = "control"         # campaign_exposures: arm that is the hold-out when is_control is not mapped
+    true_values: list[str] = field(default_factory=lambda: ["true", "t", "1", "y", "yes"])  # text flags (lower case)
+    false_values: list[str] = field(default_factory=lambda: ["false", "f", "0", "n", "no", ""])  # others: bad_flag
+    future_rows: Literal["reject", "defer"] = "reject"  # rows dated after the run date: reject, or skip until due
     preset: Optional[str] = None         # e.g. "cdnow" (format: preset)
+
+    def __post_init__(self):
+        if self.format == "preset" and not self.preset:
+            raise ConfigError("a source with format 'preset' needs 'preset' (e.g. preset: cdnow)")
+        if self.format not in ("preset",) and not self.path:
+            raise ConfigError(f"a source with format '{self.format}' needs 'path'")
+        overlap = sorted({v.strip().lower() for v in self.true_values} & {v.strip().lower() for v in self.false_values})
+        if overlap:
+            raise ConfigError(f"source flag values {overlap} are in both true_values and false_values")
 
 
 @dataclass(frozen=True)
@@ -73,31 +88,66 @@ class SourcesConf:
 
 @dataclass(frozen=True)
 class IngestConf:
-    max_reject_share: float = 0.05  # fail (write nothing) when more rows than this are rejected
+    max_reject_share: float = 0.05  # fail (write nothing) when more rows than this are rejected (per table)
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_reject_share <= 1.0:
+            raise ConfigError(f"'ingest.max_reject_share' must be in [0, 1], got {self.max_reject_share}")
 
 
 @dataclass(frozen=True)
 class GenerateConf:
     users: int = 20000
-    partitions: int = 4
+    partitions: int = 4                  # Spark partitions; each simulates its own users (same seed+partitions = same data)
     seed: int = 7
-    start_date: dt.date = dt.date(2024, 1, 1)
-    end_date: dt.date = dt.date(2025, 12, 31)
+    start_date: dt.date = dt.date(2024, 1, 1)   # first day of the simulated period (acquisitions spread over it)
+    end_date: dt.date = dt.date(2025, 12, 31)   # last day of the simulated period
     output_dir: str = "lakehouse/raw"    # where the raw order log etc. are written (Parquet)
-    # buy-till-you-die parameters (BG/NBD: lambda ~ Gamma(r, alpha), p ~ Beta(a, b))
+    # buy-till-you-die parameters (BG/NBD: lambda ~ Gamma(r, alpha) per day, p ~ Beta(a, b))
     r: float = 0.6
     alpha: float = 40.0
     a: float = 0.8
     b: float = 3.0
-    # Gamma-Gamma spend: per-order spend ~ Gamma(p, nu), nu ~ Gamma(q, gamma)
+    # Gamma-Gamma spend: per-order spend ~ Gamma(p, nu), nu ~ Gamma(q, gamma); mean p * gamma / (q - 1)
     gg_p: float = 6.0
     gg_q: float = 4.0
-    gg_gamma: float = 150.0
-    categories: int = 8
-    views_per_purchase: float = 4.0
-    campaign_date: Optional[dt.date] = None  # None: end_date - response window
+    gg_gamma: float = 20.0
+    categories: int = 8                  # product categories (user preferences ~ Dirichlet)
+    views_per_purchase: float = 3.0      # mean product views in the session that ends in a purchase (>= 1)
+    browse_sessions_per_purchase: float = 1.0  # browse-only sessions per unit of purchase rate, while alive
+    cancel_rate: float = 0.03            # share of orders cancelled within a day (own row, negative amount)
+    # recurring randomised campaigns: a wave every N days (0 = none), arms assigned uniformly
+    campaign_every_days: int = 60
+    first_campaign_date: Optional[dt.date] = None  # None: start_date + campaign_every_days
     campaign_arms: list[str] = field(default_factory=lambda: ["control", "coupon_10", "free_shipping"])
     response_window_days: int = 30
+    campaign_effect_scale: float = 1.0   # multiplies every arm's effect on the purchase rate (0 = no effect)
+    # truth tables are written for these as-of dates (plus the run date and run date - horizon)
+    truth_dates: list[dt.date] = field(default_factory=lambda: [dt.date(2025, 7, 3), dt.date(2025, 10, 1)])
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'generate.{key}' {what}")
+
+        need(self.users >= 1, "users", f"must be >= 1, got {self.users}")
+        need(self.partitions >= 1, "partitions", f"must be >= 1, got {self.partitions}")
+        need(self.end_date > self.start_date, "end_date", f"must be after start_date ({self.start_date})")
+        for key in ("r", "alpha", "a", "b", "gg_p", "gg_gamma"):
+            need(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        need(self.gg_q > 1, "gg_q", f"must be > 1 (finite mean spend), got {self.gg_q}")
+        need(self.categories >= 1, "categories", f"must be >= 1, got {self.categories}")
+        need(self.views_per_purchase >= 1, "views_per_purchase", f"must be >= 1, got {self.views_per_purchase}")
+        need(self.browse_sessions_per_purchase >= 0, "browse_sessions_per_purchase", "must be >= 0")
+        need(0 <= self.cancel_rate < 1, "cancel_rate", f"must be in [0, 1), got {self.cancel_rate}")
+        need(self.response_window_days >= 1, "response_window_days", "must be >= 1")
+        need(self.campaign_every_days == 0 or self.campaign_every_days >= self.response_window_days,
+             "campaign_every_days", f"must be 0 or >= response_window_days ({self.response_window_days}) so "
+                                    f"response windows never overlap, got {self.campaign_every_days}")
+        need(self.campaign_effect_scale >= 0, "campaign_effect_scale", "must be >= 0")
+        need(len(self.campaign_arms) >= 2 and len(set(self.campaign_arms)) == len(self.campaign_arms)
+             and "control" in self.campaign_arms, "campaign_arms",
+             f"must be distinct, include 'control' and at least one treatment, got {self.campaign_arms}")
 
 
 @dataclass(frozen=True)

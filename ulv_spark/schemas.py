@@ -120,9 +120,11 @@ ORDERS = TableContract(
 EVENTS = TableContract(
     name="events",
     comment=("Bronze behaviour events (views, carts, searches...). Grain: one row per event. "
-             "Key: event_id (hash of user, time, type, product). Written by jobs/ingest.py with MERGE."),
+             "Key: event_id (source id, or hash of user, time, type, product, session). Written by jobs/ingest.py "
+             "with MERGE."),
     columns=(
-        _c("event_id", "STRING", "Deterministic hash of user_id, event_ts, event_type, product_id, session_id", False),
+        _c("event_id", "STRING", "The source's event id when mapped, else a deterministic hash of user_id, "
+                                 "event_ts, event_type, product_id, session_id", False),
         _c(USER_ID, "STRING", "Customer id", False),
         _c("event_ts", "TIMESTAMP", "Event time (UTC)", False),
         _c("event_date", "DATE", "Calendar date of event_ts (UTC)", False),
@@ -167,6 +169,55 @@ USER_ATTRIBUTES = TableContract(
 )
 
 
+# --------------------------------------------------------------------------------------------
+# Truth: what the synthetic generator knows (written by jobs/generate.py, read by evaluate)
+# --------------------------------------------------------------------------------------------
+TRUTH_USERS = TableContract(
+    name="truth_users",
+    comment=("Ground truth of the synthetic data. Grain: one row per (user_id, as_of_date) for every user "
+             "whose first purchase is before as_of_date. Expectations are conditional on the user's true "
+             "latent parameters (purchase rate, dropout probability, spend scale) and on all activity "
+             "(orders and browsing) strictly before as_of_date, not on the hidden alive state; future "
+             "campaign waves in the horizon are averaged over their random arm assignment. Written by "
+             "jobs/generate.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "As-of date D: the truth uses the simulated history strictly before it", False),
+        _c(HORIZON_DAYS, "INT", "Horizon H in days (run.horizon_days), starting at as_of_date", False),
+        _c("p_alive", "DOUBLE", "True probability that the user is still active at as_of_date", False),
+        _c("expected_purchases", "DOUBLE", "True expected number of purchase orders placed in [D, D + H) "
+                                           "(later-cancelled ones included)", False),
+        _c("expected_spend", "DOUBLE", "True expected net spend (after discounts and cancellations) of the "
+                                       "orders placed in [D, D + H)", False),
+        _c("is_alive", "BOOLEAN", "The hidden simulated state: still active at as_of_date", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+)
+
+TRUTH_UPLIFT = TableContract(
+    name="truth_uplift",
+    comment=("True effect of sending each treatment arm at as_of_date vs the control arm, in the response "
+             "window [D, D + response_window_days) with no other campaign active. Grain: one row per "
+             "(user_id, as_of_date, campaign_id, arm) for every non-control arm and every user of "
+             "truth_users. campaign_id names the hypothetical wave sent at D (promo_<yyyymmdd>); join on "
+             "(user_id, as_of_date, arm). Written by jobs/generate.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "As-of date D: the campaign is sent at D, the truth uses history before D", False),
+        _c("campaign_id", "STRING", "Hypothetical campaign wave sent at as_of_date (promo_<yyyymmdd>)", False),
+        _c("arm", "STRING", "Treatment arm", False),
+        _c("true_uplift_conversion", "DOUBLE", "P(purchase in the window | arm) - P(purchase in the window | control)",
+           False),
+        _c("true_uplift_value", "DOUBLE", "E[net spend in the window | arm] - E[net spend in the window | control]",
+           False),
+        _c("response_window_days", "INT", "Length of the response window in days", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+)
+
+
 def rejects_contract(table: TableContract) -> TableContract:
     """Quarantine table `<table>_rejects`: the offending row as text plus why and when."""
     return TableContract(
@@ -179,6 +230,7 @@ def rejects_contract(table: TableContract) -> TableContract:
             _c(REJECT_REASON, "STRING", "Why the row was rejected (e.g. null_user_id, bad_timestamp)", False),
             _c(RUN_ID, "STRING", "Id of the ingest run", False),
             _c("rejected_at", "TIMESTAMP", "When the row was rejected (UTC)", False),
+            _c(AS_OF_DATE, "DATE", "Run date of the ingest run"),
         ),
     )
 

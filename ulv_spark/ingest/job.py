@@ -1,0 +1,114 @@
+"""`ulv-spark ingest --as-of D`: load the configured sources into the bronze Delta tables.
+
+For each configured source (orders required; events, campaign_exposures, user_attributes
+optional): read it, check that every mapped column exists (before anything is computed or
+written), validate every row, count the rejects per reason, and only when no table's reject
+share passes ``ingest.max_reject_share`` MERGE the good rows into bronze and append the
+rejects to ``<table>_rejects``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark import StorageLevel
+
+from ulv_spark import lake
+from ulv_spark.cli import JobFailed
+from ulv_spark.config import ConfigError
+from ulv_spark.ingest import presets
+from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
+from ulv_spark.ingest.validate import Outcome, SourceRules, prepare, reject_counts
+from ulv_spark.runtime import get_logger, stage
+from ulv_spark.schemas import CAMPAIGN_EXPOSURES, EVENTS, ORDERS, USER_ATTRIBUTES, rejects_contract
+
+CONTRACTS = {"orders": ORDERS, "events": EVENTS, "campaign_exposures": CAMPAIGN_EXPOSURES,
+             "user_attributes": USER_ATTRIBUTES}
+
+
+def read_source(spark, table: str, src):
+    """(raw DataFrame, effective SourceConf) of one configured source; presets filled in."""
+    if src.format == "preset":
+        preset, src = presets.resolve(table, src)
+        return preset.parse(spark.read.text(src.path)), src
+    options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in src.options.items()}
+    if src.format == "table":
+        return spark.table(src.path), src
+    if src.format == "csv":
+        return spark.read.options(**{"header": "true", **options}).csv(src.path), src
+    # a Delta *source* path is user data outside the lakehouse, so it is read here, not via lake.py
+    return spark.read.format(src.format).options(**options).load(src.path), src
+
+
+def _map_sources(spark, cfg) -> dict:
+    """table -> (mapped DataFrame, SourceRules); fails on the first source that cannot be mapped."""
+    if cfg.sources.orders is None:
+        raise ConfigError("sources.orders is required (the order log to ingest)")
+    out = {}
+    for table in CONTRACTS:
+        src = getattr(cfg.sources, table)
+        if src is None:
+            continue
+        try:
+            raw, src = read_source(spark, table, src)
+        except (ValueError, FileNotFoundError) as exc:  # unknown preset, lifetimes not installed
+            raise ConfigError(str(exc)) from None
+        except Exception as exc:  # Spark's AnalysisException: path not found, no such table, ...
+            raise JobFailed(f"sources.{table}: cannot read {src.path}: {str(exc).splitlines()[0]}") from None
+        try:
+            columns, missing = resolve_columns(table, src.columns, raw.columns, derive_order_id=src.derive_order_id)
+        except MappingError as exc:
+            raise ConfigError(str(exc)) from None
+        if missing:
+            raise JobFailed(f"sources.{table}: mapped column(s) {', '.join(missing)} not found in {src.path} "
+                            f"(its columns: {', '.join(raw.columns)})")
+        out[table] = (map_columns(raw, table, columns), SourceRules.from_source(src))
+    return out
+
+
+def run(ctx, args) -> dict:
+    cfg, as_of, log = ctx.cfg, ctx.as_of, get_logger("ulv_spark.ingest")
+    spark = ctx.spark
+    mapped = _map_sources(spark, cfg)
+    rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    prepared, outcomes = {}, {}
+    try:
+        for table, (frame, rules) in mapped.items():
+            with stage(f"validate {table}", log) as info:
+                prep = prepare(table, frame, rules=rules, as_of=as_of, run_id=ctx.run_id, rejected_at=rejected_at)
+                prep.labelled.persist(StorageLevel.MEMORY_AND_DISK)
+                outcome = Outcome.from_counts([tuple(r) for r in reject_counts(prep.labelled).collect()])
+                info.update(rows=outcome.rows_read, rejected=outcome.rejected_total, deferred=outcome.deferred)
+            prepared[table], outcomes[table] = prep, outcome
+            reasons = ", ".join(f"{k}={v}" for k, v in outcome.rejected.items()) or "none"
+            log.info("%s: %d rows read, %d rejected (%s), %d deferred (dated after %s)", table, outcome.rows_read,
+                     outcome.rejected_total, reasons, outcome.deferred, as_of)
+        limit = cfg.ingest.max_reject_share
+        over = {t: o for t, o in outcomes.items() if o.reject_share > limit}
+        if over:
+            detail = "; ".join(f"{t}: {o.rejected_total} of {o.rows_read - o.deferred} rows ({o.reject_share:.1%}: "
+                               + ", ".join(f"{k}={v}" for k, v in o.rejected.items()) + ")" for t, o in over.items())
+            raise JobFailed(f"rejected share above ingest.max_reject_share = {limit:.1%}, nothing written: {detail}")
+        written = {}
+        for table, prep in prepared.items():
+            with stage(f"write {table}", log) as info:
+                written[table] = _write(spark, cfg.lakehouse, table, prep, outcomes[table])
+                info.update(written[table])
+    finally:
+        for prep in prepared.values():
+            prep.labelled.unpersist()
+    return {"tables": {t: {"rows_read": o.rows_read, "rejected": o.rejected_total, "reject_share": round(o.reject_share, 6),
+                           "reject_reasons": o.rejected, "deferred": o.deferred, **written[t]}
+                       for t, o in outcomes.items()}}
+
+
+def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
+    contract = CONTRACTS[table]
+    ref = lake.table_ref(lake_cfg, table)
+    metrics = lake.merge(spark, prep.good, ref, contract)
+    rejects_ref = lake.table_ref(lake_cfg, f"{table}_rejects")
+    if outcome.rejected_total:
+        lake.append(spark, prep.rejects, rejects_ref, rejects_contract(contract))
+    else:
+        lake.ensure_table(spark, rejects_ref, rejects_contract(contract))
+    return {"table": ref.name, "inserted": int(metrics.get("numTargetRowsInserted", 0)),
+            "updated": int(metrics.get("numTargetRowsUpdated", 0))}

@@ -1,0 +1,479 @@
+"""Validate mapped source rows, split them into bronze rows and rejects, aggregate order lines.
+
+Every ``label_*`` function returns the mapped rows with parsed contract columns plus
+``_reason`` (the first broken rule, null for a good row) and ``_deferred`` (dated after the run
+date with ``future_rows: defer``: neither loaded nor rejected, a later night loads it). The
+``prepare_*`` functions add the bronze rows and the reject rows on top. All of it is Spark
+DataFrame code: no Python UDFs, nothing collected.
+
+Reject reasons, checked in this order (the first that applies is recorded):
+
+======================  ======================================================================
+null_user_id            user id null or blank
+null_order_id           order id null or blank (orders without derive_order_id)
+null_event_id           mapped event id null or blank (events)
+null_campaign_id        campaign id null or blank (campaign_exposures)
+null_arm                arm null or blank (campaign_exposures)
+null_event_type         event type null or blank (events)
+null_timestamp          timestamp null or blank
+bad_timestamp           timestamp present but unparsable
+bad_quantity            quantity present but not a finite number
+bad_amount              amount / unit_price present but not a finite number (text, NaN, inf)
+null_amount             amount null or blank (or quantity * unit_price with either missing)
+bad_discount            discount present but not a finite number
+bad_flag                a flag (is_return, is_control, observed_converted) not in the true/false values
+bad_response_window     response_window_days present but not a whole number >= 0
+bad_observed_value      observed_value present but not a finite number
+after_run_date          timestamp on a day after the run date (with future_rows: reject)
+duplicate_key           another valid row has the same key (the first by time, then by a hash of
+                        the whole source row, is kept)
+conflicting_user_id     lines of one order carry different user ids (line-level orders)
+rejected_sibling_line   another line of the same order was rejected (line-level orders: an
+                        order is loaded whole or not at all)
+======================  ======================================================================
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional, Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ulv_spark.ingest.mapping import (SOURCE_STRUCT, attribute_columns, is_blank, parse_flag, parse_id, parse_int,
+                                      parse_number, parse_timestamp)
+from ulv_spark.schemas import AS_OF_DATE, REJECT_REASON, RUN_ID, USER_ID
+
+REASON = "_reason"
+DEFERRED = "_deferred"
+
+NULL_USER_ID = "null_user_id"
+NULL_ORDER_ID = "null_order_id"
+NULL_EVENT_ID = "null_event_id"
+NULL_CAMPAIGN_ID = "null_campaign_id"
+NULL_ARM = "null_arm"
+NULL_EVENT_TYPE = "null_event_type"
+NULL_TIMESTAMP = "null_timestamp"
+BAD_TIMESTAMP = "bad_timestamp"
+BAD_QUANTITY = "bad_quantity"
+NULL_AMOUNT = "null_amount"
+BAD_AMOUNT = "bad_amount"
+BAD_DISCOUNT = "bad_discount"
+BAD_FLAG = "bad_flag"
+BAD_RESPONSE_WINDOW = "bad_response_window"
+BAD_OBSERVED_VALUE = "bad_observed_value"
+AFTER_RUN_DATE = "after_run_date"
+DUPLICATE_KEY = "duplicate_key"
+CONFLICTING_USER_ID = "conflicting_user_id"
+REJECTED_SIBLING_LINE = "rejected_sibling_line"
+
+REASONS = (NULL_USER_ID, NULL_ORDER_ID, NULL_EVENT_ID, NULL_CAMPAIGN_ID, NULL_ARM, NULL_EVENT_TYPE, NULL_TIMESTAMP,
+           BAD_TIMESTAMP, BAD_QUANTITY, BAD_AMOUNT, NULL_AMOUNT, BAD_DISCOUNT, BAD_FLAG, BAD_RESPONSE_WINDOW,
+           BAD_OBSERVED_VALUE, AFTER_RUN_DATE, DUPLICATE_KEY, CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
+
+RETURN_SUFFIX = "-R"  # order id of the return lines of a line-level order that also has purchase lines
+
+
+@dataclass(frozen=True)
+class SourceRules:
+    """How to read the values of one source (plain values taken from its SourceConf)."""
+
+    timestamp_format: Optional[str] = None
+    timezone: Optional[str] = None
+    line_level: bool = False
+    return_id_prefix: Optional[str] = None
+    derive_order_id: bool = False
+    control_arm: str = "control"
+    true_values: tuple[str, ...] = ("true", "t", "1", "y", "yes")
+    false_values: tuple[str, ...] = ("false", "f", "0", "n", "no", "")
+    future_rows: str = "reject"  # "reject" | "defer"
+
+    @classmethod
+    def from_source(cls, src) -> "SourceRules":
+        return cls(timestamp_format=src.timestamp_format, timezone=src.timezone, line_level=src.line_level,
+                   return_id_prefix=src.return_id_prefix, derive_order_id=src.derive_order_id,
+                   control_arm=src.control_arm, true_values=tuple(src.true_values),
+                   false_values=tuple(src.false_values), future_rows=src.future_rows)
+
+
+class Prepared(NamedTuple):
+    """One source, validated: labelled rows (for counts), bronze rows, reject rows."""
+
+    labelled: DataFrame
+    good: DataFrame
+    rejects: DataFrame
+
+
+def _first_reason(checks: Sequence[tuple[Column, str]]) -> Column:
+    """The reason of the first check that is true, else null."""
+    out = F.lit(None).cast("string")
+    for condition, reason in reversed(checks):
+        out = F.when(condition, F.lit(reason)).otherwise(out)
+    return out
+
+
+def _after_run_date(ts: str, as_of: dt.date) -> Column:
+    return F.to_date(F.col(ts)) > F.lit(as_of)
+
+
+def _with_dates(df: DataFrame, ts: str, as_of: dt.date, future_rows: str, checks: list[tuple[Column, str]]) -> DataFrame:
+    """Add _reason from `checks` (+ after_run_date) and _deferred."""
+    late = F.col(ts).isNotNull() & _after_run_date(ts, as_of)
+    if future_rows == "reject":
+        reason = _first_reason(checks + [(late, AFTER_RUN_DATE)])
+        return df.withColumn(REASON, reason).withColumn(DEFERRED, F.lit(False))
+    reason = _first_reason(checks)
+    return df.withColumn(REASON, reason).withColumn(DEFERRED, reason.isNull() & late)
+
+
+def _row_hash(df: DataFrame) -> Column:
+    """A deterministic hash of the whole source row (tie-breaker between duplicates)."""
+    has_map = any(isinstance(f.dataType, T.MapType) for f in df.schema[SOURCE_STRUCT].dataType.fields)
+    return F.xxhash64(F.to_json(SOURCE_STRUCT) if has_map else F.col(SOURCE_STRUCT))
+
+
+def flag_duplicates(df: DataFrame, keys: Sequence[str], order_by: Sequence[str], *,
+                    eligible: Optional[Column] = None) -> DataFrame:
+    """Mark all but one valid row per key as duplicate_key.
+
+    Grain: unchanged. Among rows with no reason and not deferred (and `eligible`, when given),
+    the first by `order_by`, then by a hash of the source row, is kept, so the choice does not
+    depend on file order.
+    """
+    candidate = F.col(REASON).isNull() & ~F.col(DEFERRED)
+    if eligible is not None:
+        candidate = candidate & eligible
+    window = (Window.partitionBy(*keys)
+              .orderBy(candidate.desc(), *[F.col(c).asc_nulls_last() for c in order_by], _row_hash(df))
+              .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    duplicate = candidate & (F.row_number().over(window) > 1)
+    return df.withColumn(REASON, F.when(duplicate, F.lit(DUPLICATE_KEY)).otherwise(F.col(REASON)))
+
+
+# -------------------------------------------------------------------- orders
+def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+    """Parse and check mapped order rows (one per order, or per line when rules.line_level).
+
+    Grain: one row per source row. Columns: _src, user_id, order_id, order_ts, amount,
+    quantity, category, discount, is_return, line_id, _reason, _deferred. Returns (negative
+    quantity or amount, the is_return flag, or an order id starting with return_id_prefix) get
+    is_return = true and a negative amount, quantity and discount. For line-level sources,
+    amount is quantity * unit_price when only unit_price is mapped.
+    """
+    qty, bad_qty = parse_number(mapped, "quantity")
+    price_mapped = not isinstance(mapped.schema["unit_price"].dataType, T.NullType)
+    amount_mapped = not isinstance(mapped.schema["amount"].dataType, T.NullType)
+    if amount_mapped or not price_mapped:
+        amount, bad_amount = parse_number(mapped, "amount")
+        null_amount = is_blank(mapped, "amount")
+    else:
+        price, bad_amount = parse_number(mapped, "unit_price")
+        amount = qty * price
+        null_amount = is_blank(mapped, "unit_price") | is_blank(mapped, "quantity")
+    discount, bad_discount = parse_number(mapped, "discount")
+    flag, bad_flag = parse_flag(mapped, "is_return", rules.true_values, rules.false_values)
+    order_id = parse_id(mapped, "order_id")
+    parsed = mapped.select(
+        SOURCE_STRUCT,
+        parse_id(mapped, "user_id").alias(USER_ID),
+        order_id.alias("order_id"),
+        parse_timestamp(mapped, "order_ts", rules.timestamp_format, rules.timezone).alias("order_ts"),
+        is_blank(mapped, "order_ts").alias("_ts_blank"),
+        amount.alias("amount"), null_amount.alias("_null_amount"), bad_amount.alias("_bad_amount"),
+        qty.alias("quantity"), bad_qty.alias("_bad_qty"),
+        parse_id(mapped, "category").alias("category"),
+        discount.alias("discount"), bad_discount.alias("_bad_discount"),
+        flag.alias("_flag"), bad_flag.alias("_bad_flag"),
+        parse_id(mapped, "line_id").alias("line_id"),
+    )
+    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID)]
+    if not rules.derive_order_id:
+        checks.append((F.col("order_id").isNull(), NULL_ORDER_ID))
+    checks += [
+        (F.col("_ts_blank"), NULL_TIMESTAMP),
+        (F.col("order_ts").isNull(), BAD_TIMESTAMP),
+        (F.col("_bad_qty"), BAD_QUANTITY),
+        (F.col("_bad_amount"), BAD_AMOUNT),
+        (F.col("_null_amount"), NULL_AMOUNT),
+        (F.col("amount").isNull(), BAD_AMOUNT),
+        (F.col("_bad_discount"), BAD_DISCOUNT),
+        (F.col("_bad_flag"), BAD_FLAG),
+    ]
+    labelled = _with_dates(parsed, "order_ts", as_of, rules.future_rows, checks)
+    prefix = rules.return_id_prefix
+    by_prefix = F.col("order_id").startswith(prefix) if prefix else F.lit(False)
+    is_return = (F.col("_flag") | by_prefix | (F.coalesce(F.col("quantity"), F.lit(0.0)) < 0)
+                 | (F.coalesce(F.col("amount"), F.lit(0.0)) < 0))
+    labelled = labelled.withColumn("is_return", is_return)
+    negative = {c: F.when(F.col("is_return"), -F.abs(F.col(c))).otherwise(F.col(c)) for c in ("amount", "quantity",
+                                                                                               "discount")}
+    labelled = labelled.withColumns(negative)
+    if rules.derive_order_id:
+        labelled = _derive_order_ids(labelled)
+    if rules.line_level:
+        line_id_mapped = not isinstance(mapped.schema["line_id"].dataType, T.NullType)
+        labelled = _check_order_lines(labelled, line_id_mapped=line_id_mapped)
+    else:
+        labelled = flag_duplicates(labelled, ["order_id"], ["order_ts"])
+    return labelled.select(SOURCE_STRUCT, USER_ID, "order_id", "order_ts", "amount", "quantity", "category",
+                           "discount", "is_return", "line_id", REASON, DEFERRED)
+
+
+def _derive_order_ids(df: DataFrame) -> DataFrame:
+    """order_id = <user>-<yyyyMMddHHmmss>-<n>, n numbering the user's rows at that time.
+
+    Rows are numbered by (amount, quantity, source-row hash), so the ids depend only on the
+    content of the source, not on file order. Only rows whose user and time parsed get an id.
+    """
+    keyed = F.col(USER_ID).isNotNull() & F.col("order_ts").isNotNull()
+    window = (Window.partitionBy(USER_ID, "order_ts")
+              .orderBy("amount", "quantity", _row_hash(df))
+              .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    number = F.row_number().over(window)
+    order_id = F.concat_ws("-", F.col(USER_ID), F.date_format("order_ts", "yyyyMMddHHmmss"), number.cast("string"))
+    return df.withColumn("order_id", F.when(keyed, order_id))
+
+
+def _check_order_lines(lines: DataFrame, *, line_id_mapped: bool) -> DataFrame:
+    """Line-level checks: duplicate line ids, one user per order, all-or-nothing orders.
+
+    Rows without an order id were rejected already and are left as they are.
+    """
+    if line_id_mapped:
+        lines = flag_duplicates(lines, ["order_id", "line_id"], ["order_ts"], eligible=F.col("line_id").isNotNull())
+    order = Window.partitionBy("order_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    has_order = F.col("order_id").isNotNull()
+    users_differ = F.min(USER_ID).over(order) != F.max(USER_ID).over(order)
+    sibling_rejected = F.max(F.col(REASON).isNotNull().cast("int")).over(order) == 1
+    sibling_deferred = F.max(F.col(DEFERRED).cast("int")).over(order) == 1
+    own = F.col(REASON)
+    reason = (F.when(own.isNotNull() | ~has_order, own)
+              .when(users_differ, F.lit(CONFLICTING_USER_ID))
+              .when(sibling_rejected, F.lit(REJECTED_SIBLING_LINE)))
+    deferred = reason.isNull() & (F.col(DEFERRED) | (has_order & sibling_deferred))
+    return lines.withColumns({REASON: reason, DEFERRED: deferred})
+
+
+def aggregate_lines(lines: DataFrame) -> DataFrame:
+    """Good order lines -> orders.
+
+    Grain: one row per (order_id, is_return): the return lines of an order that also has
+    purchase lines become their own order `<order_id>-R`. Columns: user_id, order_id,
+    order_ts (first line), amount, quantity, discount (sums), n_lines, category (of the line
+    with the largest |amount|, ties by category name), is_return.
+    """
+    ranked = F.when(F.col("category").isNotNull(), F.struct(F.abs(F.col("amount")), F.col("category")))
+    orders = lines.groupBy("order_id", "is_return").agg(
+        F.min(USER_ID).alias(USER_ID),
+        F.min("order_ts").alias("order_ts"),
+        F.sum("amount").alias("amount"),
+        F.sum("quantity").alias("quantity"),
+        F.sum("discount").alias("discount"),
+        F.count(F.lit(1)).cast("int").alias("n_lines"),
+        F.max_by("category", ranked).alias("category"),
+    )
+    per_order = Window.partitionBy("order_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    mixed = F.count(F.lit(1)).over(per_order) > 1
+    order_id = F.when(mixed & F.col("is_return"), F.concat(F.col("order_id"), F.lit(RETURN_SUFFIX))) \
+        .otherwise(F.col("order_id"))
+    return orders.select(USER_ID, order_id.alias("order_id"), "order_ts", "amount", "quantity", "n_lines",
+                         "category", "discount", "is_return")
+
+
+def orders_bronze(labelled: DataFrame, *, line_level: bool, run_id: str) -> DataFrame:
+    """Bronze `orders` rows from labelled rows: the good ones, aggregated when line-level.
+
+    Grain: one row per order (see aggregate_lines). Columns: the ORDERS contract.
+    """
+    good = labelled.filter(F.col(REASON).isNull() & ~F.col(DEFERRED))
+    if line_level:
+        orders = aggregate_lines(good)
+    else:
+        orders = good.withColumn("n_lines", F.lit(1))
+    return orders.select(USER_ID, "order_id", "order_ts", F.to_date("order_ts").alias("order_date"), "amount",
+                         "quantity", "n_lines", "category", "discount", "is_return", F.lit(run_id).alias(RUN_ID))
+
+
+# -------------------------------------------------------------------- events
+def label_events(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+    """Parse and check mapped events; duplicates of event_id are rejected.
+
+    Grain: one row per source row. Columns: _src, event_id (the source's, or a hash of user,
+    time, type, product and session), user_id, event_ts, event_type (lower case), product_id,
+    category, session_id, _reason, _deferred.
+    """
+    id_mapped = not isinstance(mapped.schema["event_id"].dataType, T.NullType)
+    parsed = mapped.select(
+        SOURCE_STRUCT,
+        parse_id(mapped, "event_id").alias("_source_event_id"),
+        parse_id(mapped, USER_ID).alias(USER_ID),
+        parse_timestamp(mapped, "event_ts", rules.timestamp_format, rules.timezone).alias("event_ts"),
+        is_blank(mapped, "event_ts").alias("_ts_blank"),
+        F.lower(parse_id(mapped, "event_type")).alias("event_type"),
+        parse_id(mapped, "product_id").alias("product_id"),
+        parse_id(mapped, "category").alias("category"),
+        parse_id(mapped, "session_id").alias("session_id"),
+    )
+    hashed = F.substring(F.sha2(F.concat_ws("\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in (
+        USER_ID, "event_ts", "event_type", "product_id", "session_id")]), 256), 1, 32)
+    parsed = parsed.withColumn("event_id", F.col("_source_event_id") if id_mapped else hashed)
+    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID)]
+    if id_mapped:
+        checks.append((F.col("event_id").isNull(), NULL_EVENT_ID))
+    checks += [(F.col("event_type").isNull(), NULL_EVENT_TYPE),
+               (F.col("_ts_blank"), NULL_TIMESTAMP),
+               (F.col("event_ts").isNull(), BAD_TIMESTAMP)]
+    labelled = flag_duplicates(_with_dates(parsed, "event_ts", as_of, rules.future_rows, checks),
+                               ["event_id"], ["event_ts"])
+    return labelled.select(SOURCE_STRUCT, "event_id", USER_ID, "event_ts", "event_type", "product_id", "category",
+                           "session_id", REASON, DEFERRED)
+
+
+def events_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `events` rows. Grain: one row per event. Columns: the EVENTS contract."""
+    good = labelled.filter(F.col(REASON).isNull() & ~F.col(DEFERRED))
+    return good.select("event_id", USER_ID, "event_ts", F.to_date("event_ts").alias("event_date"), "event_type",
+                       "product_id", "category", "session_id", F.lit(run_id).alias(RUN_ID))
+
+
+# -------------------------------------------------------------------- campaign exposures
+def label_exposures(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+    """Parse and check mapped campaign exposures; duplicates of (user_id, campaign_id) are rejected.
+
+    Grain: one row per source row. Columns: _src, user_id, campaign_id, arm, is_control (the
+    is_control flag when mapped, else arm = rules.control_arm, case-insensitive), exposed_ts,
+    response_window_days, observed_converted, observed_value, _reason, _deferred.
+    """
+    flag_mapped = not isinstance(mapped.schema["is_control"].dataType, T.NullType)
+    control, bad_control = parse_flag(mapped, "is_control", rules.true_values, rules.false_values)
+    converted, bad_converted = parse_flag(mapped, "observed_converted", rules.true_values, rules.false_values)
+    value, bad_value = parse_number(mapped, "observed_value")
+    window, bad_window = parse_int(mapped, "response_window_days")
+    arm = parse_id(mapped, "arm")
+    parsed = mapped.select(
+        SOURCE_STRUCT,
+        parse_id(mapped, USER_ID).alias(USER_ID),
+        parse_id(mapped, "campaign_id").alias("campaign_id"),
+        arm.alias("arm"),
+        (control if flag_mapped else F.coalesce(F.lower(arm) == rules.control_arm.lower(), F.lit(False)))
+        .alias("is_control"),
+        parse_timestamp(mapped, "exposed_ts", rules.timestamp_format, rules.timezone).alias("exposed_ts"),
+        is_blank(mapped, "exposed_ts").alias("_ts_blank"),
+        window.alias("response_window_days"),
+        F.when(~is_blank(mapped, "observed_converted"), converted).alias("observed_converted"),
+        value.alias("observed_value"),
+        (bad_control | bad_converted).alias("_bad_flag"), bad_window.alias("_bad_window"),
+        bad_value.alias("_bad_value"),
+    )
+    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID),
+              (F.col("campaign_id").isNull(), NULL_CAMPAIGN_ID),
+              (F.col("arm").isNull(), NULL_ARM),
+              (F.col("_ts_blank"), NULL_TIMESTAMP),
+              (F.col("exposed_ts").isNull(), BAD_TIMESTAMP),
+              (F.col("_bad_flag"), BAD_FLAG),
+              (F.col("_bad_window") | (F.col("response_window_days") < 0), BAD_RESPONSE_WINDOW),
+              (F.col("_bad_value"), BAD_OBSERVED_VALUE)]
+    labelled = flag_duplicates(_with_dates(parsed, "exposed_ts", as_of, rules.future_rows, checks),
+                               [USER_ID, "campaign_id"], ["exposed_ts"])
+    return labelled.select(SOURCE_STRUCT, USER_ID, "campaign_id", "arm", "is_control", "exposed_ts",
+                           "response_window_days", "observed_converted", "observed_value", REASON, DEFERRED)
+
+
+def exposures_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `campaign_exposures` rows. Grain: one row per (user_id, campaign_id)."""
+    good = labelled.filter(F.col(REASON).isNull() & ~F.col(DEFERRED))
+    return good.select(USER_ID, "campaign_id", "arm", "is_control", "exposed_ts", "response_window_days",
+                       "observed_converted", "observed_value", F.lit(run_id).alias(RUN_ID))
+
+
+# -------------------------------------------------------------------- user attributes
+def label_user_attributes(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+    """Check mapped user attributes; duplicates of user_id are rejected.
+
+    Grain: one row per source row. Columns: _src, user_id, the attribute columns, _reason,
+    _deferred (always false: attributes carry no time).
+    """
+    extras = attribute_columns(mapped, "user_attributes")
+    parsed = mapped.select(SOURCE_STRUCT, parse_id(mapped, USER_ID).alias(USER_ID), *extras)
+    labelled = parsed.withColumns({REASON: _first_reason([(F.col(USER_ID).isNull(), NULL_USER_ID)]),
+                                   DEFERRED: F.lit(False)})
+    labelled = flag_duplicates(labelled, [USER_ID], [])
+    return labelled.select(SOURCE_STRUCT, USER_ID, *extras, REASON, DEFERRED)
+
+
+def user_attributes_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `user_attributes` rows. Grain: one row per user_id; columns user_id, run_id, attributes."""
+    extras = [c for c in labelled.columns if c not in (SOURCE_STRUCT, USER_ID, REASON, DEFERRED)]
+    good = labelled.filter(F.col(REASON).isNull() & ~F.col(DEFERRED))
+    return good.select(USER_ID, F.lit(run_id).alias(RUN_ID), *extras)
+
+
+# -------------------------------------------------------------------- rejects and entry points
+def reject_rows(labelled: DataFrame, *, run_id: str, as_of: dt.date, rejected_at: dt.datetime) -> DataFrame:
+    """Rows of the `<table>_rejects` contract for the rejected rows of `labelled`.
+
+    Grain: one row per rejected source row. Columns: raw (source row as JSON, source names),
+    user_id (parsed, may be null), reject_reason, run_id, rejected_at, as_of_date.
+    """
+    return labelled.filter(F.col(REASON).isNotNull()).select(
+        F.to_json(SOURCE_STRUCT).alias("raw"), F.col(USER_ID), F.col(REASON).alias(REJECT_REASON),
+        F.lit(run_id).alias(RUN_ID), F.lit(rejected_at).cast("timestamp").alias("rejected_at"),
+        F.lit(as_of).alias(AS_OF_DATE))
+
+
+LABELLERS = {"orders": label_orders, "events": label_events, "campaign_exposures": label_exposures,
+             "user_attributes": label_user_attributes}
+
+
+def prepare(table: str, mapped: DataFrame, *, rules: SourceRules, as_of: dt.date, run_id: str,
+            rejected_at: dt.datetime) -> Prepared:
+    """Validate the mapped rows of source `table`: labelled rows, bronze rows and reject rows."""
+    labelled = LABELLERS[table](mapped, as_of=as_of, rules=rules)
+    if table == "orders":
+        good = orders_bronze(labelled, line_level=rules.line_level, run_id=run_id)
+    elif table == "events":
+        good = events_bronze(labelled, run_id=run_id)
+    elif table == "campaign_exposures":
+        good = exposures_bronze(labelled, run_id=run_id)
+    else:
+        good = user_attributes_bronze(labelled, run_id=run_id)
+    return Prepared(labelled, good, reject_rows(labelled, run_id=run_id, as_of=as_of, rejected_at=rejected_at))
+
+
+def reject_counts(labelled: DataFrame) -> DataFrame:
+    """Counts per outcome. Grain: one row per (_reason, _deferred); columns _reason, _deferred, rows."""
+    return labelled.groupBy(REASON, DEFERRED).agg(F.count(F.lit(1)).alias("rows"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Row counts of one validated source."""
+
+    rows_read: int
+    deferred: int
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def reject_share(self) -> float:
+        """Rejected rows over the rows that were due (read minus deferred)."""
+        due = self.rows_read - self.deferred
+        return self.rejected_total / due if due else 0.0
+
+    @classmethod
+    def from_counts(cls, rows: Sequence[tuple[Optional[str], bool, int]]) -> "Outcome":
+        rejected: dict[str, int] = {}
+        deferred = total = 0
+        for reason, is_deferred, n in rows:
+            total += n
+            if reason is not None:
+                rejected[reason] = rejected.get(reason, 0) + n
+            elif is_deferred:
+                deferred += n
+        order = {r: i for i, r in enumerate(REASONS)}
+        return cls(total, deferred, dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], 99))))
