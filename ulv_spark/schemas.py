@@ -236,6 +236,191 @@ def rejects_contract(table: TableContract) -> TableContract:
 
 
 # --------------------------------------------------------------------------------------------
+# Gold: features (written by jobs/features.py; read by train, score and evaluate)
+# --------------------------------------------------------------------------------------------
+# The feature columns depend on FeaturesConf (windows, event types) and on the numeric user
+# attributes present, so the contracts are built by functions; USER_FEATURES and
+# TRAINING_EXAMPLES below are the contracts for the default FeaturesConf without attributes.
+from ulv_spark.config import FeaturesConf  # noqa: E402  (config never imports schemas)
+
+ATTRIBUTE_PREFIX = "attr_"           # joined user attributes: attr_<name> DOUBLE
+
+
+def slug(name: str) -> str:
+    """`name` as a lower-case column-name fragment: runs of other characters become '_'."""
+    import re
+
+    return re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_") or "x"
+
+
+def event_count_column(event_type: str) -> str:
+    """Column counting the events of `event_type` before as_of_date (e.g. events_view_total)."""
+    return f"events_{slug(event_type)}_total"
+
+
+def trend_pairs(windows_days) -> list[tuple[int, int]]:
+    """Consecutive window pairs (short, long) that get a trend-ratio column."""
+    windows = list(windows_days)
+    return list(zip(windows, windows[1:]))
+
+
+def _d(name: str, comment: str) -> Col:
+    return Col(name, "DOUBLE", False, comment)
+
+
+def feature_table_columns(features_cfg: Optional[FeaturesConf] = None) -> tuple[Col, ...]:
+    """The tabular feature columns (all DOUBLE, never null, never NaN) for `features_cfg`, in order.
+
+    Missing sources give 0 (with the has_* indicators saying so); user attributes come after
+    these (see user_features_contract).
+    """
+    cfg = features_cfg or FeaturesConf()
+    cols = [
+        _d("frequency", "lifetimes frequency: distinct purchase days before as_of_date minus 1 (0 without purchases)"),
+        _d("recency", "lifetimes recency: days from the first to the last purchase day (0 without purchases)"),
+        _d("T", "lifetimes T: days from the first purchase day to as_of_date - 1 day (0 without purchases)"),
+        _d("monetary_value", "lifetimes monetary_value: mean per-day purchase amount over the repeat purchase "
+                             "days (first purchase day excluded); 0 when frequency = 0"),
+        _d("has_purchase", "1 when the user has a purchase (non-return order) before as_of_date, else 0"),
+        _d("orders_total", "Purchase orders (returns excluded) before as_of_date"),
+        _d("spend_total", "Net spend before as_of_date: purchases minus returns"),
+        _d("days_since_last_order", "as_of_date minus the last purchase day (0 without purchases)"),
+        _d("tenure_days", "as_of_date minus the first day with any order or event"),
+    ]
+    for w in cfg.windows_days:
+        cols.append(_d(f"orders_{w}d", f"Purchase orders in [as_of_date - {w} days, as_of_date)"))
+        cols.append(_d(f"spend_{w}d", f"Net spend (purchases minus returns) in [as_of_date - {w} days, as_of_date)"))
+    for a, b in trend_pairs(cfg.windows_days):
+        cols.append(_d(f"orders_trend_{a}_{b}d", f"Daily purchase-order rate of the last {a} days over that of the "
+                                                 f"last {b} days (1 = steady); 0 when orders_{b}d = 0"))
+        cols.append(_d(f"spend_trend_{a}_{b}d", f"Daily net-spend rate of the last {a} days over that of the "
+                                                f"last {b} days; 0 when spend_{b}d <= 0"))
+    cols += [
+        _d("gap_mean_days", "Mean days between consecutive purchase days (= recency / frequency; 0 when frequency = 0)"),
+        _d("gap_std_days", "Population standard deviation of the days between purchase days (0 when frequency = 0)"),
+        _d("gap_last_days", "Days between the last two purchase days (0 when frequency = 0)"),
+        _d("avg_order_value", "Mean amount of the purchase orders (first included; 0 without purchases)"),
+        _d("avg_basket_quantity", "Mean units per purchase order, over orders with a quantity (0 when none)"),
+        _d("distinct_categories", "Distinct categories among the purchase orders"),
+        _d("top_category_share", "Share of purchase orders (with a category) in the user's most frequent category; 0 when none"),
+        _d("returns_total", "Return / cancellation orders before as_of_date"),
+        _d("return_rate", "Returns over all orders (purchases + returns); 0 when none"),
+        _d("return_value_share", "Returned value over purchased value; 0 when nothing was purchased"),
+        _d("discount_share", "Discount granted over list value (amount + discount) of the purchases; 0 when none"),
+        _d("discounted_order_share", "Share of purchase orders with a discount > 0"),
+        _d("has_events", "1 when the user has a behaviour event before as_of_date, else 0"),
+        _d("events_total", "Behaviour events before as_of_date"),
+    ]
+    for w in cfg.windows_days:
+        cols.append(_d(f"events_{w}d", f"Behaviour events in [as_of_date - {w} days, as_of_date)"))
+    for t in cfg.event_types:
+        cols.append(_d(event_count_column(t), f"Events of type '{t.strip().lower()}' before as_of_date"))
+    cols += [
+        _d("days_since_last_event", "as_of_date minus the day of the last event (0 without events)"),
+        _d("view_purchase_day_rate", f"Share of days with a '{cfg.view_event_type}' event that also have a "
+                                     "purchase order (view -> purchase conversion); 0 without views"),
+        _d("has_exposures", "1 when the user was exposed to a campaign before as_of_date, else 0"),
+        _d("campaign_exposures_total", "Campaign exposures (any arm) before as_of_date"),
+        _d("campaign_treated_total", "Campaign exposures to a non-control arm before as_of_date"),
+        _d("days_since_last_exposure", "as_of_date minus the day of the last exposure (0 without exposures)"),
+        _d("campaign_responses_total", "Exposures whose response window ended by as_of_date and that converted "
+                                       "(observed_converted, else a purchase in the window)"),
+        _d("campaign_response_rate", "campaign_responses_total over exposures whose response window ended by "
+                                     "as_of_date; 0 when none"),
+        _d("campaign_response_value", "Spend in the response windows that ended by as_of_date (observed_value, else "
+                                      "net spend in the window floored at 0)"),
+    ]
+    return tuple(cols)
+
+
+def _sequence_cols() -> tuple[Col, ...]:
+    return (
+        Col(SEQ_TOKENS, "ARRAY<INT>", False, "Token ids of the user's last L orders and events before the date, oldest "
+            "first, right-padded with 0 (PAD) to exactly L = features.sequence_length; see token_vocabulary"),
+        Col(SEQ_MASK, "ARRAY<INT>", False, "Attention mask for seq_tokens: 1 for an event, 0 for padding"),
+    )
+
+
+def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
+                           attribute_columns: tuple[Col, ...] = ()) -> TableContract:
+    """Contract of `user_features` for `features_cfg` plus joined `attribute_columns` (attr_*)."""
+    return TableContract(
+        name="user_features",
+        comment=("Point-in-time user features. Grain: one row per (user_id, as_of_date) for every user with an "
+                 "order or event strictly before as_of_date; only data strictly before as_of_date is used. RFM "
+                 "follows lifetimes (freq='D', observation end as_of_date - 1 day). Written by jobs/features.py "
+                 "(replaceWhere per as_of_date)."),
+        columns=(
+            _c(USER_ID, "STRING", "Customer id", False),
+            _c(AS_OF_DATE, "DATE", "Run date D; features use data strictly before it", False),
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+            _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+        ),
+        partition_by=(AS_OF_DATE,),
+        keys=(USER_ID, AS_OF_DATE),
+    )
+
+
+def training_examples_contract(features_cfg: Optional[FeaturesConf] = None,
+                               attribute_columns: tuple[Col, ...] = ()) -> TableContract:
+    """Contract of `training_examples` for `features_cfg` plus joined `attribute_columns` (attr_*)."""
+    return TableContract(
+        name="training_examples",
+        comment=("Training examples at rolling past origins origin_date = as_of_date - H - k * step. Grain: one row "
+                 "per (user_id, as_of_date, origin_date) for every user with an order or event before origin_date; "
+                 "features use data strictly before origin_date, labels only [origin_date, origin_date + "
+                 "horizon_days). Written by jobs/features.py (replaceWhere per as_of_date)."),
+        columns=(
+            _c(USER_ID, "STRING", "Customer id", False),
+            _c(AS_OF_DATE, "DATE", "Run date D of the features job that built the examples", False),
+            _c(ORIGIN_DATE, "DATE", "Past as-of date D_k of the example: features before it, labels from it on", False),
+            _c(HORIZON_DAYS, "INT", "Label window length H in days (run.horizon_days)", False),
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+            _c(LABEL_VALUE, "DOUBLE", "Net spend in [origin_date, origin_date + horizon_days), floored at 0", False),
+            _c(LABEL_PURCHASES, "INT", "Purchase orders in [origin_date, origin_date + horizon_days)", False),
+            _c(LABEL_CHURNED, "INT", "1 when no purchase order in [origin_date, origin_date + horizon_days), else 0", False),
+            _c(CAMPAIGN_ID, "STRING", "First campaign exposure in the label window whose response window ends inside "
+                                      "it (null: none)"),
+            _c(ARM, "STRING", "Arm of that exposure (null: none)"),
+            _c(IS_CONTROL, "BOOLEAN", "True when arm is the campaign's control (null: no exposure)"),
+            _c(LABEL_CONVERTED, "INT", "1/0: observed_converted, else a purchase in [exposed_ts, exposed_ts + "
+                                       "response_window_days) (null: no exposure)"),
+            _c(LABEL_RESPONSE_VALUE, "DOUBLE", "observed_value, else net spend in the response window floored at 0 "
+                                               "(null: no exposure)"),
+            _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+        ),
+        partition_by=(AS_OF_DATE,),
+        keys=(USER_ID, AS_OF_DATE, ORIGIN_DATE),
+    )
+
+
+USER_FEATURES = user_features_contract()
+TRAINING_EXAMPLES = training_examples_contract()
+
+TOKEN_VOCABULARY = TableContract(
+    name="token_vocabulary",
+    comment=("Event-token vocabulary of the sequences in user_features / training_examples. Grain: one row per "
+             "(as_of_date, token_id), ids 0..vocab_size-1; 0-3 are PAD, MASK, CLS, UNK. Deterministic from the "
+             "features conf (fingerprint). Written by jobs/features.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(AS_OF_DATE, "DATE", "Run date of the features job that wrote the vocabulary", False),
+        _c("token_id", "INT", "Token id as stored in seq_tokens", False),
+        _c("event_type", "STRING", "purchase, return, a behaviour event type, or [PAD]/[MASK]/[CLS]/[UNK]", False),
+        _c("amount_bucket", "INT", "0 = no amount (behaviour event); i >= 1: |amount| reaches exactly i - 1 of the "
+                                   "cut points features.amount_buckets (null for reserved tokens)"),
+        _c("gap_bucket", "INT", "0 = first event of the user; i >= 1: days since the previous event reach exactly "
+                                "i - 1 of the cut points features.gap_buckets_days (null for reserved tokens)"),
+        _c("category_slot", "INT", "0 = no category, else 1 + pmod(xxhash64(category), features.max_categories) "
+                                   "(null for reserved tokens)"),
+        _c("fingerprint", "STRING", "Hash of the vocabulary definition (sequences.vocabulary_fingerprint)", False),
+        _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(AS_OF_DATE, "token_id"),
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Gold: scores (what SQL consumers read)
 # --------------------------------------------------------------------------------------------
 USER_VALUE = TableContract(

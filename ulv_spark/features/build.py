@@ -1,0 +1,167 @@
+"""Compose the feature functions into the user_features and training_examples frames.
+
+`build_user_features` is the single definition of the features at an as-of date: the
+features job calls it with the run date, `build_training_examples` with past origins, and
+the evaluation team with any backtest origin. Both are pure: DataFrames in, DataFrame out;
+no reads, writes, collects or Python UDFs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from functools import reduce
+from typing import Optional
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ulv_spark.config import FeaturesConf
+from ulv_spark.features import behaviour, labels, rfm, sequences
+from ulv_spark.features.inputs import prepare_events, prepare_exposures, prepare_orders
+from ulv_spark.schemas import (ARM, AS_OF_DATE, ATTRIBUTE_PREFIX, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL,
+                               LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE,
+                               ORIGIN_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID, Col, feature_table_columns)
+
+
+def attribute_feature_columns(attributes: Optional[DataFrame], features_cfg: FeaturesConf) -> tuple[Col, ...]:
+    """The attr_* columns (contract entries) `build_user_features` adds for `attributes` (none without it)."""
+    if attributes is None:
+        return ()
+    return behaviour.attribute_columns(attributes.schema, onehot=features_cfg.attribute_onehot)
+
+
+def _stack(parts: list[DataFrame], keys: list[str]) -> DataFrame:
+    """Merge per-user parts (disjoint columns, at most one row per key each) into one row per key.
+
+    A union plus one aggregation instead of a chain of joins: one shuffle, no sort per join,
+    and the same plan whatever the sizes (no broadcast decisions).
+    """
+    stacked = reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), parts)
+    values = [c for c in stacked.columns if c not in keys]
+    return stacked.groupBy(*keys).agg(*[F.max(c).alias(c) for c in values])
+
+
+def _feature_parts(orders: DataFrame, events: Optional[DataFrame], exposures: Optional[DataFrame],
+                   attributes: Optional[DataFrame], *, as_of: dt.date, features_cfg: FeaturesConf) -> list[DataFrame]:
+    """The per-user feature parts at `as_of` (prepared inputs); order_activity / event_activity define who is seen."""
+    windows = features_cfg.windows_days
+    parts = [
+        rfm.purchase_periods(orders, as_of=as_of),
+        behaviour.order_activity(orders, as_of=as_of, windows_days=windows),
+        behaviour.category_concentration(orders, as_of=as_of),
+        sequences.user_sequences(orders, events, as_of=as_of, features_cfg=features_cfg),
+    ]
+    if events is not None:
+        parts.append(behaviour.event_activity(events, orders, as_of=as_of, windows_days=windows,
+                                              event_types=features_cfg.event_types,
+                                              view_event_type=features_cfg.view_event_type))
+    if exposures is not None:
+        parts.append(behaviour.campaign_history(exposures, orders, as_of=as_of,
+                                                default_response_window_days=features_cfg.default_response_window_days))
+    if attributes is not None:
+        parts.append(behaviour.attribute_features(attributes, onehot=features_cfg.attribute_onehot)
+                     .withColumn(f"{ATTRIBUTE_PREFIX}missing", F.lit(0.0)))
+    return parts
+
+
+def _finish_features(merged: DataFrame, *, as_of_col, features_cfg: FeaturesConf,
+                     attr_cols: tuple[Col, ...]) -> tuple[DataFrame, list]:
+    """Keep the users seen before the date and fill every feature's default; returns (frame, feature columns)."""
+    windows = features_cfg.windows_days
+    seen_days = [c for c in ("first_order_day", "first_event_day") if c in merged.columns]
+    first_seen = F.least(*[F.col(c) for c in seen_days]) if len(seen_days) > 1 else F.col(seen_days[0])
+    seen = merged.filter(first_seen.isNotNull())
+    derived = seen.select(
+        "*",
+        F.when(F.col("frequency").isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias("has_purchase"),
+        F.datediff(as_of_col, first_seen).cast("double").alias("tenure_days"))
+    window_cols = [f"{kind}_{w}d" for w in windows for kind in ("orders", "spend")]
+    derived = behaviour.trend_ratios(derived.fillna(0.0, subset=window_cols), windows_days=windows)
+    features = []
+    for col in feature_table_columns(features_cfg) + tuple(attr_cols):
+        value = F.col(col.name) if col.name in derived.columns else F.lit(None)
+        default = 1.0 if col.name == f"{ATTRIBUTE_PREFIX}missing" else 0.0
+        features.append(F.coalesce(value.cast("double"), F.lit(default)).alias(col.name))
+    return derived, features + [F.col(SEQ_TOKENS), F.col(SEQ_MASK)]
+
+
+def _prepare(orders, events, exposures):
+    return (prepare_orders(orders), prepare_events(events) if events is not None else None,
+            prepare_exposures(exposures) if exposures is not None else None)
+
+
+def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, exposures: Optional[DataFrame] = None,
+                        attributes: Optional[DataFrame] = None, *, as_of: dt.date,
+                        features_cfg: FeaturesConf) -> DataFrame:
+    """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
+
+    Grain: one row per user_id with an order or event strictly before `as_of`. Only rows
+    strictly before `as_of` of orders, events and exposures are used (user attributes are a
+    snapshot and joined as they are). Missing optional inputs give 0 features, so the schema
+    only depends on `features_cfg` and the attribute columns.
+
+    Args:
+        orders: bronze orders (or any frame with user_id, order_ts, amount; see inputs.prepare_orders).
+        events: bronze events, or None.
+        exposures: bronze campaign_exposures, or None.
+        attributes: bronze user_attributes (unique user_id), or None.
+        as_of: the date D.
+        features_cfg: the features conf section.
+
+    Returns:
+        user_id, as_of_date, the feature columns of schemas.feature_table_columns(features_cfg)
+        (DOUBLE, never null), attr_* columns when `attributes` is given, seq_tokens, seq_mask.
+    """
+    orders, events, exposures = _prepare(orders, events, exposures)
+    merged = _stack(_feature_parts(orders, events, exposures, attributes, as_of=as_of, features_cfg=features_cfg),
+                    [USER_ID])
+    derived, features = _finish_features(merged, as_of_col=F.lit(as_of), features_cfg=features_cfg,
+                                         attr_cols=attribute_feature_columns(attributes, features_cfg))
+    return derived.select(USER_ID, F.lit(as_of).alias(AS_OF_DATE), *features)
+
+
+def origins(as_of: dt.date, *, horizon_days: int, features_cfg: FeaturesConf) -> list[dt.date]:
+    """Rolling origins D_k = as_of - H - k * step for k = 0..training_origins - 1 (newest first)."""
+    return [as_of - dt.timedelta(days=horizon_days + k * features_cfg.origin_step_days)
+            for k in range(features_cfg.training_origins)]
+
+
+def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = None,
+                            exposures: Optional[DataFrame] = None, attributes: Optional[DataFrame] = None, *,
+                            as_of: dt.date, horizon_days: int, features_cfg: FeaturesConf) -> DataFrame:
+    """Features at each rolling origin D_k joined with labels from [D_k, D_k + horizon_days).
+
+    Grain: one row per (user_id, origin_date) for every user with an order or event strictly
+    before origin_date. Features equal build_user_features(..., as_of=D_k); labels use only
+    orders and exposures in [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing
+    on or after `as_of` is read.
+
+    Returns:
+        user_id, as_of_date (= as_of), origin_date, horizon_days, the features, attr_*,
+        seq_tokens, seq_mask, label_value, label_purchases, label_churned, campaign_id, arm,
+        is_control, label_converted, label_response_value.
+    """
+    orders, events, exposures = _prepare(orders, events, exposures)
+    parts = []
+    for origin in origins(as_of, horizon_days=horizon_days, features_cfg=features_cfg):
+        origin_parts = _feature_parts(orders, events, exposures, attributes, as_of=origin, features_cfg=features_cfg)
+        origin_parts.append(labels.window_labels(orders, origin=origin, horizon_days=horizon_days))
+        if exposures is not None:
+            origin_parts.append(labels.campaign_labels(
+                exposures, orders, origin=origin, horizon_days=horizon_days,
+                default_response_window_days=features_cfg.default_response_window_days))
+        parts += [part.withColumn(ORIGIN_DATE, F.lit(origin)) for part in origin_parts]
+    # every origin in one aggregation: one shuffle for all of them
+    merged = _stack(parts, [USER_ID, ORIGIN_DATE])
+    derived, features = _finish_features(merged, as_of_col=F.col(ORIGIN_DATE), features_cfg=features_cfg,
+                                         attr_cols=attribute_feature_columns(attributes, features_cfg))
+
+    def label(name: str, type_: str, default=None):
+        value = F.col(name) if name in derived.columns else F.lit(None)
+        return (F.coalesce(value.cast(type_), F.lit(default)) if default is not None else value.cast(type_)).alias(name)
+
+    return derived.select(
+        USER_ID, F.lit(as_of).alias(AS_OF_DATE), ORIGIN_DATE, F.lit(horizon_days).cast("int").alias(HORIZON_DAYS),
+        *features,
+        label(LABEL_VALUE, "double", 0.0), label(LABEL_PURCHASES, "int", 0), label(LABEL_CHURNED, "int", 1),
+        label(CAMPAIGN_ID, "string"), label(ARM, "string"), label(IS_CONTROL, "boolean"),
+        label(LABEL_CONVERTED, "int"), label(LABEL_RESPONSE_VALUE, "double"))

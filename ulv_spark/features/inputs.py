@@ -1,0 +1,121 @@
+"""Normalise the bronze inputs of the feature builders and shared point-in-time expressions.
+
+The builders accept the bronze tables as written by ingest, and also smaller frames that only
+carry the required columns (e.g. CDNOW-style logs built by the evaluation team): optional
+columns are added with their documented defaults here, so every feature function sees the
+same columns. Day boundaries are those of the session time zone (UTC in every session built
+by ``ulv_spark.spark.get_spark``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from ulv_spark.schemas import USER_ID
+
+ORDER_COLUMNS = ("user_id", "order_id", "order_ts", "amount", "quantity", "category", "discount", "is_return")
+EVENT_COLUMNS = ("user_id", "event_id", "event_ts", "event_type", "category")
+EXPOSURE_COLUMNS = ("user_id", "campaign_id", "arm", "is_control", "exposed_ts", "response_window_days",
+                    "observed_converted", "observed_value")
+
+
+def _require(df: DataFrame, table: str, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: missing required column(s) {missing}; got {df.columns}")
+
+
+def _or_default(df: DataFrame, name: str, default: Column, type_: str) -> Column:
+    value = F.col(name) if name in df.columns else default
+    return value.cast(type_).alias(name)
+
+
+def prepare_orders(orders: DataFrame) -> DataFrame:
+    """Orders with exactly ORDER_COLUMNS; missing optional columns get their defaults.
+
+    Grain: unchanged (one row per order). Required: user_id, order_ts, amount. Defaults:
+    order_id = user_id|order_ts|amount, quantity/category/discount = null, is_return =
+    amount < 0 (also where the column is null).
+    """
+    _require(orders, "orders", ("user_id", "order_ts", "amount"))
+    derived_id = F.concat_ws("|", F.col(USER_ID).cast("string"), F.col("order_ts").cast("string"),
+                             F.col("amount").cast("string"))
+    is_return = F.coalesce(F.col("is_return"), F.col("amount") < 0) if "is_return" in orders.columns \
+        else F.col("amount") < 0
+    return orders.select(
+        F.col(USER_ID).cast("string").alias(USER_ID),
+        _or_default(orders, "order_id", derived_id, "string"),
+        F.col("order_ts").cast("timestamp").alias("order_ts"),
+        F.col("amount").cast("double").alias("amount"),
+        _or_default(orders, "quantity", F.lit(None), "double"),
+        _or_default(orders, "category", F.lit(None), "string"),
+        _or_default(orders, "discount", F.lit(None), "double"),
+        is_return.cast("boolean").alias("is_return"),
+    )
+
+
+def prepare_events(events: DataFrame) -> DataFrame:
+    """Events with exactly EVENT_COLUMNS (event_type lower case); required: user_id, event_ts, event_type.
+
+    Grain: unchanged (one row per event). Defaults: event_id = user_id|event_ts|event_type,
+    category = null.
+    """
+    _require(events, "events", ("user_id", "event_ts", "event_type"))
+    derived_id = F.concat_ws("|", F.col(USER_ID).cast("string"), F.col("event_ts").cast("string"),
+                             F.col("event_type").cast("string"))
+    return events.select(
+        F.col(USER_ID).cast("string").alias(USER_ID),
+        _or_default(events, "event_id", derived_id, "string"),
+        F.col("event_ts").cast("timestamp").alias("event_ts"),
+        F.lower(F.trim(F.col("event_type").cast("string"))).alias("event_type"),
+        _or_default(events, "category", F.lit(None), "string"),
+    )
+
+
+def prepare_exposures(exposures: DataFrame) -> DataFrame:
+    """Exposures with exactly EXPOSURE_COLUMNS; required: user_id, campaign_id, arm, exposed_ts.
+
+    Grain: unchanged (one row per (user_id, campaign_id)). Defaults: is_control = (lower(arm) =
+    'control'), response_window_days / observed_converted / observed_value = null (the
+    builders then use features.default_response_window_days and outcomes from orders).
+    """
+    _require(exposures, "campaign_exposures", ("user_id", "campaign_id", "arm", "exposed_ts"))
+    control = F.lower(F.col("arm").cast("string")) == F.lit("control")
+    is_control = F.coalesce(F.col("is_control"), control) if "is_control" in exposures.columns else control
+    return exposures.select(
+        F.col(USER_ID).cast("string").alias(USER_ID),
+        F.col("campaign_id").cast("string").alias("campaign_id"),
+        F.col("arm").cast("string").alias("arm"),
+        is_control.cast("boolean").alias("is_control"),
+        F.col("exposed_ts").cast("timestamp").alias("exposed_ts"),
+        _or_default(exposures, "response_window_days", F.lit(None), "int"),
+        _or_default(exposures, "observed_converted", F.lit(None), "boolean"),
+        _or_default(exposures, "observed_value", F.lit(None), "double"),
+    )
+
+
+def start_of(day: dt.date) -> Column:
+    """Midnight at the start of `day` (session time zone) as a TIMESTAMP literal."""
+    return F.lit(day).cast("timestamp")
+
+
+def before(ts_col: str, as_of: dt.date) -> Column:
+    """Condition: `ts_col` is strictly before the day `as_of` (the point-in-time cut)."""
+    return F.col(ts_col) < start_of(as_of)
+
+
+def in_window(ts_col: str, start: dt.date, end: dt.date) -> Column:
+    """Condition: `ts_col` in [start, end) (days, session time zone)."""
+    return (F.col(ts_col) >= start_of(start)) & (F.col(ts_col) < start_of(end))
+
+
+def ratio(numerator: Column, denominator: Column) -> Column:
+    """numerator / denominator, and 0.0 where the denominator is not > 0 (never null or NaN)."""
+    return F.when(denominator > 0, numerator / denominator).otherwise(F.lit(0.0))
+
+
+def days_between(later: Column, earlier: Column) -> Column:
+    """Fractional days between two timestamps (microsecond precision)."""
+    return (F.unix_micros(later) - F.unix_micros(earlier)) / F.lit(86_400_000_000.0)

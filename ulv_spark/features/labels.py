@@ -1,0 +1,104 @@
+"""Training labels from the window [D_k, D_k + H) after a past origin D_k, and campaign outcomes.
+
+* value: net spend (purchases minus returns) of orders with order_ts in [D_k, D_k + H),
+  floored at 0; purchases: purchase orders in the window; churned: 1 when there is none.
+* campaign: the user's first exposure (by exposed_ts, then campaign_id) with exposed_ts in
+  [D_k, D_k + H) whose response window [exposed_ts, exposed_ts + response_window_days) also
+  ends inside [D_k, D_k + H), so that no label reads data from after the window; its arm and
+  outcome. observed_converted / observed_value win over the outcome derived from orders.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ulv_spark.features.inputs import in_window, start_of
+from ulv_spark.schemas import (ARM, CAMPAIGN_ID, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES,
+                               LABEL_RESPONSE_VALUE, LABEL_VALUE, USER_ID)
+
+
+def window_labels(orders: DataFrame, *, origin: dt.date, horizon_days: int) -> DataFrame:
+    """Spend, purchases and churn of each user in [origin, origin + horizon_days).
+
+    Grain: one row per user_id with an order in the window (users without one get value 0,
+    purchases 0, churned 1 from the caller).
+
+    Returns:
+        user_id, label_value DOUBLE, label_purchases INT, label_churned INT.
+    """
+    end = origin + dt.timedelta(days=horizon_days)
+    window = (orders.filter(in_window("order_ts", origin, end))
+              .groupBy(USER_ID)
+              .agg(F.sum("amount").alias("net"),
+                   F.sum(F.when(~F.col("is_return"), F.lit(1)).otherwise(F.lit(0))).alias("purchases")))
+    return window.select(
+        USER_ID,
+        F.greatest(F.col("net"), F.lit(0.0)).alias(LABEL_VALUE),
+        F.col("purchases").cast("int").alias(LABEL_PURCHASES),
+        F.when(F.col("purchases") > 0, F.lit(0)).otherwise(F.lit(1)).alias(LABEL_CHURNED),
+    )
+
+
+def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_response_window_days: int) -> DataFrame:
+    """The outcome of each exposure in its response window [exposed_ts, response_end_ts).
+
+    Grain: one row per exposure (user_id, campaign_id). converted / response_value are the
+    observed_* columns where given, else derived from the orders passed in: converted = a
+    purchase order in the window, response_value = net spend in the window floored at 0.
+    The caller decides which orders are visible (point in time).
+
+    Returns:
+        user_id, campaign_id, arm, is_control, exposed_ts, response_end_ts TIMESTAMP,
+        converted INT, response_value DOUBLE.
+    """
+    days = F.coalesce(F.col("response_window_days"), F.lit(default_response_window_days))
+    windows = exposures.select(
+        USER_ID, "campaign_id", "arm", "is_control", "exposed_ts", "observed_converted", "observed_value",
+        F.timestamp_add("DAY", days, F.col("exposed_ts")).alias("response_end_ts"))
+    order_rows = orders.select(F.col(USER_ID).alias("o_user"), "order_ts", "amount", "is_return")
+    in_response = ((F.col("o_user") == F.col(USER_ID)) & (F.col("order_ts") >= F.col("exposed_ts"))
+                   & (F.col("order_ts") < F.col("response_end_ts")))
+    derived = (windows.join(order_rows, on=in_response, how="left")
+               .groupBy(USER_ID, "campaign_id")
+               .agg(F.first("arm").alias("arm"), F.first("is_control").alias("is_control"),
+                    F.first("exposed_ts").alias("exposed_ts"), F.first("response_end_ts").alias("response_end_ts"),
+                    F.first("observed_converted").alias("observed_converted"),
+                    F.first("observed_value").alias("observed_value"),
+                    F.coalesce(F.sum("amount"), F.lit(0.0)).alias("net"),
+                    F.count(F.when(~F.col("is_return"), F.lit(1))).alias("purchases")))
+    derived_converted = F.when(F.col("purchases") > 0, F.lit(1)).otherwise(F.lit(0))
+    return derived.select(
+        USER_ID, "campaign_id", "arm", "is_control", "exposed_ts", "response_end_ts",
+        F.coalesce(F.col("observed_converted").cast("int"), derived_converted).alias("converted"),
+        F.coalesce(F.col("observed_value"), F.greatest(F.col("net"), F.lit(0.0))).alias("response_value"),
+    )
+
+
+def campaign_labels(exposures: DataFrame, orders: DataFrame, *, origin: dt.date, horizon_days: int,
+                    default_response_window_days: int) -> DataFrame:
+    """Arm and outcome of each user's first exposure in the label window [origin, origin + H).
+
+    Grain: one row per user_id with an eligible exposure: exposed_ts in the window and the
+    response window ending by origin + H (a later end would need data from after the window).
+
+    Returns:
+        user_id, campaign_id, arm, is_control, label_converted INT, label_response_value DOUBLE.
+    """
+    end = origin + dt.timedelta(days=horizon_days)
+    outcomes = exposure_outcomes(exposures.filter(in_window("exposed_ts", origin, end)),
+                                 orders.filter(in_window("order_ts", origin, end)),
+                                 default_response_window_days=default_response_window_days)
+    eligible = outcomes.filter(F.col("response_end_ts") <= start_of(end))
+    first = (eligible.groupBy(USER_ID)
+             .agg(F.min_by(F.struct("campaign_id", "arm", "is_control", "converted", "response_value"),
+                           F.struct("exposed_ts", "campaign_id")).alias("first")))
+    return first.select(
+        USER_ID,
+        F.col("first.campaign_id").alias(CAMPAIGN_ID),
+        F.col("first.arm").alias(ARM),
+        F.col("first.is_control").alias(IS_CONTROL),
+        F.col("first.converted").cast("int").alias(LABEL_CONVERTED),
+        F.col("first.response_value").cast("double").alias(LABEL_RESPONSE_VALUE),
+    )
