@@ -480,7 +480,10 @@ def _build(cls, raw: Any, prefix: str, where: str):
             kwargs[name] = _coerce(hints[name], raw[name], key, where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key '{key}'")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section's own cross-field checks (__post_init__)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _coerce(tp, value: Any, key: str, where: str):
