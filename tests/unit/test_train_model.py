@@ -248,3 +248,19 @@ def test_stopped_run_resumes_from_its_checkpoint_via_torchrun_main(tmp_path, cap
     assert torchrun_main.main(args) == 0
     third = json.loads(capsys.readouterr().out)
     assert third["resumed_from_epoch"] is None and third["epochs_run"] == 3
+
+
+def test_arm_catalogue_puts_the_control_first_and_ties_arms_to_their_latest_campaign():
+    d1, d2 = "2025-06-01", "2025-07-01"
+    rows = [{"campaign_id": "c1", "arm": "ship", "is_control": False, "origin": d1},
+            {"campaign_id": "c1", "arm": "control", "is_control": True, "origin": d1},
+            {"campaign_id": "c2", "arm": "ship", "is_control": False, "origin": d2},
+            {"campaign_id": "c2", "arm": "coupon", "is_control": False, "origin": d2}]
+    assert feeds.arms_from_exposures(rows) == (["control", "coupon", "ship"],
+                                               {"control": "c1", "coupon": "c2", "ship": "c2"})
+    flagged = [{"campaign_id": "c1", "arm": "holdout", "is_control": True, "origin": d1},
+               {"campaign_id": "c1", "arm": "a", "is_control": False, "origin": d1}]
+    assert feeds.arms_from_exposures(flagged)[0] == ["holdout", "a"]
+    assert feeds.arms_from_exposures([]) == ([], {})
+    with pytest.raises(ValueError, match="no control arm"):
+        feeds.arms_from_exposures([{"campaign_id": "c1", "arm": "a", "is_control": False, "origin": d1}])

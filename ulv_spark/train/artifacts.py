@@ -4,7 +4,7 @@ A model directory ``<train.model_dir>/<version>/`` holds:
 
 * ``config.json`` — the transformers encoder config (``AutoConfig``-loadable);
 * ``model.safetensors`` — every weight of the multi-task model (encoder, MLM head, heads);
-* ``model_spec.json`` — the head architecture (:class:`~ulv_spark.train.model.ModelSpec`);
+* ``model_spec.json`` — the architecture (:class:`ModelSpec`);
 * ``meta.json`` — :class:`ModelMeta` (what scoring needs to feed the model);
 * ``vocabulary.json`` — vocabulary size, fingerprint, sequence length, special tokens;
 * ``feature_stats.json`` — tabular feature order, mean, std and the transform before them;
@@ -53,6 +53,38 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelMeta":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a :class:`~ulv_spark.train.model.MultiTaskModel` (model_spec.json in the model dir).
+
+    Defined here, free of torch, so a pickled training spec can be opened where torch is not
+    imported yet (Spark executors); ``ulv_spark.train.model`` re-exports it.
+    """
+
+    vocab_size: int
+    seq_len: int
+    n_features: int
+    n_arms: int
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    dropout: float = 0.1
+    pooling: str = "mean"          # "cls" or "mean"
+    tabular_hidden: int = 64
+    head_hidden: int = 64
+    propensity: bool = False       # add a propensity head (targeted, non-randomised campaigns)
+    encoder_local_dir: Optional[str] = None  # start the encoder from this local checkpoint
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -116,7 +148,7 @@ def load_model(model_dir: str, device: str = "cpu"):
     import safetensors.torch
     from transformers import AutoConfig
 
-    from ulv_spark.train.model import ModelSpec, build_model
+    from ulv_spark.train.model import build_model
 
     path = Path(model_dir)
     if not (path / COMPLETE_MARKER).is_file():

@@ -50,21 +50,26 @@ def _signed_log1p(column):
     return F.signum(clean) * F.log1p(F.abs(clean))
 
 
-def split_by_origin(examples, *, validation_share: float):
+def split_by_origin(examples, *, validation_share: float, origins: list):
     """Hold out the newest origin dates as validation (time-based split).
 
     With k origins, the newest max(1, round(k * share)) are held out, but always at least one
     stays for training. With a single origin there is no time to split on, so a stable hash
-    of user_id picks ``share`` of the users instead. Collects only the distinct origin dates.
+    of user_id picks ``share`` of the users instead.
+
+    Args:
+        examples: training_examples rows.
+        validation_share: share of origins (or users) held out; 0 = no validation.
+        origins: the distinct origin dates of ``examples`` (see ``fit.profile_examples``).
 
     Returns:
-        (train DataFrame, validation DataFrame or None, list of held-out origin dates as ISO strings).
+        (train DataFrame, validation DataFrame or None, held-out origin dates as ISO strings).
     """
     from pyspark.sql import functions as F
 
     if validation_share <= 0:
         return examples, None, []
-    origins = sorted(r[0] for r in examples.select(S.ORIGIN_DATE).distinct().collect())
+    origins = sorted(origins)
     if len(origins) >= 2:
         held = origins[-min(len(origins) - 1, max(1, round(len(origins) * validation_share))):]
         is_val = F.col(S.ORIGIN_DATE).isin(held)
@@ -73,82 +78,91 @@ def split_by_origin(examples, *, validation_share: float):
     return examples.filter(~bucket), examples.filter(bucket), []
 
 
-def feature_statistics(examples, feature_columns: list[str]) -> tuple[list[float], list[float]]:
-    """Mean and std of sign(x)*log1p(|x|) per feature (std 1 where undefined or 0).
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """What the driver learns about the training split: feature scaling, label base rates, arms."""
 
-    One aggregate row comes back to the driver; NaN and null are left out of the statistics.
+    feature_mean: list
+    feature_std: list
+    labels: dict            # p_purchase, log_mean, log_std, p_churn, p_converted, p_response, response_log_*
+    arms: list              # control first; [] without campaigns
+    arm_campaigns: dict     # arm -> campaign_id
+
+
+def training_statistics(train, feature_columns: list[str]) -> TrainingStatistics:
+    """Feature mean/std of sign(x)*log1p(|x|), label base rates and the arm catalogue in one pass.
+
+    One aggregate row reaches the driver: numbers plus the distinct (campaign, arm, is_control,
+    origin) combinations, which are few. NaN and null features are left out of the statistics;
+    a feature with no spread gets std 1.
     """
     from pyspark.sql import functions as F
 
-    if not feature_columns:
-        return [], []
     aggs = []
     for i, name in enumerate(feature_columns):
         t = _signed_log1p(F.col(name))
         aggs += [F.avg(t).alias(f"m{i}"), F.stddev_pop(t).alias(f"s{i}")]
-    row = examples.agg(*aggs).first()
-    mean = [float(row[f"m{i}"]) if row[f"m{i}"] is not None else 0.0 for i in range(len(feature_columns))]
-    std = [float(row[f"s{i}"]) if row[f"s{i}"] not in (None, 0.0) and row[f"s{i}"] > 1e-9 else 1.0
-           for i in range(len(feature_columns))]
-    return mean, std
-
-
-def label_statistics(examples) -> dict[str, float]:
-    """Base rates of the labels (one aggregate row), used to initialise the output biases."""
-    from pyspark.sql import functions as F
-
     value = F.col(S.LABEL_VALUE).cast("double")
     response = F.col(S.LABEL_RESPONSE_VALUE).cast("double")
     exposed = F.col(S.ARM).isNotNull()
-    row = examples.agg(
-        F.avg((value > 0).cast("double")).alias("p_purchase"),
-        F.avg(F.when(value > 0, F.log(value))).alias("log_mean"),
-        F.stddev_pop(F.when(value > 0, F.log(value))).alias("log_std"),
-        F.avg(F.col(S.LABEL_CHURNED).cast("double")).alias("p_churn"),
-        F.avg(F.when(exposed, F.coalesce(F.col(S.LABEL_CONVERTED).cast("double"), F.lit(0.0)))).alias("p_converted"),
-        F.avg(F.when(exposed, (F.coalesce(response, F.lit(0.0)) > 0).cast("double"))).alias("p_response"),
-        F.avg(F.when(exposed & (response > 0), F.log(response))).alias("response_log_mean"),
-        F.stddev_pop(F.when(exposed & (response > 0), F.log(response))).alias("response_log_std"),
-    ).first()
-    return {k: float(v) for k, v in row.asDict().items() if v is not None}
+    labels = {
+        "p_purchase": F.avg((value > 0).cast("double")),
+        "log_mean": F.avg(F.when(value > 0, F.log(value))),
+        "log_std": F.stddev_pop(F.when(value > 0, F.log(value))),
+        "p_churn": F.avg(F.col(S.LABEL_CHURNED).cast("double")),
+        "p_converted": F.avg(F.when(exposed, F.coalesce(F.col(S.LABEL_CONVERTED).cast("double"), F.lit(0.0)))),
+        "p_response": F.avg(F.when(exposed, (F.coalesce(response, F.lit(0.0)) > 0).cast("double"))),
+        "response_log_mean": F.avg(F.when(exposed & (response > 0), F.log(response))),
+        "response_log_std": F.stddev_pop(F.when(exposed & (response > 0), F.log(response))),
+    }
+    aggs += [column.alias(f"label_{name}") for name, column in labels.items()]
+    arm_row = F.struct(F.col(S.CAMPAIGN_ID).alias("campaign_id"), F.col(S.ARM).alias("arm"),
+                       F.coalesce(F.col(S.IS_CONTROL), F.lit(False)).alias("is_control"),
+                       F.col(S.ORIGIN_DATE).alias("origin"))
+    aggs.append(F.collect_set(F.when(exposed, arm_row)).alias("arm_rows"))
+    row = train.agg(*aggs).first()
+    n = len(feature_columns)
+    mean = [float(row[f"m{i}"]) if row[f"m{i}"] is not None else 0.0 for i in range(n)]
+    std = [float(row[f"s{i}"]) if row[f"s{i}"] is not None and row[f"s{i}"] > 1e-9 else 1.0 for i in range(n)]
+    label_stats = {name: float(row[f"label_{name}"]) for name in labels if row[f"label_{name}"] is not None}
+    arms, arm_campaigns = arms_from_exposures([r.asDict() for r in row["arm_rows"]])
+    return TrainingStatistics(mean, std, label_stats, arms, arm_campaigns)
 
 
-def arm_catalogue(examples) -> tuple[list[str], dict[str, str]]:
+def arms_from_exposures(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
     """The arms to model (control first) and the campaign each arm's head is trained on.
 
-    The control is the arm named "control" if there is one, else the arm flagged is_control
-    on most rows. An arm name seen in several campaigns is tied to its most recent campaign
-    (latest origin, then campaign_id). Collects one row per (campaign, arm).
+    Args:
+        rows: distinct ``{campaign_id, arm, is_control, origin}`` of exposed examples.
+
+    The control is the arm named "control" if there is one, else the arm flagged is_control in
+    most (campaign, origin) combinations. An arm name seen in several campaigns is tied to its
+    most recent campaign (latest origin, then campaign_id).
 
     Returns:
-        (arms, {arm: campaign_id}); ([], {}) when no example was exposed to a campaign.
-    """
-    from pyspark.sql import functions as F
+        (arms, {arm: campaign_id}); ([], {}) without exposures.
 
-    rows = (examples.filter(F.col(S.ARM).isNotNull())
-            .groupBy(S.CAMPAIGN_ID, S.ARM)
-            .agg(F.max(S.ORIGIN_DATE).alias("last_origin"),
-                 F.sum(F.coalesce(F.col(S.IS_CONTROL).cast("int"), F.lit(0))).alias("control_rows"),
-                 F.count(F.lit(1)).alias("rows"))
-            .collect())
+    Raises:
+        ValueError: exposures exist but no arm is the control.
+    """
     if not rows:
         return [], {}
-    campaigns: dict[str, tuple] = {}
+    latest: dict[str, tuple] = {}
     control_votes: dict[str, int] = {}
     for r in rows:
-        key = (r["last_origin"], r[S.CAMPAIGN_ID] or "")
-        if r[S.ARM] not in campaigns or key > campaigns[r[S.ARM]]:
-            campaigns[r[S.ARM]] = key
-        control_votes[r[S.ARM]] = control_votes.get(r[S.ARM], 0) + int(r["control_rows"] or 0)
-    if CONTROL_ARM in campaigns:
+        key = (r["origin"], r["campaign_id"] or "")
+        if r["arm"] not in latest or key > latest[r["arm"]]:
+            latest[r["arm"]] = key
+        control_votes[r["arm"]] = control_votes.get(r["arm"], 0) + int(bool(r["is_control"]))
+    if CONTROL_ARM in latest:
         control = CONTROL_ARM
     else:
         control = max(sorted(control_votes), key=lambda a: control_votes[a])
         if control_votes[control] == 0:
             raise ValueError(f"no control arm: none is named '{CONTROL_ARM}' or flagged is_control "
-                             f"(arms: {sorted(campaigns)})")
-    arms = [control] + sorted(a for a in campaigns if a != control)
-    return arms, {a: campaigns[a][1] for a in arms}
+                             f"(arms: {sorted(latest)})")
+    arms = [control] + sorted(a for a in latest if a != control)
+    return arms, {a: latest[a][1] for a in arms}
 
 
 def standardised_features_column(feature_columns: list[str], mean: list[float], std: list[float]):

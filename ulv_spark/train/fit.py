@@ -28,8 +28,7 @@ from typing import Optional
 from ulv_spark import schemas as S
 from ulv_spark.runtime import get_logger
 from ulv_spark.train import feed as feeds
-from ulv_spark.train.artifacts import ModelMeta
-from ulv_spark.train.model import ModelSpec
+from ulv_spark.train.artifacts import ModelMeta, ModelSpec
 
 LOG_NAME = "ulv_spark.train"
 FINISHED_MARKER = "_FINISHED"
@@ -482,7 +481,7 @@ def run_key(as_of, data_version, train_cfg, feature_columns: list[str]) -> str:
 
 
 def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> dict:
-    """Check the examples in one aggregate: rows, sequence lengths, horizon; returns the facts.
+    """Check the examples in one aggregate; returns rows, horizon_days and the distinct origins (few).
 
     Raises:
         ValueError: no rows, or seq_tokens / seq_mask not all of length ``seq_len``.
@@ -492,7 +491,8 @@ def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> 
     row = examples.agg(
         F.count(F.lit(1)).alias("rows"), F.min(F.size(S.SEQ_TOKENS)).alias("lo"), F.max(F.size(S.SEQ_TOKENS)).alias("hi"),
         F.sum((F.size(S.SEQ_MASK) != F.size(S.SEQ_TOKENS)).cast("int")).alias("bad"),
-        F.min(S.HORIZON_DAYS).alias("h_lo"), F.max(S.HORIZON_DAYS).alias("h_hi")).first()
+        F.min(S.HORIZON_DAYS).alias("h_lo"), F.max(S.HORIZON_DAYS).alias("h_hi"),
+        F.collect_set(S.ORIGIN_DATE).alias("origins")).first()
     if not row["rows"]:
         raise ValueError("no training_examples rows for this as_of date: run `ulv-spark features` for it first")
     if row["lo"] != seq_len or row["hi"] != seq_len or (row["bad"] or 0) > 0:
@@ -504,7 +504,7 @@ def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> 
         if horizon != horizon_days and log is not None:
             log.warning("training_examples has horizon_days=%d, conf run.horizon_days=%d: the model keeps %d",
                         horizon, horizon_days, horizon)
-    return {"rows": int(row["rows"]), "horizon_days": horizon}
+    return {"rows": int(row["rows"]), "horizon_days": horizon, "origins": sorted(row["origins"])}
 
 
 @dataclass(frozen=True)
@@ -530,12 +530,13 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
     feature_cols = S.feature_columns(examples.schema)
     if not feature_cols:
         raise ValueError("training_examples has no numeric tabular feature column")
-    horizon_days = profile_examples(examples, seq_len=seq_len, horizon_days=horizon_days,
-                                    log=get_logger(LOG_NAME))["horizon_days"]
-    train_df, val_df, val_origins = feeds.split_by_origin(examples, validation_share=train_cfg.validation_share)
-    mean, std = feeds.feature_statistics(train_df, feature_cols)
-    arms, arm_campaigns = feeds.arm_catalogue(train_df)
-    label_stats = feeds.label_statistics(train_df)
+    profile = profile_examples(examples, seq_len=seq_len, horizon_days=horizon_days, log=get_logger(LOG_NAME))
+    train_df, val_df, val_origins = feeds.split_by_origin(examples, validation_share=train_cfg.validation_share,
+                                                          origins=profile["origins"])
+    stats = feeds.training_statistics(train_df, feature_cols)
+    mean, std, arms, arm_campaigns, label_stats = (stats.feature_mean, stats.feature_std, stats.arms,
+                                                   stats.arm_campaigns, stats.labels)
+    horizon_days = profile["horizon_days"]
     meta = ModelMeta(version="", feature_columns=feature_cols, feature_mean=mean, feature_std=std,
                      seq_len=seq_len, vocab_size=vocab_size, vocab_fingerprint=vocab_fingerprint,
                      arms=arms, arm_campaigns=arm_campaigns, horizon_days=int(horizon_days),

@@ -8,10 +8,8 @@ masked-LM head (``AutoModelForMaskedLM``) on the same weights.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ulv_spark.train.artifacts import ModelSpec  # noqa: F401  (defined torch-free there; re-exported here)
 from ulv_spark.train.feed import FEATURE_CLIP
 from ulv_spark.train.losses import (CLS_ID, UNK_ID, ziln_expected_value, ziln_quantile, ziln_sigma)
 
@@ -28,34 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 FEATURE_TRANSFORM = "signed_log1p"  # applied before standardising (spend and counts are heavy-tailed)
 ARM_OUTPUTS = 4  # conversion logit, response ZILN logit, mu, sigma-raw
 PREDICT_CHUNK = 8192
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture of a :class:`MultiTaskModel` (saved as model_spec.json next to the weights)."""
-
-    vocab_size: int
-    seq_len: int
-    n_features: int
-    n_arms: int
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    dropout: float = 0.1
-    pooling: str = "mean"          # "cls" or "mean"
-    tabular_hidden: int = 64
-    head_hidden: int = 64
-    propensity: bool = False       # add a propensity head (targeted, non-randomised campaigns)
-    encoder_local_dir: Optional[str] = None  # start the encoder from this local checkpoint
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def build_encoder_config(spec: ModelSpec):

@@ -1,0 +1,181 @@
+"""Distributed training on CPU: TorchDistributor in barrier mode and (through `ulv-spark train`, stopped
+and resumed) in local mode, both via Petastorm; Arrow vs Petastorm rows; plain torchrun without Spark."""
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ulv_spark import lake
+from ulv_spark.config import EncoderConf, TrainConf
+from ulv_spark.train import feed as feeds
+from ulv_spark.train import fit, synthetic
+from ulv_spark.train.artifacts import latest_model_dir, load_model
+from ulv_spark.train.model import predict_arrays
+
+pytestmark = pytest.mark.slow
+
+AS_OF = dt.date(2025, 10, 1)
+SEQ, VOCAB, ROWS = 8, 40, 600
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def examples(spark):
+    df = synthetic.synthetic_training_examples(spark, ROWS, seq_len=SEQ, vocab_size=VOCAB, origins=3, partitions=2)
+    return df.cache()
+
+
+def _cfg(tmp_path, **kw) -> TrainConf:
+    base = dict(model_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ck"),
+                petastorm_cache=str(tmp_path / "petastorm"), parquet_dir=str(tmp_path / "feed"),
+                num_processes=2, batch_size=64, epochs=2, pretrain_epochs=1, reader_workers=1, cpu_threads=1,
+                validation_share=0.34, tabular_hidden=16, head_hidden=16,
+                encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32))
+    return TrainConf(**{**base, **kw})
+
+
+def _train(spark, examples, cfg, **kw):
+    return fit.train_model(spark, examples, train_cfg=cfg, seq_len=SEQ, vocab_size=VOCAB, vocab_fingerprint="fp",
+                           horizon_days=90, as_of=AS_OF, conf={"train": {"note": "test"}}, data_version=1, **kw)
+
+
+def _assert_usable_model(summary, examples, model_root, vocab=VOCAB):
+    assert summary["world_size"] == 2 and summary["device"] == "cpu"
+    assert summary["epochs_run"] == 3 and summary["rows_train"] + summary["rows_val"] == ROWS
+    assert summary["validation_origins"] == ["2025-07-03"]  # the newest of the three origins
+    assert latest_model_dir(model_root) == summary["model_dir"]
+    model, meta = load_model(summary["model_dir"])
+    assert meta.arms == list(synthetic.DEFAULT_ARMS) and meta.feature_columns == list(synthetic.FEATURE_NAMES)
+    assert meta.arm_campaigns == {a: "camp_1" for a in synthetic.DEFAULT_ARMS}
+    assert (meta.seq_len, meta.vocab_size, meta.horizon_days, meta.trained_as_of) == (SEQ, vocab, 90, "2025-10-01")
+    rows = examples.limit(20).toPandas()
+    tabular = rows[meta.feature_columns].astype(float).to_numpy()
+    out = predict_arrays(model, meta, np.stack(rows["seq_tokens"]), np.stack(rows["seq_mask"]), tabular)
+    assert out["expected_value"].shape == (20,) and out["arm_value"].shape == (20, 3)
+    assert all(np.isfinite(v).all() for v in out.values())
+    return meta
+
+
+def test_barrier_mode_on_local2_through_petastorm_writes_a_loadable_model(spark, examples, tmp_path):
+    cfg = _cfg(tmp_path, local_mode=False, loader="petastorm")
+    summary = _train(spark, examples, cfg)
+    assert summary["status"] == "finished" and summary["loader"] == "petastorm"
+    _assert_usable_model(summary, examples, cfg.model_dir)
+    assert fit.latest_checkpoint(summary["checkpoint_dir"]).endswith("epoch-0003.pt")
+    assert not any(Path(cfg.petastorm_cache).iterdir())  # converters deleted their cache
+
+
+def test_barrier_mode_needs_a_task_slot_per_process(spark, examples, tmp_path):
+    with pytest.raises(ValueError, match="task slots"):
+        _train(spark, examples, _cfg(tmp_path, local_mode=False, num_processes=3))
+
+
+def _epoch_ids(spec, rank, world, batch_size):
+    with feeds.open_batches(spec, rank=rank, world=world, batch_size=batch_size, shuffle=False, workers=1) as batches:
+        return [[int(i) for b in batches.epoch() for i in b[feeds.ROW_ID]] for _ in range(2)]
+
+
+def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples, tmp_path):
+    # one input partition, so the round-robin spread over 4 files is exactly even (150 rows each)
+    source = examples.coalesce(1)
+    cfg = _cfg(tmp_path, validation_share=0.0, feed_files=4)
+    kw = dict(train_cfg=cfg, seq_len=SEQ, vocab_size=VOCAB, vocab_fingerprint="fp", horizon_days=90, as_of=AS_OF,
+              key="rows", world=2)
+    by_loader = {}
+    for loader in ("petastorm", "arrow"):
+        prepared = fit.prepare(spark, source, loader=loader, **kw)
+        try:
+            assert prepared.train.rows == ROWS and prepared.val is None
+            by_loader[loader] = [_epoch_ids(prepared.train, rank, 2, 50) for rank in range(2)]
+        finally:
+            feeds.delete_feed(prepared.train)
+    all_ids = {r[0] for r in source.selectExpr("xxhash64(user_id, origin_date)").collect()}
+    for loader, ranks in by_loader.items():
+        for epochs in ranks:
+            assert all(len(ids) == len(set(ids)) == ROWS // 2 for ids in epochs), loader  # 6 steps x 50 rows
+            assert set(epochs[0]) == set(epochs[1]), loader  # every epoch the same rows
+        assert not set(ranks[0][0]) & set(ranks[1][0]), loader
+        assert set(ranks[0][0]) | set(ranks[1][0]) == all_ids, loader
+    petastorm_epoch = set().union(*(r[0] for r in by_loader["petastorm"]))
+    arrow_epoch = set().union(*(r[0] for r in by_loader["arrow"]))
+    assert petastorm_epoch == arrow_epoch == all_ids
+
+
+def test_train_command_stopped_after_epoch_1_resumes_and_writes_a_model(spark, examples, lakehouse, write_conf,
+                                                                       tmp_path, capsys):
+    """`ulv-spark train` end to end: 2 processes in local mode through Petastorm, stopped and resumed."""
+    from ulv_spark import cli
+    from ulv_spark.config import FeaturesConf
+    from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
+
+    ref = lake.table_ref(lakehouse, "training_examples")
+    examples.write.format("delta").partitionBy("as_of_date").save(ref.path)
+    shared = tmp_path / "shared"
+    conf = write_conf(f"""
+lakehouse: {{root: "{lakehouse.root}", schema: {lakehouse.schema}, shared_dir: "{shared}"}}
+features: {{sequence_length: {SEQ}}}
+train:
+  model_dir: "{shared}/models"
+  checkpoint_dir: "{shared}/ck"
+  petastorm_cache: "{shared}/petastorm"
+  parquet_dir: "{shared}/feed"
+  num_processes: 2
+  local_mode: true
+  loader: petastorm
+  batch_size: 64
+  epochs: 2
+  pretrain_epochs: 1
+  reader_workers: 1
+  validation_share: 0.34
+  tabular_hidden: 16
+  head_hidden: 16
+  mlflow_tracking_uri: "file:{shared}/mlruns"
+  encoder: {{hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}}
+""")
+    train = ["train", "--conf", str(conf), "--as-of", "2025-10-01"]
+    assert cli.main(train + ["--set", "train.stop_after_epochs=1"]) == 1
+    assert "stopped after 1 of 3 epochs" in capsys.readouterr().err
+    assert latest_model_dir(f"{shared}/models") is None
+    [run_dir] = list((shared / "ck").iterdir())
+    assert [Path(p).name for p in fit.checkpoint_files(str(run_dir))] == ["epoch-0001.pt"]
+
+    assert cli.main(train) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex('{\n  "command": "train"'):])
+    assert summary["resumed_from_epoch"] == 1 and summary["loader"] == "petastorm"
+    features_cfg = FeaturesConf(sequence_length=SEQ)
+    meta = _assert_usable_model(summary, examples, f"{shared}/models", vocab=vocab_size(features_cfg))
+    assert meta.vocab_fingerprint == vocabulary_fingerprint(features_cfg)
+    assert fit.latest_checkpoint(str(run_dir)).endswith("epoch-0003.pt")
+    assert summary["metrics"]["val_rows"] > 0 and summary["mlflow_run_id"] is None  # mlflow not installed: skipped
+    assert not any((shared / "petastorm").iterdir())
+
+    assert cli.main(["train", "--conf", str(conf), "--as-of", "2025-10-02"]) == 1
+    assert "no training_examples rows" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_train_from_parquet_without_spark(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 256, files=4, val_rows=64, seq_len=SEQ,
+                                          vocab_size=VOCAB)
+    # a pyspark that cannot be imported: the torchrun path must not need Spark at all
+    blocker = tmp_path / "no_spark" / "pyspark"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyspark is not available on this machine')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK", "SPARK"))}
+    env["PYTHONPATH"] = str(blocker.parent)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ulv_spark.train.torchrun_main", "--data", root, "--model-root", str(tmp_path / "models"),
+           "--checkpoint-dir", str(tmp_path / "ck"), "--set", "train.epochs=1", "--set", "train.pretrain_epochs=1",
+           "--set", "train.batch_size=32", "--set", "train.encoder.hidden_size=16", "--set", "train.encoder.num_heads=2",
+           "--set", "train.encoder.num_layers=1", "--set", "train.encoder.intermediate_size=32"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["status"] == "finished"
+    model, meta = load_model(summary["model_dir"])
+    assert meta.vocab_fingerprint == "synthetic"
