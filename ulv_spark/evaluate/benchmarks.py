@@ -147,7 +147,11 @@ def _session(workdir: Path):
 def _config(workdir: Path, overrides: dict):
     from ulv_spark.config import load_config
 
-    base = {"lakehouse.root": str(workdir / "lakehouse"), "lakehouse.schema": "bench_eval",
+    return load_config(REPO / "conf" / "local.yaml", {**_config_base(workdir), **overrides})
+
+
+def _config_base(workdir: Path) -> dict:
+    return {"lakehouse.root": str(workdir / "lakehouse"), "lakehouse.schema": "bench_eval",
             "lakehouse.shared_dir": str(workdir / "shared"), "spark.driver_memory": "2g",
             "evaluate.report_dir": str(workdir / "reports"), "evaluate.model_dir": str(workdir / "models"),
             "train.model_dir": str(workdir / "shared" / "models"),
@@ -156,7 +160,6 @@ def _config(workdir: Path, overrides: dict):
             "train.parquet_dir": str(workdir / "shared" / "train_feed"),
             # one OpenMP thread: on a shared 2-core machine spinning threads make GBM fits many times slower
             "evaluate.gbm_threads": 1}
-    return load_config(REPO / "conf" / "local.yaml", {**base, **overrides})
 
 
 def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: dict, run_id: str,
@@ -208,6 +211,68 @@ def run_cdnow(workdir: Path, *, model: str = "train", test_share: float = 0.5, s
     facts.update({"calibration": f"orders before {CDNOW_CUT}", "holdout": f"{CDNOW_CUT} .. {CDNOW_END}",
                   "test users": len(result.splits[0].test)})
     return _finish("cdnow", spark, cfg, result, facts, checks, seconds, new_run_id("bench-cdnow"), CDNOW_END)
+
+
+SYNTHETIC_RUN_DATE = dt.date(2025, 11, 21)  # evaluation origin D - 90 = 2025-08-23, a campaign wave day
+SYNTHETIC_SOURCES = {
+    "orders": {"format": "parquet", "columns": {
+        "user_id": "customer_id", "order_id": "order_no", "order_ts": "ordered_at", "amount": "order_total",
+        "quantity": "items", "category": "main_category", "discount": "discount_total",
+        "is_return": "is_cancellation"}, "timestamp_format": "yyyy-MM-dd'T'HH:mm:ss", "future_rows": "defer"},
+    "events": {"format": "parquet", "columns": {
+        "event_id": "event_uid", "user_id": "customer_id", "event_ts": "event_time", "event_type": "event_name",
+        "product_id": "product_sku", "category": "product_category", "session_id": "session_key"},
+        "future_rows": "defer"},
+    "campaign_exposures": {"format": "parquet", "columns": {
+        "user_id": "customer_id", "campaign_id": "campaign", "arm": "variant", "exposed_ts": "sent_at",
+        "response_window_days": "window_days"}, "future_rows": "defer"},
+    "user_attributes": {"format": "parquet", "columns": {"user_id": "customer_id"}},
+}
+
+
+def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", run_date: dt.date = SYNTHETIC_RUN_DATE,
+                  overrides: Optional[dict] = None) -> dict:
+    """The synthetic benchmark: generate, ingest, backtest at origin run_date - H with the oracle."""
+    import yaml
+
+    from ulv_spark import lake
+    from ulv_spark.cli import main as cli_main
+    from ulv_spark.evaluate.pipeline import EvaluationInputs, run_evaluation, splits_from_conf
+    from ulv_spark.runtime import new_run_id
+
+    spark, _ = _session(workdir)
+    raw = workdir / "raw"
+    conf_overrides = {"generate.users": users, "generate.partitions": max(4, users // 50_000),
+                      "generate.output_dir": str(raw), "evaluate.dataset": "synthetic", "evaluate.model": model,
+                      **(overrides or {})}
+    cfg = _config(workdir, conf_overrides)
+    sources = {t: {**s, "path": str(raw / t)} for t, s in SYNTHETIC_SOURCES.items()}
+    conf_file = workdir / "synthetic.yaml"
+    conf_file.write_text(yaml.safe_dump({"extends": str(REPO / "conf" / "local.yaml"), "sources": sources}),
+                         encoding="utf-8")
+    args = ["--conf", str(conf_file), "--as-of", run_date.isoformat()]
+    for key, value in {**_config_base(workdir), **conf_overrides}.items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    seconds = {}
+    for command in ("generate", "ingest"):
+        start = time.perf_counter()
+        if cli_main([command, *args]) != 0:
+            raise RuntimeError(f"ulv-spark {command} failed")
+        seconds[command] = round(time.perf_counter() - start, 1)
+    tables = {key: lake.table_ref(cfg.lakehouse, name) for key, name in (
+        ("orders", "orders"), ("events", "events"), ("exposures", "campaign_exposures"),
+        ("attributes", "user_attributes"), ("truth_users", "truth_users"), ("truth_uplift", "truth_uplift"))}
+    inputs = EvaluationInputs(**{k: lake.read_table(spark, ref) for k, ref in tables.items()})
+    splits = splits_from_conf(run_date, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
+    start = time.perf_counter()
+    result, facts = run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset="synthetic")
+    seconds["evaluation"] = round(time.perf_counter() - start, 1)
+    facts.update({"users generated": users, "run date": run_date, "test users": len(result.splits[0].test)})
+    wide = result.pivot()
+    shares = {f"{metric}": {m: float(v) for m, v in row.dropna().items()}
+              for (split, metric), row in wide.iterrows() if metric.endswith("_share_of_oracle")}
+    return _finish("synthetic", spark, cfg, result, facts, {"share_of_oracle": shares}, seconds,
+                   new_run_id("bench-synthetic"), run_date)
 
 
 def main(argv=None) -> int:
