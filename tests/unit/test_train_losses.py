@@ -143,4 +143,4 @@ def test_multitask_loss_parts_match_their_definitions():
     assert parts["value"][0] == pytest.approx(float(value), rel=1e-5)
     assert parts["churn"][0] == pytest.approx(float(churn), rel=1e-5)
     assert parts["uplift"][0] == pytest.approx(float(uplift), rel=1e-5)
-    assert float(total) == pytest.approx(float(value + churn + uplift), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(value + churn + uplift), rel=1e-5)

@@ -264,3 +264,16 @@ def test_arm_catalogue_puts_the_control_first_and_ties_arms_to_their_latest_camp
     assert feeds.arms_from_exposures([]) == ([], {})
     with pytest.raises(ValueError, match="no control arm"):
         feeds.arms_from_exposures([{"campaign_id": "c1", "arm": "a", "is_control": False, "origin": d1}])
+
+
+def test_masked_event_logits_are_computed_only_at_picked_positions_and_match_the_full_head():
+    model = _model().eval()
+    tokens, mask, _ = _inputs(4, seed=2)
+    labels = torch.full(tokens.shape, -100, dtype=torch.long)
+    labels[0, 0], labels[2, 1] = 7, 9
+    with torch.no_grad():
+        out = model(torch.as_tensor(tokens).long(), torch.as_tensor(mask).long(), mlm_labels=labels)
+        ids, attn = model._with_cls(torch.as_tensor(tokens).long(), torch.as_tensor(mask).long())
+        full = model.mlm(input_ids=ids, attention_mask=attn).logits[:, 1:]
+    assert out["mlm_logits"].shape == (2, VOCAB) and out["mlm_labels"].tolist() == [7, 9]
+    torch.testing.assert_close(out["mlm_logits"], torch.stack([full[0, 0], full[2, 1]]))

@@ -194,7 +194,8 @@ def _train_epoch(stage, ddp, optimizer, batches, spec: TrainSpec, device, autoca
         with autocast():
             if stage == PRETRAIN:
                 inputs, labels = mask_tokens(tokens, mask, spec.model.vocab_size, spec.mlm_probability)
-                loss, _ = masked_event_loss(ddp(inputs, mask, mlm=True)["mlm_logits"], labels)
+                out = ddp(inputs, mask, mlm_labels=labels)
+                loss, _ = masked_event_loss(out["mlm_logits"], out["mlm_labels"])
             else:
                 out = ddp(tokens, mask, b[feeds.FEATURES].float())
                 loss, _ = multitask_loss(out, b, spec.loss_weights)
@@ -228,7 +229,8 @@ def _validate(stage, model, batches, spec: TrainSpec, device, autocast, distribu
                 if stage == PRETRAIN:
                     inputs, labels = mask_tokens(tokens, mask, spec.model.vocab_size, spec.mlm_probability,
                                                  generator=generator)
-                    loss, n = masked_event_loss(model(inputs, mask, mlm=True)["mlm_logits"], labels)
+                    out = model(inputs, mask, mlm_labels=labels)
+                    loss, n = masked_event_loss(out["mlm_logits"], out["mlm_labels"])
                     sums[2 * len(tasks)] += float(loss) * float(n)
                     sums[2 * len(tasks) + 1] += float(n)
                     continue

@@ -100,7 +100,11 @@ def mask_tokens(tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, proba
 
 
 def masked_event_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy over picked positions, number picked); 0 when nothing was picked."""
+    """(mean cross-entropy over picked positions, number picked); 0 when nothing was picked.
+
+    Args:
+        logits: (..., vocab) scores; labels: (...) ids, IGNORE_INDEX where not picked.
+    """
     flat = labels.reshape(-1)
     picked = flat != IGNORE_INDEX
     count = picked.sum()

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from ulv_spark.train.artifacts import ModelSpec  # noqa: F401  (defined torch-free there; re-exported here)
 from ulv_spark.train.feed import FEATURE_CLIP
-from ulv_spark.train.losses import (CLS_ID, UNK_ID, ziln_expected_value, ziln_quantile, ziln_sigma)
+from ulv_spark.train.losses import (CLS_ID, IGNORE_INDEX, UNK_ID, ziln_expected_value, ziln_quantile,
+                                    ziln_sigma)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ulv_spark.train.artifacts import ModelMeta
@@ -123,11 +124,23 @@ class MultiTaskModel(nn.Module):
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, tabular: Optional[torch.Tensor] = None,
-                mlm: bool = False) -> dict[str, torch.Tensor]:
-        """Raw head outputs; with ``mlm=True`` only ``mlm_logits`` (B, L, vocab) for pretraining."""
-        if mlm:
+                mlm_labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Raw head outputs; given ``mlm_labels`` (B, L) only the masked-event logits for pretraining.
+
+        Pretraining returns ``mlm_logits`` (N, vocab) and ``mlm_labels`` (N,) for the N picked
+        positions only: the vocabulary projection is the costliest layer, and the other ~85 % of
+        positions carry no loss.
+        """
+        if mlm_labels is not None:
             ids, attn = self._with_cls(tokens, mask)
-            return {"mlm_logits": self.mlm(input_ids=ids, attention_mask=attn).logits[:, 1:]}
+            picked = mlm_labels != IGNORE_INDEX
+            head = self._mlm_head()
+            if head is None:
+                logits = self.mlm(input_ids=ids, attention_mask=attn).logits[:, 1:][picked]
+            else:
+                states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, 1:]
+                logits = head(states[picked])
+            return {"mlm_logits": logits, "mlm_labels": mlm_labels[picked]}
         pooled = self.encode(tokens, mask)
         rep = self.trunk(torch.cat([pooled, self.tabular(tabular.to(pooled.dtype))], dim=1))
         out = {"value": self.value_head(rep), "churn": self.churn_head(rep).squeeze(-1)}
@@ -136,6 +149,14 @@ class MultiTaskModel(nn.Module):
         if self.propensity_head is not None:
             out["propensity"] = self.propensity_head(rep)
         return out
+
+    def _mlm_head(self) -> Optional[nn.Module]:
+        # BERT-style models call their masked-LM head "cls", RoBERTa-style ones "lm_head"
+        for name in ("cls", "lm_head"):
+            head = getattr(self.mlm, name, None)
+            if isinstance(head, nn.Module):
+                return head
+        return None
 
     @torch.no_grad()
     def set_output_bias(self, stats: dict[str, float]) -> None:
