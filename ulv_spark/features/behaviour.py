@@ -1,30 +1,30 @@
-"""Behaviour features before the as-of date D: windows, trends, gaps, baskets, events, campaigns.
+"""Behaviour features before the as-of date D: windows, trends, baskets, categories, events, campaigns.
 
-Every function is point in time (only rows strictly before D) and returns one row per user
-that has the relevant source rows; `build.build_user_features` left-joins them onto the user
-population and fills the documented defaults (0, with has_* indicators). Column meanings are
-the comments of `schemas.feature_table_columns`.
+Every function takes histories keyed by as_of_date (inputs.history: only rows strictly
+before the date) and returns one row per (user_id, as_of_date) that has the relevant rows;
+`build.build_user_features` merges them onto the user population and fills the documented
+defaults (0, with has_* indicators). Column meanings are the comments of
+`schemas.feature_table_columns`; the inter-purchase gaps live in rfm.purchase_periods.
 """
 from __future__ import annotations
 
-import datetime as dt
 from typing import Iterable, Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulv_spark.features.inputs import before, ratio
-from ulv_spark.features.labels import exposure_outcomes
-from ulv_spark.schemas import ATTRIBUTE_PREFIX, USER_ID, Col, event_count_column, slug, trend_pairs
+from ulv_spark.features.inputs import days_before_key, ratio
+from ulv_spark.schemas import AS_OF_DATE, ATTRIBUTE_PREFIX, USER_ID, Col, event_count_column, slug, trend_pairs
 
 _NUMERIC_ATTRIBUTE_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
                             T.DecimalType, T.BooleanType)
 _ATTRIBUTE_SKIP = {"user_id", "run_id"}
+KEYS = (USER_ID, AS_OF_DATE)
 
 
-def _since(as_of: dt.date, days: int) -> Column:
-    return F.date_sub(F.lit(as_of), days)
+def _since(days: int) -> Column:
+    return F.date_sub(F.col(AS_OF_DATE), days)
 
 
 def _count_if(condition: Column) -> Column:
@@ -35,26 +35,26 @@ def _sum_if(condition: Column, value: Column) -> Column:
     return F.sum(F.when(condition, value).otherwise(F.lit(0.0)))
 
 
-def order_activity(orders: DataFrame, *, as_of: dt.date, windows_days: Sequence[int]) -> DataFrame:
-    """Order counts, spend, windows, basket, category, return and discount features.
+def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
+    """Order counts, spend, windows, basket, return and discount features.
 
-    Grain: one row per user_id with any order (purchase or return) strictly before `as_of`.
+    Grain: one row per (user_id, as_of_date) with any order (purchase or return) in the
+    keyed history (inputs.history: rows strictly before as_of_date).
 
     Returns:
-        user_id, first_order_day DATE, orders_total, spend_total, days_since_last_order,
-        orders_<w>d, spend_<w>d per window, avg_order_value, avg_basket_quantity,
-        distinct_categories, returns_total, return_rate, return_value_share, discount_share,
-        discounted_order_share (DOUBLE).
+        user_id, as_of_date, first_order_day DATE, orders_total, spend_total,
+        days_since_last_order, orders_<w>d and spend_<w>d per window, avg_order_value,
+        avg_basket_quantity, returns_total, return_rate, return_value_share,
+        discount_share, discounted_order_share (DOUBLE).
     """
     day = F.to_date("order_ts")
     purchase = ~F.col("is_return")
     windows = []
     for w in windows_days:
-        recent = day >= _since(as_of, w)
+        recent = day >= _since(w)
         windows += [_count_if(recent & purchase).alias(f"orders_{w}d"),
                     _sum_if(recent, F.col("amount")).alias(f"spend_{w}d")]
-    stats = (orders.filter(before("order_ts", as_of))
-             .groupBy(USER_ID)
+    stats = (order_history.groupBy(*KEYS)
              .agg(F.min(day).alias("first_order_day"),
                   F.max(F.when(purchase, day)).alias("last_purchase_day"),
                   _count_if(purchase).alias("orders_total"),
@@ -64,20 +64,18 @@ def order_activity(orders: DataFrame, *, as_of: dt.date, windows_days: Sequence[
                   _sum_if(~purchase, F.abs("amount")).alias("return_amount"),
                   F.sum(F.when(purchase, F.col("quantity"))).alias("quantity_sum"),
                   F.count(F.when(purchase, F.col("quantity"))).alias("quantity_orders"),
-                  F.count_distinct(F.when(purchase, F.col("category"))).alias("distinct_categories"),
                   _sum_if(purchase, F.coalesce(F.col("discount"), F.lit(0.0))).alias("discount_amount"),
                   _count_if(purchase & (F.col("discount") > 0)).alias("discounted_orders"),
                   *windows))
     window_cols = [c for w in windows_days for c in (f"orders_{w}d", f"spend_{w}d")]
     list_value = F.col("purchase_amount") + F.col("discount_amount")
     return stats.select(
-        USER_ID, "first_order_day", "orders_total", "spend_total",
-        F.coalesce(F.datediff(F.lit(as_of), "last_purchase_day").cast("double"), F.lit(0.0))
+        *KEYS, "first_order_day", "orders_total", "spend_total",
+        F.coalesce(days_before_key(F.col("last_purchase_day")).cast("double"), F.lit(0.0))
         .alias("days_since_last_order"),
         *window_cols,
         ratio(F.col("purchase_amount"), F.col("orders_total")).alias("avg_order_value"),
         ratio(F.col("quantity_sum"), F.col("quantity_orders").cast("double")).alias("avg_basket_quantity"),
-        F.col("distinct_categories").cast("double").alias("distinct_categories"),
         "returns_total",
         ratio(F.col("returns_total"), F.col("orders_total") + F.col("returns_total")).alias("return_rate"),
         ratio(F.col("return_amount"), F.col("purchase_amount")).alias("return_value_share"),
@@ -101,80 +99,89 @@ def trend_ratios(df: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
     return df.select("*", *trends)
 
 
-def category_concentration(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
-    """Share of a user's purchase orders that fall in their most frequent category.
+def category_stats(order_history: DataFrame) -> DataFrame:
+    """Category diversity of the purchase orders.
 
-    Grain: one row per user_id with a purchase order with a category before `as_of`.
+    Grain: one row per (user_id, as_of_date) with a purchase order with a category in the
+    keyed history.
 
     Returns:
-        user_id, top_category_share DOUBLE in (0, 1].
+        user_id, as_of_date, distinct_categories, top_category_share (share of the purchase
+        orders with a category that are in the user's most frequent one) (DOUBLE).
     """
-    per_category = (orders.filter(before("order_ts", as_of) & ~F.col("is_return") & F.col("category").isNotNull())
-                    .groupBy(USER_ID, "category")
+    # one shuffle by (user_id, as_of_date) serves both aggregations
+    per_category = (order_history.filter(~F.col("is_return") & F.col("category").isNotNull())
+                    .repartition(*KEYS)
+                    .groupBy(*KEYS, "category")
                     .agg(F.count(F.lit(1)).alias("n")))
-    return (per_category.groupBy(USER_ID)
-            .agg((F.max("n") / F.sum("n")).alias("top_category_share"))
-            .select(USER_ID, "top_category_share"))
+    return (per_category.groupBy(*KEYS)
+            .agg(F.count(F.lit(1)).cast("double").alias("distinct_categories"),
+                 (F.max("n") / F.sum("n")).alias("top_category_share"))
+            .select(*KEYS, "distinct_categories", "top_category_share"))
 
 
-def event_activity(events: DataFrame, orders: DataFrame, *, as_of: dt.date, windows_days: Sequence[int],
-                   event_types: Iterable[str], view_event_type: str) -> DataFrame:
-    """Behaviour-event counts, recency and view -> purchase day conversion before `as_of`.
+def event_activity(event_history: DataFrame, *, windows_days: Sequence[int], event_types: Iterable[str]) -> DataFrame:
+    """Behaviour-event counts and recency.
 
-    Grain: one row per user_id with a behaviour event strictly before `as_of`.
+    Grain: one row per (user_id, as_of_date) with an event in the keyed event history.
 
     Returns:
-        user_id, first_event_day DATE, has_events, events_total, events_<w>d per window,
-        events_<type>_total per configured type, days_since_last_event,
-        view_purchase_day_rate (DOUBLE).
+        user_id, as_of_date, first_event_day DATE, has_events, events_total, events_<w>d per
+        window, events_<type>_total per configured type, days_since_last_event (DOUBLE).
     """
     day = F.to_date("event_ts")
     per_type = [_count_if(F.col("event_type") == F.lit(t.strip().lower())).alias(event_count_column(t))
                 for t in event_types]
-    per_window = [_count_if(day >= _since(as_of, w)).alias(f"events_{w}d") for w in windows_days]
-    history = events.filter(before("event_ts", as_of))
-    counts = (history.groupBy(USER_ID)
+    per_window = [_count_if(day >= _since(w)).alias(f"events_{w}d") for w in windows_days]
+    counts = (event_history.groupBy(*KEYS)
               .agg(F.min(day).alias("first_event_day"), F.max(day).alias("last_event_day"),
                    F.count(F.lit(1)).cast("double").alias("events_total"), *per_window, *per_type))
-
-    view_days = (history.filter(F.col("event_type") == F.lit(view_event_type.strip().lower()))
-                 .select(USER_ID, day.alias("day"), F.lit(True).alias("viewed"), F.lit(False).alias("purchased")))
-    buy_days = (orders.filter(before("order_ts", as_of) & ~F.col("is_return"))
-                .select(USER_ID, F.to_date("order_ts").alias("day"), F.lit(False).alias("viewed"),
-                        F.lit(True).alias("purchased")))
-    # a union + two aggregations instead of a join: view days and purchase days meet per (user, day)
-    activity_days = (view_days.unionByName(buy_days)
-                     .groupBy(USER_ID, "day")
-                     .agg(F.max("viewed").alias("viewed"), F.max("purchased").alias("purchased")))
-    conversion = (activity_days.groupBy(USER_ID)
-                  .agg(ratio(_count_if(F.col("viewed") & F.col("purchased")), _count_if(F.col("viewed")))
-                       .alias("view_purchase_day_rate")))
-    type_cols = [event_count_column(t) for t in event_types]
-    return (counts.join(conversion, on=USER_ID, how="left")
-            .select(USER_ID, "first_event_day", F.lit(1.0).alias("has_events"), "events_total",
-                    *[f"events_{w}d" for w in windows_days], *type_cols,
-                    F.datediff(F.lit(as_of), "last_event_day").cast("double").alias("days_since_last_event"),
-                    F.coalesce("view_purchase_day_rate", F.lit(0.0)).alias("view_purchase_day_rate")))
+    return counts.select(
+        *KEYS, "first_event_day", F.lit(1.0).alias("has_events"), "events_total",
+        *[f"events_{w}d" for w in windows_days], *[event_count_column(t) for t in event_types],
+        days_before_key(F.col("last_event_day")).cast("double").alias("days_since_last_event"))
 
 
-def campaign_history(exposures: DataFrame, orders: DataFrame, *, as_of: dt.date,
-                     default_response_window_days: int) -> DataFrame:
-    """Campaign exposure and response history before `as_of`.
+def view_conversion(event_history: DataFrame, order_history: DataFrame, *, view_event_type: str) -> DataFrame:
+    """View -> purchase conversion: share of the days with a view that also have a purchase order.
 
-    Grain: one row per user_id with a campaign exposure strictly before `as_of`. Responses
-    count only exposures whose response window ended by `as_of`, so no outcome after the
-    cut is used (observed_* columns of such exposures describe the past too).
+    Grain: one row per (user_id, as_of_date) with a view event in the keyed event history.
 
     Returns:
-        user_id, has_exposures, campaign_exposures_total, campaign_treated_total,
+        user_id, as_of_date, view_purchase_day_rate DOUBLE in [0, 1].
+    """
+    view_days = (event_history.filter(F.col("event_type") == F.lit(view_event_type.strip().lower()))
+                 .select(*KEYS, F.to_date("event_ts").alias("day"), F.lit(True).alias("viewed"),
+                         F.lit(False).alias("purchased")))
+    buy_days = (order_history.filter(~F.col("is_return"))
+                .select(*KEYS, F.to_date("order_ts").alias("day"), F.lit(False).alias("viewed"),
+                        F.lit(True).alias("purchased")))
+    # a union + aggregations instead of a join: view days and purchase days meet per (user, day)
+    activity_days = (view_days.unionByName(buy_days)
+                     .repartition(*KEYS)  # one shuffle serves both aggregations
+                     .groupBy(*KEYS, "day")
+                     .agg(F.max("viewed").alias("viewed"), F.max("purchased").alias("purchased")))
+    return (activity_days.groupBy(*KEYS)
+            .agg(_count_if(F.col("viewed") & F.col("purchased")).alias("both"), _count_if(F.col("viewed")).alias("views"))
+            .filter(F.col("views") > 0)
+            .select(*KEYS, ratio(F.col("both"), F.col("views")).alias("view_purchase_day_rate")))
+
+
+def campaign_history(outcome_history: DataFrame) -> DataFrame:
+    """Campaign exposure and response history.
+
+    Grain: one row per (user_id, as_of_date) with an exposure before as_of_date. Input: the
+    rows of labels.exposure_outcomes keyed by as_of_date (inputs.history on exposed_ts).
+    Responses count only exposures whose response window ended by as_of_date, so no outcome
+    after the cut is used.
+
+    Returns:
+        user_id, as_of_date, has_exposures, campaign_exposures_total, campaign_treated_total,
         days_since_last_exposure, campaign_responses_total, campaign_response_rate,
         campaign_response_value (DOUBLE).
     """
-    past = exposures.filter(before("exposed_ts", as_of))
-    outcomes = exposure_outcomes(past, orders.filter(before("order_ts", as_of)),
-                                 default_response_window_days=default_response_window_days)
-    complete = F.col("response_end_ts") <= F.lit(as_of).cast("timestamp")
-    stats = (outcomes.groupBy(USER_ID)
+    complete = F.col("response_end_ts") <= F.col(AS_OF_DATE).cast("timestamp")
+    stats = (outcome_history.groupBy(*KEYS)
              .agg(F.count(F.lit(1)).cast("double").alias("campaign_exposures_total"),
                   _count_if(~F.col("is_control")).alias("campaign_treated_total"),
                   F.max(F.to_date("exposed_ts")).alias("last_exposure_day"),
@@ -182,8 +189,8 @@ def campaign_history(exposures: DataFrame, orders: DataFrame, *, as_of: dt.date,
                   _sum_if(complete, F.col("converted").cast("double")).alias("campaign_responses_total"),
                   _sum_if(complete, F.col("response_value")).alias("campaign_response_value")))
     return stats.select(
-        USER_ID, F.lit(1.0).alias("has_exposures"), "campaign_exposures_total", "campaign_treated_total",
-        F.datediff(F.lit(as_of), "last_exposure_day").cast("double").alias("days_since_last_exposure"),
+        *KEYS, F.lit(1.0).alias("has_exposures"), "campaign_exposures_total", "campaign_treated_total",
+        days_before_key(F.col("last_exposure_day")).cast("double").alias("days_since_last_exposure"),
         "campaign_responses_total",
         ratio(F.col("campaign_responses_total"), F.col("completed")).alias("campaign_response_rate"),
         "campaign_response_value",

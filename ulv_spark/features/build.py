@@ -1,36 +1,39 @@
 """Compose the feature functions into the user_features and training_examples frames.
 
 `build_user_features` is the single definition of the features at an as-of date: the
-features job calls it with the run date, `build_training_examples` with past origins, and
-the evaluation team with any backtest origin. Both are pure: DataFrames in, DataFrame out;
-no reads, writes, collects or Python UDFs.
+features job calls it with the run date, `build_training_examples` with the past origins
+(all origins in one Spark job: the histories are keyed by date), and the evaluation team
+with any backtest origin. Both are pure: DataFrames in, DataFrame out; no reads, writes,
+collects or Python UDFs.
 """
 from __future__ import annotations
 
 import datetime as dt
 from functools import reduce
-from typing import Optional
+from typing import Optional, Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features import behaviour, labels, rfm, sequences
-from ulv_spark.features.inputs import prepare_events, prepare_exposures, prepare_orders
+from ulv_spark.features.inputs import history, prepare_events, prepare_exposures, prepare_orders, with_dates
 from ulv_spark.schemas import (ARM, AS_OF_DATE, ATTRIBUTE_PREFIX, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL,
                                LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE,
                                ORIGIN_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID, Col, feature_table_columns)
 
+ATTR_MISSING = f"{ATTRIBUTE_PREFIX}missing"
+
 
 def attribute_feature_columns(attributes: Optional[DataFrame], features_cfg: FeaturesConf) -> tuple[Col, ...]:
-    """The attr_* columns (contract entries) `build_user_features` adds for `attributes` (none without it)."""
+    """The attr_* columns (contract entries) the builders add for `attributes` (none without it)."""
     if attributes is None:
         return ()
     return behaviour.attribute_columns(attributes.schema, onehot=features_cfg.attribute_onehot)
 
 
-def _stack(parts: list[DataFrame], keys: list[str]) -> DataFrame:
-    """Merge per-user parts (disjoint columns, at most one row per key each) into one row per key.
+def _stack(parts: list[DataFrame], keys: Sequence[str]) -> DataFrame:
+    """Merge per-key parts (disjoint columns, at most one row per key each) into one row per key.
 
     A union plus one aggregation instead of a chain of joins: one shuffle, no sort per join,
     and the same plan whatever the sizes (no broadcast decisions).
@@ -40,53 +43,61 @@ def _stack(parts: list[DataFrame], keys: list[str]) -> DataFrame:
     return stacked.groupBy(*keys).agg(*[F.max(c).alias(c) for c in values])
 
 
-def _feature_parts(orders: DataFrame, events: Optional[DataFrame], exposures: Optional[DataFrame],
-                   attributes: Optional[DataFrame], *, as_of: dt.date, features_cfg: FeaturesConf) -> list[DataFrame]:
-    """The per-user feature parts at `as_of` (prepared inputs); order_activity / event_activity define who is seen."""
+def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Optional[DataFrame],
+                   attributes: Optional[DataFrame], *, dates: Sequence[dt.date],
+                   features_cfg: FeaturesConf) -> list[DataFrame]:
+    """The feature parts keyed by (user_id, as_of_date) for every date in `dates` (prepared inputs)."""
     windows = features_cfg.windows_days
+    order_history = history(orders, "order_ts", dates)
+    event_history = history(events, "event_ts", dates) if events is not None else None
     parts = [
-        rfm.purchase_periods(orders, as_of=as_of),
-        behaviour.order_activity(orders, as_of=as_of, windows_days=windows),
-        behaviour.category_concentration(orders, as_of=as_of),
-        sequences.user_sequences(orders, events, as_of=as_of, features_cfg=features_cfg),
+        rfm.purchase_periods(order_history),
+        behaviour.order_activity(order_history, windows_days=windows),
+        behaviour.category_stats(order_history),
+        sequences.user_sequences(order_history, event_history, features_cfg=features_cfg),
     ]
-    if events is not None:
-        parts.append(behaviour.event_activity(events, orders, as_of=as_of, windows_days=windows,
-                                              event_types=features_cfg.event_types,
-                                              view_event_type=features_cfg.view_event_type))
-    if exposures is not None:
-        parts.append(behaviour.campaign_history(exposures, orders, as_of=as_of,
-                                                default_response_window_days=features_cfg.default_response_window_days))
+    if event_history is not None:
+        parts += [behaviour.event_activity(event_history, windows_days=windows, event_types=features_cfg.event_types),
+                  behaviour.view_conversion(event_history, order_history,
+                                            view_event_type=features_cfg.view_event_type)]
+    if outcomes is not None:
+        parts.append(behaviour.campaign_history(history(outcomes, "exposed_ts", dates)))
     if attributes is not None:
-        parts.append(behaviour.attribute_features(attributes, onehot=features_cfg.attribute_onehot)
-                     .withColumn(f"{ATTRIBUTE_PREFIX}missing", F.lit(0.0)))
+        attrs = behaviour.attribute_features(attributes, onehot=features_cfg.attribute_onehot)
+        parts.append(with_dates(attrs.withColumn(ATTR_MISSING, F.lit(0.0)), dates))
     return parts
 
 
-def _finish_features(merged: DataFrame, *, as_of_col, features_cfg: FeaturesConf,
-                     attr_cols: tuple[Col, ...]) -> tuple[DataFrame, list]:
-    """Keep the users seen before the date and fill every feature's default; returns (frame, feature columns)."""
+def _finish(merged: DataFrame, *, features_cfg: FeaturesConf, attr_cols: tuple[Col, ...]) -> tuple[DataFrame, list]:
+    """Keep the users seen before their date and fill every feature's default.
+
+    Returns the frame and the feature + sequence columns (as Column expressions, in order).
+    """
     windows = features_cfg.windows_days
-    seen_days = [c for c in ("first_order_day", "first_event_day") if c in merged.columns]
-    first_seen = F.least(*[F.col(c) for c in seen_days]) if len(seen_days) > 1 else F.col(seen_days[0])
-    seen = merged.filter(first_seen.isNotNull())
-    derived = seen.select(
+    seen_days = [F.col(c) for c in ("first_order_day", "first_event_day") if c in merged.columns]
+    first_seen = F.least(*seen_days) if len(seen_days) > 1 else seen_days[0]
+    derived = merged.filter(first_seen.isNotNull()).select(
         "*",
         F.when(F.col("frequency").isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias("has_purchase"),
-        F.datediff(as_of_col, first_seen).cast("double").alias("tenure_days"))
+        F.datediff(F.col(AS_OF_DATE), first_seen).cast("double").alias("tenure_days"))
     window_cols = [f"{kind}_{w}d" for w in windows for kind in ("orders", "spend")]
     derived = behaviour.trend_ratios(derived.fillna(0.0, subset=window_cols), windows_days=windows)
-    features = []
+    features: list[Column] = []
     for col in feature_table_columns(features_cfg) + tuple(attr_cols):
         value = F.col(col.name) if col.name in derived.columns else F.lit(None)
-        default = 1.0 if col.name == f"{ATTRIBUTE_PREFIX}missing" else 0.0
+        default = 1.0 if col.name == ATTR_MISSING else 0.0
         features.append(F.coalesce(value.cast("double"), F.lit(default)).alias(col.name))
     return derived, features + [F.col(SEQ_TOKENS), F.col(SEQ_MASK)]
 
 
-def _prepare(orders, events, exposures):
-    return (prepare_orders(orders), prepare_events(events) if events is not None else None,
-            prepare_exposures(exposures) if exposures is not None else None)
+def _prepare(orders, events, exposures, features_cfg: FeaturesConf):
+    orders = prepare_orders(orders)
+    events = prepare_events(events) if events is not None else None
+    outcomes = None
+    if exposures is not None:
+        outcomes = labels.exposure_outcomes(prepare_exposures(exposures), orders,
+                                            default_response_window_days=features_cfg.default_response_window_days)
+    return orders, events, outcomes
 
 
 def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, exposures: Optional[DataFrame] = None,
@@ -95,9 +106,10 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
     """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
 
     Grain: one row per user_id with an order or event strictly before `as_of`. Only rows
-    strictly before `as_of` of orders, events and exposures are used (user attributes are a
-    snapshot and joined as they are). Missing optional inputs give 0 features, so the schema
-    only depends on `features_cfg` and the attribute columns.
+    strictly before `as_of` of orders, events and exposures are used (campaign responses only
+    from response windows that ended by `as_of`; user attributes are a snapshot and joined as
+    they are). Missing optional inputs give 0 features, so the schema only depends on
+    `features_cfg` and the attribute columns.
 
     Args:
         orders: bronze orders (or any frame with user_id, order_ts, amount; see inputs.prepare_orders).
@@ -111,12 +123,11 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
         user_id, as_of_date, the feature columns of schemas.feature_table_columns(features_cfg)
         (DOUBLE, never null), attr_* columns when `attributes` is given, seq_tokens, seq_mask.
     """
-    orders, events, exposures = _prepare(orders, events, exposures)
-    merged = _stack(_feature_parts(orders, events, exposures, attributes, as_of=as_of, features_cfg=features_cfg),
-                    [USER_ID])
-    derived, features = _finish_features(merged, as_of_col=F.lit(as_of), features_cfg=features_cfg,
-                                         attr_cols=attribute_feature_columns(attributes, features_cfg))
-    return derived.select(USER_ID, F.lit(as_of).alias(AS_OF_DATE), *features)
+    orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
+    parts = _feature_parts(orders, events, outcomes, attributes, dates=[as_of], features_cfg=features_cfg)
+    derived, features = _finish(_stack(parts, [USER_ID, AS_OF_DATE]), features_cfg=features_cfg,
+                                attr_cols=attribute_feature_columns(attributes, features_cfg))
+    return derived.select(USER_ID, AS_OF_DATE, *features)
 
 
 def origins(as_of: dt.date, *, horizon_days: int, features_cfg: FeaturesConf) -> list[dt.date]:
@@ -140,28 +151,26 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
         seq_tokens, seq_mask, label_value, label_purchases, label_churned, campaign_id, arm,
         is_control, label_converted, label_response_value.
     """
-    orders, events, exposures = _prepare(orders, events, exposures)
-    parts = []
-    for origin in origins(as_of, horizon_days=horizon_days, features_cfg=features_cfg):
-        origin_parts = _feature_parts(orders, events, exposures, attributes, as_of=origin, features_cfg=features_cfg)
-        origin_parts.append(labels.window_labels(orders, origin=origin, horizon_days=horizon_days))
-        if exposures is not None:
-            origin_parts.append(labels.campaign_labels(
-                exposures, orders, origin=origin, horizon_days=horizon_days,
-                default_response_window_days=features_cfg.default_response_window_days))
-        parts += [part.withColumn(ORIGIN_DATE, F.lit(origin)) for part in origin_parts]
-    # every origin in one aggregation: one shuffle for all of them
-    merged = _stack(parts, [USER_ID, ORIGIN_DATE])
-    derived, features = _finish_features(merged, as_of_col=F.col(ORIGIN_DATE), features_cfg=features_cfg,
-                                         attr_cols=attribute_feature_columns(attributes, features_cfg))
+    dates = origins(as_of, horizon_days=horizon_days, features_cfg=features_cfg)
+    orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
+    parts = [part.withColumnRenamed(AS_OF_DATE, ORIGIN_DATE)
+             for part in _feature_parts(orders, events, outcomes, attributes, dates=dates,
+                                        features_cfg=features_cfg)]
+    parts.append(labels.window_labels(orders, origins=dates, horizon_days=horizon_days))
+    if outcomes is not None:
+        parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))
+    # _finish computes relative to the as_of_date column: here that is the origin
+    merged = _stack(parts, [USER_ID, ORIGIN_DATE]).withColumnRenamed(ORIGIN_DATE, AS_OF_DATE)
+    derived, features = _finish(merged, features_cfg=features_cfg,
+                                attr_cols=attribute_feature_columns(attributes, features_cfg))
 
-    def label(name: str, type_: str, default=None):
-        value = F.col(name) if name in derived.columns else F.lit(None)
-        return (F.coalesce(value.cast(type_), F.lit(default)) if default is not None else value.cast(type_)).alias(name)
+    def label(name: str, type_: str, default=None) -> Column:
+        value = (F.col(name) if name in derived.columns else F.lit(None)).cast(type_)
+        return (F.coalesce(value, F.lit(default)) if default is not None else value).alias(name)
 
-    return derived.select(
-        USER_ID, F.lit(as_of).alias(AS_OF_DATE), ORIGIN_DATE, F.lit(horizon_days).cast("int").alias(HORIZON_DAYS),
-        *features,
+    return derived.select(  # F.col(AS_OF_DATE) below still reads the input column, the origin
+        USER_ID, F.lit(as_of).alias(AS_OF_DATE), F.col(AS_OF_DATE).alias(ORIGIN_DATE),
+        F.lit(horizon_days).cast("int").alias(HORIZON_DAYS), *features,
         label(LABEL_VALUE, "double", 0.0), label(LABEL_PURCHASES, "int", 0), label(LABEL_CHURNED, "int", 1),
         label(CAMPAIGN_ID, "string"), label(ARM, "string"), label(IS_CONTROL, "boolean"),
         label(LABEL_CONVERTED, "int"), label(LABEL_RESPONSE_VALUE, "double"))

@@ -13,7 +13,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from ulv_spark.schemas import USER_ID
+from ulv_spark.schemas import AS_OF_DATE, USER_ID
 
 ORDER_COLUMNS = ("user_id", "order_id", "order_ts", "amount", "quantity", "category", "discount", "is_return")
 EVENT_COLUMNS = ("user_id", "event_id", "event_ts", "event_type", "category")
@@ -96,14 +96,30 @@ def prepare_exposures(exposures: DataFrame) -> DataFrame:
     )
 
 
+def history(df: DataFrame, ts_col: str, dates) -> DataFrame:
+    """`df` keyed by as-of date: one copy of each row per date in `dates` that it is strictly before.
+
+    Grain: one row per (source row, as_of_date) with `ts_col` < as_of_date. Every feature
+    function works on such keyed histories and groups by (user_id, as_of_date), so one Spark
+    job builds the features at one date (user_features) or at many (training origins).
+    """
+    keyed = df.select("*", F.explode(F.array(*[F.lit(d) for d in dates])).alias(AS_OF_DATE))
+    return keyed.filter(F.col(ts_col) < F.col(AS_OF_DATE).cast("timestamp"))
+
+
+def with_dates(df: DataFrame, dates) -> DataFrame:
+    """`df` repeated once per date in `dates`, with an as_of_date column (for undated inputs)."""
+    return df.select("*", F.explode(F.array(*[F.lit(d) for d in dates])).alias(AS_OF_DATE))
+
+
+def days_before_key(day: Column) -> Column:
+    """Whole days from `day` to the row's as_of_date."""
+    return F.datediff(F.col(AS_OF_DATE), day)
+
+
 def start_of(day: dt.date) -> Column:
     """Midnight at the start of `day` (session time zone) as a TIMESTAMP literal."""
     return F.lit(day).cast("timestamp")
-
-
-def before(ts_col: str, as_of: dt.date) -> Column:
-    """Condition: `ts_col` is strictly before the day `as_of` (the point-in-time cut)."""
-    return F.col(ts_col) < start_of(as_of)
 
 
 def in_window(ts_col: str, start: dt.date, end: dt.date) -> Column:

@@ -1,4 +1,4 @@
-"""Training labels from the window [D_k, D_k + H) after a past origin D_k, and campaign outcomes.
+"""Training labels from the window [D_k, D_k + H) after each past origin D_k, and campaign outcomes.
 
 * value: net spend (purchases minus returns) of orders with order_ts in [D_k, D_k + H),
   floored at 0; purchases: purchase orders in the window; churned: 1 when there is none.
@@ -9,32 +9,46 @@
 """
 from __future__ import annotations
 
-import datetime as dt
+from typing import Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from ulv_spark.features.inputs import in_window, start_of
 from ulv_spark.schemas import (ARM, CAMPAIGN_ID, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES,
-                               LABEL_RESPONSE_VALUE, LABEL_VALUE, USER_ID)
+                               LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE, USER_ID)
+
+KEYS = (USER_ID, ORIGIN_DATE)
 
 
-def window_labels(orders: DataFrame, *, origin: dt.date, horizon_days: int) -> DataFrame:
-    """Spend, purchases and churn of each user in [origin, origin + horizon_days).
+def _window_end(horizon_days: int) -> Column:
+    return F.date_add(F.col(ORIGIN_DATE), horizon_days).cast("timestamp")
 
-    Grain: one row per user_id with an order in the window (users without one get value 0,
-    purchases 0, churned 1 from the caller).
+
+def in_label_window(df: DataFrame, ts_col: str, *, origins: Sequence, horizon_days: int) -> DataFrame:
+    """`df` keyed by origin: one copy of each row per origin D_k with `ts_col` in [D_k, D_k + H).
+
+    Grain: one row per (source row, origin_date) in that origin's label window.
+    """
+    keyed = df.select("*", F.explode(F.array(*[F.lit(d) for d in origins])).alias(ORIGIN_DATE))
+    inside = (F.col(ts_col) >= F.col(ORIGIN_DATE).cast("timestamp")) & (F.col(ts_col) < _window_end(horizon_days))
+    return keyed.filter(inside)
+
+
+def window_labels(orders: DataFrame, *, origins: Sequence, horizon_days: int) -> DataFrame:
+    """Spend, purchases and churn of each user in [D_k, D_k + horizon_days) for each origin D_k.
+
+    Grain: one row per (user_id, origin_date) with an order in the window (users without one
+    get value 0, purchases 0, churned 1 from the caller).
 
     Returns:
-        user_id, label_value DOUBLE, label_purchases INT, label_churned INT.
+        user_id, origin_date, label_value DOUBLE, label_purchases INT, label_churned INT.
     """
-    end = origin + dt.timedelta(days=horizon_days)
-    window = (orders.filter(in_window("order_ts", origin, end))
-              .groupBy(USER_ID)
+    window = (in_label_window(orders, "order_ts", origins=origins, horizon_days=horizon_days)
+              .groupBy(*KEYS)
               .agg(F.sum("amount").alias("net"),
                    F.sum(F.when(~F.col("is_return"), F.lit(1)).otherwise(F.lit(0))).alias("purchases")))
     return window.select(
-        USER_ID,
+        *KEYS,
         F.greatest(F.col("net"), F.lit(0.0)).alias(LABEL_VALUE),
         F.col("purchases").cast("int").alias(LABEL_PURCHASES),
         F.when(F.col("purchases") > 0, F.lit(0)).otherwise(F.lit(1)).alias(LABEL_CHURNED),
@@ -45,9 +59,10 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
     """The outcome of each exposure in its response window [exposed_ts, response_end_ts).
 
     Grain: one row per exposure (user_id, campaign_id). converted / response_value are the
-    observed_* columns where given, else derived from the orders passed in: converted = a
-    purchase order in the window, response_value = net spend in the window floored at 0.
-    The caller decides which orders are visible (point in time).
+    observed_* columns where given, else derived from the orders: converted = a purchase
+    order in the window, response_value = net spend in the window floored at 0. An outcome
+    reads orders up to response_end_ts only, so consumers stay point in time by using the
+    exposures whose response_end_ts is at or before their cut.
 
     Returns:
         user_id, campaign_id, arm, is_control, exposed_ts, response_end_ts TIMESTAMP,
@@ -60,12 +75,11 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
     order_rows = orders.select(F.col(USER_ID).alias("o_user"), "order_ts", "amount", "is_return")
     in_response = ((F.col("o_user") == F.col(USER_ID)) & (F.col("order_ts") >= F.col("exposed_ts"))
                    & (F.col("order_ts") < F.col("response_end_ts")))
+    exposure_cols = ("arm", "is_control", "exposed_ts", "response_end_ts", "observed_converted", "observed_value")
     derived = (windows.join(order_rows, on=in_response, how="left")
                .groupBy(USER_ID, "campaign_id")
-               .agg(F.first("arm").alias("arm"), F.first("is_control").alias("is_control"),
-                    F.first("exposed_ts").alias("exposed_ts"), F.first("response_end_ts").alias("response_end_ts"),
-                    F.first("observed_converted").alias("observed_converted"),
-                    F.first("observed_value").alias("observed_value"),
+               # one exposure per (user_id, campaign_id) (the bronze key): first() just carries it
+               .agg(*[F.first(c).alias(c) for c in exposure_cols],
                     F.coalesce(F.sum("amount"), F.lit(0.0)).alias("net"),
                     F.count(F.when(~F.col("is_return"), F.lit(1))).alias("purchases")))
     derived_converted = F.when(F.col("purchases") > 0, F.lit(1)).otherwise(F.lit(0))
@@ -76,26 +90,27 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
     )
 
 
-def campaign_labels(exposures: DataFrame, orders: DataFrame, *, origin: dt.date, horizon_days: int,
-                    default_response_window_days: int) -> DataFrame:
-    """Arm and outcome of each user's first exposure in the label window [origin, origin + H).
+def campaign_labels(outcomes: DataFrame, *, origins: Sequence, horizon_days: int) -> DataFrame:
+    """Arm and outcome of each user's first eligible exposure in each label window [D_k, D_k + H).
 
-    Grain: one row per user_id with an eligible exposure: exposed_ts in the window and the
-    response window ending by origin + H (a later end would need data from after the window).
+    Grain: one row per (user_id, origin_date) with an eligible exposure: exposed_ts in the
+    window and the response window ending by D_k + H (a later end would need data from after
+    the window).
+
+    Args:
+        outcomes: exposure_outcomes(...) rows.
 
     Returns:
-        user_id, campaign_id, arm, is_control, label_converted INT, label_response_value DOUBLE.
+        user_id, origin_date, campaign_id, arm, is_control, label_converted INT,
+        label_response_value DOUBLE.
     """
-    end = origin + dt.timedelta(days=horizon_days)
-    outcomes = exposure_outcomes(exposures.filter(in_window("exposed_ts", origin, end)),
-                                 orders.filter(in_window("order_ts", origin, end)),
-                                 default_response_window_days=default_response_window_days)
-    eligible = outcomes.filter(F.col("response_end_ts") <= start_of(end))
-    first = (eligible.groupBy(USER_ID)
+    eligible = (in_label_window(outcomes, "exposed_ts", origins=origins, horizon_days=horizon_days)
+                .filter(F.col("response_end_ts") <= _window_end(horizon_days)))
+    first = (eligible.groupBy(*KEYS)
              .agg(F.min_by(F.struct("campaign_id", "arm", "is_control", "converted", "response_value"),
                            F.struct("exposed_ts", "campaign_id")).alias("first")))
     return first.select(
-        USER_ID,
+        *KEYS,
         F.col("first.campaign_id").alias(CAMPAIGN_ID),
         F.col("first.arm").alias(ARM),
         F.col("first.is_control").alias(IS_CONTROL),

@@ -17,50 +17,50 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from ulv_spark.features.inputs import before
-from ulv_spark.schemas import USER_ID
+from ulv_spark.features.inputs import history
+from ulv_spark.schemas import AS_OF_DATE, USER_ID
 
 RFM_COLUMNS = ("frequency", "recency", "T", "monetary_value")
+KEYS = (USER_ID, AS_OF_DATE)
 
 
-def purchase_days(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
-    """Purchase periods of lifetimes (freq="D") before `as_of`.
+def purchase_days(order_history: DataFrame) -> DataFrame:
+    """Purchase periods of lifetimes (freq="D").
 
-    Grain: one row per (user_id, order_day) with at least one purchase order (returns
-    excluded) strictly before `as_of`.
+    Grain: one row per (user_id, as_of_date, order_day) with a purchase order (returns
+    excluded) in the keyed history (see inputs.history: rows strictly before as_of_date).
 
     Returns:
-        user_id, order_day DATE, day_amount DOUBLE (sum of the day's purchase amounts),
-        day_orders BIGINT.
+        user_id, as_of_date, order_day DATE, day_amount DOUBLE (sum of the day's purchase amounts).
     """
-    history = orders.filter(before("order_ts", as_of) & ~F.col("is_return"))
-    return (history
-            .groupBy(USER_ID, F.to_date("order_ts").alias("order_day"))
-            .agg(F.sum("amount").alias("day_amount"), F.count(F.lit(1)).alias("day_orders"))
-            .select(USER_ID, "order_day", "day_amount", "day_orders"))
+    # shuffle by (user_id, as_of_date) only: the day aggregation, the window and the per-user
+    # aggregation of purchase_periods then all run on this one partitioning
+    return (order_history.filter(~F.col("is_return"))
+            .repartition(*KEYS)
+            .groupBy(*KEYS, F.to_date("order_ts").alias("order_day"))
+            .agg(F.sum("amount").alias("day_amount"))
+            .select(*KEYS, "order_day", "day_amount"))
 
 
-def purchase_periods(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
-    """lifetimes RFM at observation end `as_of` - 1 day, plus the gaps between purchase days.
+def purchase_periods(order_history: DataFrame) -> DataFrame:
+    """lifetimes RFM at observation end as_of_date - 1 day, plus the gaps between purchase days.
 
-    Grain: one row per user_id with a purchase order strictly before `as_of`.
+    Grain: one row per (user_id, as_of_date) with a purchase order before as_of_date.
 
     Args:
-        orders: prepared orders (see features.inputs.prepare_orders).
-        as_of: the run date D; only orders with order_ts < D are used.
+        order_history: prepared orders keyed by as_of_date (inputs.history).
 
     Returns:
-        user_id, frequency, recency, T, monetary_value, gap_mean_days, gap_std_days
-        (population), gap_last_days (DOUBLE; the gaps are null when frequency = 0).
+        user_id, as_of_date, frequency, recency, T, monetary_value, gap_mean_days,
+        gap_std_days (population), gap_last_days (DOUBLE; the gaps are null when frequency = 0).
     """
-    observation_end = as_of - dt.timedelta(days=1)
     # lag() has its own fixed frame (the previous row); Spark rejects any other frame for it
-    by_day = Window.partitionBy(USER_ID).orderBy("order_day")
-    days = purchase_days(orders, as_of=as_of).select(
-        USER_ID, "order_day", "day_amount",
+    by_day = Window.partitionBy(*KEYS).orderBy("order_day")
+    days = purchase_days(order_history).select(
+        *KEYS, "order_day", "day_amount",
         F.datediff("order_day", F.lag("order_day").over(by_day)).cast("double").alias("gap"))
     repeat = F.col("gap").isNotNull()
-    per_user = (days.groupBy(USER_ID)
+    per_user = (days.groupBy(*KEYS)
                 .agg(F.min("order_day").alias("first_day"),
                      F.max("order_day").alias("last_day"),
                      F.count(F.lit(1)).alias("n_days"),
@@ -70,10 +70,10 @@ def purchase_periods(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
     frequency = (F.col("n_days") - 1).cast("double")
     recency = F.datediff("last_day", "first_day").cast("double")
     return per_user.select(
-        USER_ID,
+        *KEYS,
         frequency.alias("frequency"),
         recency.alias("recency"),
-        F.datediff(F.lit(observation_end), "first_day").cast("double").alias("T"),
+        F.datediff(F.date_sub(F.col(AS_OF_DATE), 1), "first_day").cast("double").alias("T"),
         # lifetimes fills 0 for customers without repeat purchases
         F.coalesce(F.col("repeat_mean"), F.lit(0.0)).alias("monetary_value"),
         F.when(frequency > 0, recency / frequency).alias("gap_mean_days"),
@@ -87,7 +87,11 @@ def user_rfm(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
 
     Grain: one row per user_id with a purchase order strictly before `as_of`.
 
+    Args:
+        orders: prepared orders (see inputs.prepare_orders), any dates: later ones are ignored.
+        as_of: the date D; only orders with order_ts < D are used.
+
     Returns:
         user_id, frequency, recency, T, monetary_value (DOUBLE; days, order currency).
     """
-    return purchase_periods(orders, as_of=as_of).select(USER_ID, *RFM_COLUMNS)
+    return purchase_periods(history(orders, "order_ts", [as_of])).select(USER_ID, *RFM_COLUMNS)

@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
-from ulv_spark.features.inputs import before, days_between
+from ulv_spark.features.inputs import days_between
 from ulv_spark.schemas import AS_OF_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID
 
 PAD_ID = 0
@@ -100,23 +100,24 @@ def category_slot(category: Column, max_categories: int) -> Column:
     return F.when(category.isNull(), F.lit(0)).otherwise(slot).cast("int")
 
 
-def sequence_events(orders: DataFrame, events: Optional[DataFrame], *, as_of: dt.date) -> DataFrame:
-    """Orders and behaviour events before `as_of` as one stream.
+def sequence_events(order_history: DataFrame, event_history: Optional[DataFrame]) -> DataFrame:
+    """Orders and behaviour events of the keyed histories (inputs.history) as one stream.
 
-    Grain: one row per order or event strictly before `as_of`.
+    Grain: one row per (order or event, as_of_date) strictly before as_of_date.
 
     Returns:
-        user_id, ts, source (0 = order, 1 = event: orders first at equal times), tie (order or
-        event id, the last tie-breaker), event_type, amount (null for events), category.
+        user_id, as_of_date, ts, source (0 = order, 1 = event: orders first at equal times),
+        tie (order or event id, the last tie-breaker), event_type, amount (null for events),
+        category.
     """
-    order_rows = orders.filter(before("order_ts", as_of)).select(
-        USER_ID, F.col("order_ts").alias("ts"), F.lit(0).alias("source"), F.col("order_id").alias("tie"),
+    order_rows = order_history.select(
+        USER_ID, AS_OF_DATE, F.col("order_ts").alias("ts"), F.lit(0).alias("source"), F.col("order_id").alias("tie"),
         F.when(F.col("is_return"), F.lit("return")).otherwise(F.lit("purchase")).alias("event_type"),
         "amount", "category")
-    if events is None:
+    if event_history is None:
         return order_rows
-    event_rows = events.filter(before("event_ts", as_of)).select(
-        USER_ID, F.col("event_ts").alias("ts"), F.lit(1).alias("source"), F.col("event_id").alias("tie"),
+    event_rows = event_history.select(
+        USER_ID, AS_OF_DATE, F.col("event_ts").alias("ts"), F.lit(1).alias("source"), F.col("event_id").alias("tie"),
         "event_type", F.lit(None).cast("double").alias("amount"), "category")
     return order_rows.unionByName(event_rows)
 
@@ -139,35 +140,37 @@ def token_expr(features_cfg: FeaturesConf, *, event_type: Column, amount: Column
     return F.when(type_index.isNull(), F.lit(UNK_ID)).otherwise(token).cast("int")
 
 
-def user_sequences(orders: DataFrame, events: Optional[DataFrame], *, as_of: dt.date,
+def user_sequences(order_history: DataFrame, event_history: Optional[DataFrame], *,
                    features_cfg: FeaturesConf) -> DataFrame:
-    """Each user's last L events before `as_of` as tokens plus attention mask.
+    """Each user's last L events before as_of_date as tokens plus attention mask.
 
-    Grain: one row per user_id with an order or event strictly before `as_of`.
+    Grain: one row per (user_id, as_of_date) with an order or event in the keyed histories
+    (inputs.history: rows strictly before as_of_date).
 
     Returns:
-        user_id, seq_tokens ARRAY<INT> and seq_mask ARRAY<INT>, both of length exactly
-        L = features_cfg.sequence_length (oldest first, PAD = 0 after the last event).
+        user_id, as_of_date, seq_tokens ARRAY<INT> and seq_mask ARRAY<INT>, both of length
+        exactly L = features_cfg.sequence_length (oldest first, PAD = 0 after the last event).
     """
     length = features_cfg.sequence_length
-    ordered = Window.partitionBy(USER_ID).orderBy("ts", "source", "tie")
-    # same partitioning and order as `ordered`, so Spark computes both in one sorted pass
+    keys = (USER_ID, AS_OF_DATE)
+    # lag() / row_number() have fixed frames; the count uses the whole partition explicitly
+    ordered = Window.partitionBy(*keys).orderBy("ts", "source", "tie")
     whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    stream = sequence_events(orders, events, as_of=as_of).select(
+    stream = sequence_events(order_history, event_history).select(
         "*",
         days_between(F.col("ts"), F.lag("ts").over(ordered)).alias("gap_days"),
         F.row_number().over(ordered).alias("position"),
         F.count(F.lit(1)).over(whole).alias("n_events"))
     last = stream.filter(F.col("position") > F.col("n_events") - F.lit(length)).select(
-        USER_ID, "position",
+        *keys, "position",
         token_expr(features_cfg, event_type=F.col("event_type"), amount=F.col("amount"),
                    gap_days=F.col("gap_days"), category=F.col("category")).alias("token"))
-    collected = (last.groupBy(USER_ID)
+    collected = (last.groupBy(*keys)
                  .agg(F.sort_array(F.collect_list(F.struct("position", "token"))).alias("steps")))
     tokens = F.transform("steps", lambda step: step["token"])
     padding = F.lit(length) - F.size("steps")
     return collected.select(
-        USER_ID,
+        *keys,
         F.concat(tokens, F.array_repeat(F.lit(PAD_ID), padding)).cast("array<int>").alias(SEQ_TOKENS),
         F.concat(F.array_repeat(F.lit(1), F.size("steps")), F.array_repeat(F.lit(0), padding))
         .cast("array<int>").alias(SEQ_MASK),
