@@ -73,6 +73,8 @@ class SourceConf:
             raise ConfigError("a source with format 'preset' needs 'preset' (e.g. preset: cdnow)")
         if self.format not in ("preset",) and not self.path:
             raise ConfigError(f"a source with format '{self.format}' needs 'path'")
+        if self.derive_order_id and self.line_level:
+            raise ConfigError("derive_order_id cannot be combined with line_level (lines need their order id)")
         overlap = sorted({v.strip().lower() for v in self.true_values} & {v.strip().lower() for v in self.false_values})
         if overlap:
             raise ConfigError(f"source flag values {overlap} are in both true_values and false_values")

@@ -35,7 +35,6 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
 SEND_HOUR = 8                 # campaign waves are sent at 08:00 UTC
 MIN_RATE = 1e-12              # Gamma(r < 1) draws can underflow to 0
@@ -45,6 +44,11 @@ CATEGORY_NAMES = ("books", "music", "electronics", "fashion", "home", "beauty", 
 CHANNELS = ("app", "email", "web")
 REGIONS = ("north", "south", "east", "west", "central")
 PRODUCTS_PER_CATEGORY = 500
+
+
+def expit(x: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow warnings for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float)))
 
 
 @dataclass(frozen=True)
@@ -435,7 +439,7 @@ EVENT_TYPES = ("view", "add_to_cart", "search")
 def raw_events(sim: Simulation) -> pd.DataFrame:
     """Behaviour events in codes: views + add_to_cart before each purchase, browse-only
     sessions, searches opening 30% of sessions (see finish_events). Only events inside the
-    simulated period are kept; rows are sorted by (user, time)."""
+    simulated period and before the user drops out are kept; rows are sorted by (user, time)."""
     rng, p = sim._rng_events, sim.params
     det = sim.order_details()
     minute = 1.0 / 1440.0
@@ -477,7 +481,8 @@ def raw_events(sim: Simulation) -> pd.DataFrame:
     kind = np.concatenate([np.full(x[0].size, x[2], dtype=np.int8) for x in parts])
     cat = np.concatenate([x[3] for x in parts])
     sess = np.concatenate([x[4] for x in parts])
-    inside = (t >= 0) & (t < p.span_days)
+    # a browse session that overlaps the fatal purchase ends with it
+    inside = (t >= 0) & (t < p.span_days) & (t <= sim.death_t[user])
     user, t, kind, cat, sess = user[inside], t[inside], kind[inside], cat[inside], sess[inside]
     order = np.lexsort((kind, t, user))
     user, t, kind, cat, sess = user[order], t[order], kind[order], cat[order], sess[order]

@@ -104,7 +104,13 @@ def run(ctx, args) -> dict:
 def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
     contract = CONTRACTS[table]
     ref = lake.table_ref(lake_cfg, table)
-    metrics = lake.merge(spark, prep.good, ref, contract)
+    if lake.is_delta(spark, ref) or contract.extra_columns:
+        metrics = lake.merge(spark, prep.good, ref, contract)
+    else:
+        # first load: MERGE into a new table inserts every row, and a plain write does that in one pass
+        lake.append(spark, prep.good, ref, contract)
+        written = lake.last_operation_metrics(spark, ref)
+        metrics = {"numTargetRowsInserted": written.get("numOutputRows", 0)}
     rejects_ref = lake.table_ref(lake_cfg, f"{table}_rejects")
     if outcome.rejected_total:
         lake.append(spark, prep.rejects, rejects_ref, rejects_contract(contract))

@@ -155,7 +155,9 @@ def parse_id(df: DataFrame, name: str) -> Column:
 
 def is_blank(df: DataFrame, name: str) -> Column:
     """True where the source value is null or blank text."""
-    return _text(df, name).isNull()
+    if isinstance(_dtype(df, name), T.StringType):
+        return _text(df, name).isNull()
+    return F.col(name).isNull()
 
 
 EPOCH_FORMATS = {"epoch_seconds": 1.0, "epoch_millis": 1000.0}

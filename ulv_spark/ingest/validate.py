@@ -210,9 +210,9 @@ def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> Da
     negative = {c: F.when(F.col("is_return"), -F.abs(F.col(c))).otherwise(F.col(c)) for c in ("amount", "quantity",
                                                                                                "discount")}
     labelled = labelled.withColumns(negative)
-    if rules.derive_order_id:
+    if rules.derive_order_id:  # unique by construction: no duplicate check needed
         labelled = _derive_order_ids(labelled)
-    if rules.line_level:
+    elif rules.line_level:
         line_id_mapped = not isinstance(mapped.schema["line_id"].dataType, T.NullType)
         labelled = _check_order_lines(labelled, line_id_mapped=line_id_mapped)
     else:
