@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,7 +180,8 @@ def test_step_and_batch_arithmetic():
 def test_run_key_ignores_knobs_that_do_not_change_the_result():
     cfg = TrainConf()
     key = fit.run_key("2025-10-01", 3, cfg, ["a"])
-    assert key == fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, stop_after_epochs=1, resume=False), ["a"])
+    assert key == fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, stop_after_epochs=1, resume=False,
+                                                                    loader="arrow", cpu_threads=1), ["a"])
     assert key != fit.run_key("2025-10-01", 4, cfg, ["a"])
     assert key != fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, learning_rate=0.1), ["a"])
 
@@ -277,3 +279,64 @@ def test_masked_event_logits_are_computed_only_at_picked_positions_and_match_the
         full = model.mlm(input_ids=ids, attention_mask=attn).logits[:, 1:]
     assert out["mlm_logits"].shape == (2, VOCAB) and out["mlm_labels"].tolist() == [7, 9]
     torch.testing.assert_close(out["mlm_logits"], torch.stack([full[0, 0], full[2, 1]]))
+
+
+def test_pretraining_reads_its_own_sequence_feed_when_given(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, seq_len=SEQ, vocab_size=VOCAB)
+    more = synthetic.write_synthetic_feed(str(tmp_path / "more"), 192, files=2, seq_len=SEQ, vocab_size=VOCAB, seed=9)
+    spec = dataclasses.replace(_spec(tmp_path, root, epochs=1, pretrain_epochs=1),
+                               pretrain_feed=feeds.arrow_feed(os.path.join(more, "train")))
+    history = fit.train_rank(spec)["history"]
+    assert [(h["stage"], h["rows"]) for h in history] == [("pretrain", 192), ("finetune", 64)]
+
+
+def test_gpu_requested_on_a_cpu_machine_falls_back_to_cpu_with_a_warning(caplog):
+    import logging
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nothing to fall back from")
+    log = logging.getLogger("ulv_spark.test_gpu")
+    with caplog.at_level(logging.WARNING, logger="ulv_spark.test_gpu"):
+        device, on_gpu = fit._device(True, 0, log)
+        use_gpu = fit.resolve_gpu(None, TrainConf(use_gpu=True, local_mode=True), log)
+    assert (str(device), on_gpu, use_gpu) == ("cpu", False, False)
+    assert "no GPU" in caplog.text
+
+
+def test_mlflow_run_gets_params_metrics_and_the_model_dir(tmp_path, monkeypatch):
+    """The optional MLflow path against a stand-in module (mlflow is an optional extra, not installed)."""
+    import sys
+    import types
+
+    from ulv_spark.train.artifacts import log_to_mlflow
+
+    assert log_to_mlflow(None, str(tmp_path), {}, {}) is None
+    calls = {}
+    run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+    fake = types.SimpleNamespace(
+        set_tracking_uri=lambda uri: calls.setdefault("uri", uri),
+        set_experiment=lambda name: calls.setdefault("experiment", name),
+        start_run=lambda run_name: _Run(run, calls, run_name),
+        log_params=lambda p: calls.setdefault("params", p), log_metrics=lambda m: calls.setdefault("metrics", m),
+        log_artifacts=lambda d, artifact_path: calls.setdefault("artifacts", (d, artifact_path)),
+        set_tag=lambda k, v: calls.setdefault("tag", (k, v)))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    run_id = log_to_mlflow("file:mlruns", str(tmp_path / "v1"), {"train": {"epochs": 2, "encoder": {"hidden_size": 8}}},
+                           {"val_loss": 1.25, "device": "cpu", "best_epoch": 2})
+    assert run_id == "r1" and calls["run_name"] == "v1"
+    assert calls["uri"] == "file:" + str(Path("mlruns").resolve())
+    assert calls["params"] == {"train.epochs": "2", "train.encoder.hidden_size": "8"}
+    assert calls["metrics"] == {"val_loss": 1.25, "best_epoch": 2.0}
+    assert calls["artifacts"] == (str(tmp_path / "v1"), "model")
+
+
+class _Run:
+    def __init__(self, run, calls, run_name):
+        self.run, self.calls = run, calls
+        calls["run_name"] = run_name
+
+    def __enter__(self):
+        return self.run
+
+    def __exit__(self, *exc):
+        return False

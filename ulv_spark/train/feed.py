@@ -14,7 +14,9 @@ Two halves:
 Feed rows (grain: one row per training example, i.e. per (user_id, origin_date)):
 ``row_id`` BIGINT (xxhash64 of user_id, origin_date), ``tokens`` / ``mask`` ARRAY<INT> (L),
 ``features`` ARRAY<FLOAT> (standardised), ``y_value``, ``y_churn``, ``y_converted``,
-``y_response`` FLOAT (0 when not exposed) and ``arm_index`` INT (-1: not exposed).
+``y_response`` FLOAT (0 when not exposed) and ``arm_index`` INT (-1: not exposed). The
+optional pretraining feed (all users' sequences, labels or not) has ``row_id``, ``tokens``,
+``mask`` only.
 """
 from __future__ import annotations
 
@@ -203,6 +205,20 @@ def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float
         .otherwise(F.lit(0.0)).cast("float").alias(Y_RESPONSE),
         arm_index.cast("int").alias(ARM_INDEX),
     )
+
+
+def sequence_feed_frame(rows, *, key_columns: list[str], seq_len: int):
+    """Rows with seq_tokens / seq_mask -> pretraining feed rows (row_id, tokens, mask).
+
+    Grain: one row per input row whose sequence has length ``seq_len``; ``row_id`` is
+    xxhash64 of ``key_columns`` (e.g. user_id, as_of_date for user_features).
+    """
+    from pyspark.sql import functions as F
+
+    return (rows.filter(F.size(S.SEQ_TOKENS) == F.lit(seq_len))
+            .select(F.xxhash64(*[F.col(c) for c in key_columns]).alias(ROW_ID),
+                    F.col(S.SEQ_TOKENS).cast("array<int>").alias(TOKENS),
+                    F.col(S.SEQ_MASK).cast("array<int>").alias(MASK)))
 
 
 @dataclass(frozen=True)

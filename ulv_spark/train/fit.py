@@ -46,6 +46,7 @@ class TrainSpec:
     val_feed: Optional[feeds.FeedSpec]
     checkpoint_dir: str               # this run's checkpoints (shared storage)
     model_root: str                   # versioned model directories go under here
+    pretrain_feed: Optional[feeds.FeedSpec] = None    # sequences for pretraining; None = train_feed
     conf: dict = field(default_factory=dict)          # resolved conf, saved with the model
     label_stats: dict = field(default_factory=dict)   # base rates for the output biases
     batch_size: int = 256
@@ -92,10 +93,11 @@ def model_spec_from_conf(train_cfg, *, vocab_size: int, seq_len: int, n_features
 
 def train_spec_from_conf(train_cfg, *, model: ModelSpec, meta: ModelMeta, train_feed, val_feed,
                          checkpoint_dir: str, conf: dict, label_stats: dict, batch_size: int,
-                         use_gpu: bool) -> TrainSpec:
+                         use_gpu: bool, pretrain_feed=None) -> TrainSpec:
     """A :class:`TrainSpec` with the optimisation settings of ``train`` conf."""
     return TrainSpec(
         model=model, meta=meta, train_feed=train_feed, val_feed=val_feed, checkpoint_dir=checkpoint_dir,
+        pretrain_feed=pretrain_feed,
         model_root=train_cfg.model_dir, conf=conf, label_stats=label_stats, batch_size=batch_size,
         epochs=train_cfg.epochs, pretrain_epochs=train_cfg.pretrain_epochs,
         learning_rate=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay,
@@ -359,6 +361,11 @@ def train_rank(spec: TrainSpec) -> dict:
         train_batches = stack.enter_context(feeds.open_batches(
             spec.train_feed, shuffle=True, seed=spec.seed + 7919 * state.completed, shuffle_buffer=spec.shuffle_buffer,
             **open_kw))
+        pretrain_batches = train_batches
+        if spec.pretrain_feed is not None and spec.pretrain_feed.rows > 0 and state.completed < spec.pretrain_epochs:
+            pretrain_batches = stack.enter_context(feeds.open_batches(
+                spec.pretrain_feed, shuffle=True, seed=spec.seed + 7919 * state.completed + 1,
+                shuffle_buffer=spec.shuffle_buffer, **open_kw))
         val_batches = None
         if spec.val_feed is not None and spec.val_feed.rows > 0:
             val_kw = {**open_kw, "batch_size": feeds.covering_batch_size(spec.val_feed.rows, spec.batch_size, world),
@@ -372,7 +379,8 @@ def train_rank(spec: TrainSpec) -> dict:
             if optimizer is None or optimizer_stage != stage:
                 optimizer, optimizer_stage = _new_optimizer(model, spec), stage  # fresh moments per stage
             torch.manual_seed(spec.seed + 1000 * state.completed + rank)  # dropout / masks per epoch
-            stats = _train_epoch(stage, ddp, optimizer, train_batches, spec, device, autocast)
+            batches = pretrain_batches if stage == PRETRAIN else train_batches
+            stats = _train_epoch(stage, ddp, optimizer, batches, spec, device, autocast)
             loss_sum, steps, rows, seconds = _reduce_sums(
                 [stats["loss_sum"], stats["steps"], stats["rows"], stats["seconds"]], device, distributed)
             record = {"epoch": state.completed + 1, "stage": stage, "train_loss": loss_sum / max(steps, 1),
@@ -475,7 +483,11 @@ def check_barrier_slots(spark, train_cfg) -> None:
 def run_key(as_of, data_version, train_cfg, feature_columns: list[str]) -> str:
     """Checkpoint directory name: same data + same training conf = same run (so it can resume)."""
     settings = dataclasses.asdict(train_cfg)
-    for volatile in ("stop_after_epochs", "resume", "mlflow_tracking_uri", "retrain_every_days"):
+    # how rows travel and where things are kept do not change what is learned: a run stopped with
+    # one loader may resume with the other
+    for volatile in ("stop_after_epochs", "resume", "mlflow_tracking_uri", "retrain_every_days", "loader",
+                     "reader_workers", "cpu_threads", "model_dir", "checkpoint_dir", "petastorm_cache",
+                     "parquet_dir"):
         settings.pop(volatile, None)
     blob = json.dumps({"as_of": str(as_of), "data_version": data_version, "train": settings,
                        "features": feature_columns}, sort_keys=True, default=str)
@@ -519,14 +531,21 @@ class PreparedFeed:
     meta: ModelMeta
     label_stats: dict
     validation_origins: list
+    pretrain: Optional[feeds.FeedSpec] = None  # train split + extra sequences (None: pretrain on train)
+
+    def feeds(self) -> list:
+        return [f for f in (self.train, self.val, self.pretrain) if f is not None]
 
 
 def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_fingerprint: str,
-            horizon_days: int, as_of, key: str, loader: Optional[str] = None, world: int = 1) -> PreparedFeed:
+            horizon_days: int, as_of, key: str, loader: Optional[str] = None, world: int = 1,
+            extra_sequences=None) -> PreparedFeed:
     """Split, compute statistics and arms, and materialise the feed for ``loader``.
 
     Only aggregates (statistics, distinct origins and arms) reach the driver; the rows go to
-    Petastorm's cache or to Parquet under ``train.parquet_dir/<key>``.
+    Petastorm's cache or to Parquet under ``train.parquet_dir/<key>``. ``extra_sequences``
+    (user_features rows of the run date: every current user, new ones included) are added to
+    the training split's sequences as a separate pretraining feed.
     """
     loader = loader or train_cfg.loader
     feature_cols = S.feature_columns(examples.schema)
@@ -551,6 +570,11 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
     if val_df is not None:
         frames["val"] = feeds.prepare_feed_frame(val_df, feature_columns=feature_cols, mean=mean, std=std,
                                                  arms=arms, seq_len=seq_len)
+    if extra_sequences is not None:
+        frames["pretrain"] = (
+            feeds.sequence_feed_frame(train_df, key_columns=[S.USER_ID, S.ORIGIN_DATE], seq_len=seq_len)
+            .unionByName(feeds.sequence_feed_frame(extra_sequences, key_columns=[S.USER_ID, S.AS_OF_DATE],
+                                                   seq_len=seq_len)))
     built: dict[str, feeds.FeedSpec] = {}
     root = Path(train_cfg.parquet_dir) / key
     for name, frame in frames.items():
@@ -565,7 +589,8 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
             encoding="utf-8")
     val = built.get("val")
     return PreparedFeed(train=built["train"], val=val if val is not None and val.rows > 0 else None, model=model,
-                        meta=meta, label_stats=label_stats, validation_origins=val_origins)
+                        meta=meta, label_stats=label_stats, validation_origins=val_origins,
+                        pretrain=built.get("pretrain"))
 
 
 def effective_batch_size(batch_size: int, rows: int, world: int) -> int:
@@ -574,7 +599,8 @@ def effective_batch_size(batch_size: int, rows: int, world: int) -> int:
 
 
 def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_fingerprint: str,
-                horizon_days: int, as_of, conf: dict, data_version=None, fresh: bool = False) -> dict:
+                horizon_days: int, as_of, conf: dict, data_version=None, fresh: bool = False,
+                pretrain_sequences=None) -> dict:
     """Train on a training_examples DataFrame with TorchDistributor; returns rank 0's summary.
 
     Args:
@@ -586,6 +612,8 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
         as_of: run date; conf: the resolved conf (saved with the model).
         data_version: Delta version of the input (part of the checkpoint run key).
         fresh: ignore and clear this run's checkpoints (as ``train.resume: false`` does).
+        pretrain_sequences: rows with user_id, as_of_date, seq_tokens, seq_mask (user_features
+            of the run date) pretrained on together with the training split; None = split only.
 
     Returns:
         the :func:`train_rank` summary plus ``checkpoint_dir``, ``loader``, ``batch_size``,
@@ -600,7 +628,7 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
     world = train_cfg.num_processes
     prepared = prepare(spark, examples, train_cfg=train_cfg, seq_len=seq_len, vocab_size=vocab_size,
                        vocab_fingerprint=vocab_fingerprint, horizon_days=horizon_days, as_of=as_of, key=key,
-                       world=world)
+                       world=world, extra_sequences=pretrain_sequences)
     try:
         if prepared.train.rows < world:
             raise ValueError(f"{prepared.train.rows} training rows cannot feed {world} processes")
@@ -610,35 +638,41 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
                         train_cfg.batch_size, batch, prepared.train.rows, world)
         spec = train_spec_from_conf(train_cfg, model=prepared.model, meta=prepared.meta,
                                     train_feed=prepared.train, val_feed=prepared.val, checkpoint_dir=ckpt_dir,
-                                    conf=conf, label_stats=prepared.label_stats, batch_size=batch, use_gpu=use_gpu)
+                                    conf=conf, label_stats=prepared.label_stats, batch_size=batch, use_gpu=use_gpu,
+                                    pretrain_feed=prepared.pretrain)
         if fresh:
             spec = dataclasses.replace(spec, resume=False)
-        log.info("training: %d rows (%d validation, origins %s), %d features, arms %s, loader %s, "
-                 "%d processes (local_mode=%s, gpu=%s)", prepared.train.rows,
+        log.info("training: %d rows (%d validation, origins %s; %d sequences to pretrain on), %d features, "
+                 "arms %s, loader %s, %d processes (local_mode=%s, gpu=%s)", prepared.train.rows,
                  prepared.val.rows if prepared.val else 0, prepared.validation_origins or "hash split",
+                 (prepared.pretrain or prepared.train).rows,
                  len(prepared.meta.feature_columns), prepared.meta.arms, train_cfg.loader, world,
                  train_cfg.local_mode, use_gpu)
         summary = run_distributed(spec, num_processes=world, local_mode=train_cfg.local_mode, use_gpu=use_gpu)
     finally:
-        feeds.delete_feed(prepared.train)
-        feeds.delete_feed(prepared.val)
+        for materialised in prepared.feeds():
+            feeds.delete_feed(materialised)
         if train_cfg.loader == "arrow":
             shutil.rmtree(Path(train_cfg.parquet_dir) / key, ignore_errors=True)
     return {**summary, "checkpoint_dir": ckpt_dir, "loader": train_cfg.loader, "batch_size": batch,
             "validation_origins": prepared.validation_origins, "rows_train": prepared.train.rows,
-            "rows_val": prepared.val.rows if prepared.val else 0}
+            "rows_val": prepared.val.rows if prepared.val else 0,
+            "rows_pretrain": (prepared.pretrain or prepared.train).rows}
 
 
 def export_feed(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_fingerprint: str,
-                horizon_days: int, as_of, data_version=None) -> dict:
-    """Write the Arrow feed (train/, val/, feed.json) for :mod:`ulv_spark.train.torchrun_main`.
+                horizon_days: int, as_of, data_version=None, pretrain_sequences=None) -> dict:
+    """Write the Arrow feed (train/, val/, pretrain/, feed.json) for :mod:`ulv_spark.train.torchrun_main`.
 
     Returns:
-        ``feed_dir`` (pass it as ``--data``), ``rows_train``, ``rows_val``, ``validation_origins``.
+        ``feed_dir`` (pass it as ``--data``), ``rows_train``, ``rows_val``, ``rows_pretrain``,
+        ``validation_origins``.
     """
     key = run_key(as_of, data_version, train_cfg, S.feature_columns(examples.schema))
     prepared = prepare(spark, examples, train_cfg=train_cfg, seq_len=seq_len, vocab_size=vocab_size,
                        vocab_fingerprint=vocab_fingerprint, horizon_days=horizon_days, as_of=as_of, key=key,
-                       loader="arrow", world=train_cfg.num_processes)
+                       loader="arrow", world=train_cfg.num_processes, extra_sequences=pretrain_sequences)
     return {"feed_dir": str(Path(train_cfg.parquet_dir) / key), "rows_train": prepared.train.rows,
-            "rows_val": prepared.val.rows if prepared.val else 0, "validation_origins": prepared.validation_origins}
+            "rows_val": prepared.val.rows if prepared.val else 0,
+            "rows_pretrain": (prepared.pretrain or prepared.train).rows,
+            "validation_origins": prepared.validation_origins}

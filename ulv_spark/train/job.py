@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 SUMMARY_KEYS = ("model_version", "model_dir", "epochs_run", "early_stopped", "best_epoch", "resumed_from_epoch",
-                "rows_train", "rows_val", "validation_origins", "loader", "world_size", "device", "seconds",
+                "rows_train", "rows_val", "rows_pretrain", "validation_origins", "loader", "world_size", "device", "seconds",
                 "metrics", "mlflow_run_id")
 
 
@@ -26,9 +26,12 @@ def run(ctx, args) -> dict:
     if not lake.is_delta(spark, ref):
         raise JobFailed(f"{ref.name} does not exist: run `ulv-spark features --as-of {ctx.as_of}` first")
     examples = lake.read_table(spark, ref, as_of_date=ctx.as_of)
+    users = lake.table_ref(cfg.lakehouse, "user_features")
+    # every current user's sequence (new users too) joins the masked-event pretraining
+    current = lake.read_table(spark, users, as_of_date=ctx.as_of) if lake.is_delta(spark, users) else None
     inputs = dict(train_cfg=cfg.train, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
                   vocab_fingerprint=vocabulary_fingerprint(cfg.features), horizon_days=cfg.run.horizon_days,
-                  as_of=ctx.as_of, data_version=lake.current_version(spark, ref))
+                  as_of=ctx.as_of, data_version=lake.current_version(spark, ref), pretrain_sequences=current)
     try:
         if args.export_feed:
             return fit.export_feed(spark, examples, **inputs)

@@ -4,7 +4,7 @@
     python -m ulv_spark.train.torchrun_main --data <feed_dir> --set train.epochs=2   # one process
 
 ``<feed_dir>`` is what ``ulv-spark train --export-feed`` writes (``train/``, ``val/``,
-``feed.json``). The same :func:`ulv_spark.train.fit.train_rank` runs as under TorchDistributor,
+optional ``pretrain/``, ``feed.json``). The same :func:`ulv_spark.train.fit.train_rank` runs as under TorchDistributor,
 with the Arrow loader; the architecture and optimisation come from the conf, the data's
 shapes and statistics from feed.json. Rank 0 prints the summary as JSON.
 """
@@ -61,6 +61,7 @@ def build_spec(args):
     meta = ModelMeta.from_dict(info["meta"])
     train_feed = feeds.arrow_feed(str(data / "train"))
     val_feed = feeds.arrow_feed(str(data / "val")) if (data / "val").is_dir() else None
+    pretrain_feed = feeds.arrow_feed(str(data / "pretrain")) if (data / "pretrain").is_dir() else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     model = fit.model_spec_from_conf(cfg.train, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
                                      n_features=len(meta.feature_columns), n_arms=len(meta.arms))
@@ -71,7 +72,8 @@ def build_spec(args):
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir
         else str(Path(cfg.train.checkpoint_dir) / data.name),
         conf=to_dict(cfg), label_stats=info.get("label_stats", {}),
-        batch_size=fit.effective_batch_size(cfg.train.batch_size, train_feed.rows, world), use_gpu=cfg.train.use_gpu)
+        batch_size=fit.effective_batch_size(cfg.train.batch_size, train_feed.rows, world), use_gpu=cfg.train.use_gpu,
+        pretrain_feed=pretrain_feed)
     return dataclasses.replace(spec, resume=False) if args.fresh else spec
 
 
