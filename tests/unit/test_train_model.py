@@ -163,9 +163,16 @@ def test_arrow_loader_ranks_split_an_epoch_into_disjoint_shards(tmp_path):
             assert len(ids) == len(set(ids)) == 128
             seen.append(set(ids))
     assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(256))
+    # more ranks than files: rows are dealt out instead, still disjoint and complete
+    dealt = []
+    for rank in range(5):
+        with feeds.open_batches(spec, rank=rank, world=5, batch_size=17, shuffle=True, seed=3) as batches:
+            assert batches.steps_per_epoch == 3
+            dealt.append({int(i) for b in batches.epoch() for i in b["row_id"]})
+    assert sum(len(d) for d in dealt) == 255 and len(set().union(*dealt)) == 255
     with pytest.raises(ValueError, match="no Parquet file"):
-        with feeds.open_batches(spec, rank=4, world=5, batch_size=8) as batches:
-            next(batches)
+        with feeds.open_batches(feeds.FeedSpec("arrow", 0, path=str(tmp_path)), rank=0, world=1, batch_size=8) as b:
+            next(b)
 
 
 def test_step_and_batch_arithmetic():

@@ -293,6 +293,11 @@ def steps_per_epoch(rows: int, batch_size: int, world: int, cap: int = 0) -> int
     return min(steps, cap) if cap > 0 else steps
 
 
+def usable_validation(spec: Optional[FeedSpec], world: int) -> Optional[FeedSpec]:
+    """The validation feed, or None when it has fewer rows than ranks (a rank would get nothing)."""
+    return spec if spec is not None and spec.rows >= world else None
+
+
 def covering_batch_size(rows: int, batch_size: int, world: int) -> int:
     """A batch size <= ``batch_size`` whose fixed steps cover nearly all ``rows`` (for validation)."""
     steps = max(1, -(-rows // (batch_size * world)))
@@ -332,8 +337,9 @@ def open_batches(spec: FeedSpec, *, rank: int, world: int, batch_size: int, shuf
     """Open this rank's share of the feed as :class:`Batches` (a context manager).
 
     Petastorm: ``make_torch_dataloader(cur_shard=rank, shard_count=world, num_epochs=None)``.
-    Arrow: files ``rank, rank + world, ...`` of the directory read with ``pyarrow.dataset``,
-    cycled forever (shuffled file order and rows per epoch when ``shuffle``).
+    Arrow: files ``rank, rank + world, ...`` of the directory read with ``pyarrow.dataset``
+    (every ``world``-th row of all files when there are fewer files than ranks), cycled forever
+    (shuffled file order and rows per epoch when ``shuffle``).
     """
     steps = steps_per_epoch(spec.rows, batch_size, world, steps_cap)
     if spec.loader == "petastorm":
@@ -367,28 +373,36 @@ def _arrow_batches(path: str, *, rank: int, world: int, batch_size: int, shuffle
     import pyarrow.dataset as ds
     import torch
 
-    files = parquet_files(path)[rank::world]
-    if not files:
-        raise ValueError(f"{path}: rank {rank} of {world} has no Parquet file to read "
-                         f"({len(parquet_files(path))} files; write at least one per process)")
-    dataset = ds.dataset(files, format="parquet")
+    every_file = parquet_files(path)
+    if not every_file:
+        raise ValueError(f"{path}: no Parquet file to read")
+    # fewer files than ranks (a tiny split): every rank reads all files and keeps every world-th row
+    by_row = len(every_file) < world
+    dataset = ds.dataset(every_file if by_row else every_file[rank::world], format="parquet")
     fragments = list(dataset.get_fragments())
     columns = [c for c in FEED_COLUMNS if c in dataset.schema.names]
     pending: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    held = 0
-    epoch = 0
+    held, epoch = 0, 0
     while True:
         rng = np.random.default_rng([seed, rank, epoch])
-        order = rng.permutation(len(fragments)) if shuffle else range(len(fragments))
+        order = range(len(fragments)) if by_row or not shuffle else rng.permutation(len(fragments))
+        seen, mine = 0, 0
         for i in order:
             table = fragments[i].to_table(columns=columns)
             arrays = {c: _column_to_numpy(table.column(c)) for c in columns}
+            rows = table.num_rows
+            if by_row:
+                keep = (seen + np.arange(rows)) % world == rank
+                seen += rows
+                arrays = {c: a[keep] for c, a in arrays.items()}
+                rows = int(keep.sum())
             if shuffle:
-                perm = rng.permutation(table.num_rows)
+                perm = rng.permutation(rows)
                 arrays = {c: a[perm] for c, a in arrays.items()}
             for c in columns:
                 pending[c].append(arrays[c])
-            held += table.num_rows
+            held += rows
+            mine += rows
             if held < batch_size:
                 continue
             joined = {c: np.concatenate(pending[c]) for c in columns}
@@ -398,4 +412,6 @@ def _arrow_batches(path: str, *, rank: int, world: int, batch_size: int, shuffle
                 start += batch_size
             pending = {c: [joined[c][start:]] for c in columns}
             held -= start
+        if mine == 0:  # cycling an empty shard would spin forever
+            raise ValueError(f"{path}: rank {rank} of {world} has no rows to read")
         epoch += 1

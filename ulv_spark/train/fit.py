@@ -632,12 +632,16 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
     try:
         if prepared.train.rows < world:
             raise ValueError(f"{prepared.train.rows} training rows cannot feed {world} processes")
+        val = feeds.usable_validation(prepared.val, world)
+        if prepared.val is not None and val is None:
+            log.warning("validation split has %d rows for %d processes: training without validation",
+                        prepared.val.rows, world)
         batch = effective_batch_size(train_cfg.batch_size, prepared.train.rows, world)
         if batch < train_cfg.batch_size:
             log.warning("batch size %d -> %d: only %d training rows for %d processes",
                         train_cfg.batch_size, batch, prepared.train.rows, world)
         spec = train_spec_from_conf(train_cfg, model=prepared.model, meta=prepared.meta,
-                                    train_feed=prepared.train, val_feed=prepared.val, checkpoint_dir=ckpt_dir,
+                                    train_feed=prepared.train, val_feed=val, checkpoint_dir=ckpt_dir,
                                     conf=conf, label_stats=prepared.label_stats, batch_size=batch, use_gpu=use_gpu,
                                     pretrain_feed=prepared.pretrain)
         if fresh:

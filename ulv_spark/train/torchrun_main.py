@@ -68,7 +68,7 @@ def build_spec(args):
     train_cfg = dataclasses.replace(cfg.train, model_dir=str(Path(args.model_root).resolve())) if args.model_root else cfg.train
     spec = fit.train_spec_from_conf(
         train_cfg, model=model, meta=meta, train_feed=train_feed,
-        val_feed=val_feed if val_feed is not None and val_feed.rows > 0 else None,
+        val_feed=feeds.usable_validation(val_feed, world),
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir
         else str(Path(cfg.train.checkpoint_dir) / data.name),
         conf=to_dict(cfg), label_stats=info.get("label_stats", {}),
