@@ -514,13 +514,18 @@ SCORE_PREDICTIONS = TableContract(
 
 EVALUATION_METRICS = TableContract(
     name="evaluation_metrics",
-    comment=("Backtest metrics. Grain: one row per (run_id, split, method, metric). Written by "
-             "jobs/evaluate.py (append per run)."),
+    comment=("Backtest metrics. Grain: one row per (run_id, dataset, split, method, metric); every "
+             "method of a split is scored on the same test users. Written by jobs/evaluate.py and the "
+             "reference benchmarks (append per run; a re-run adds rows under its own run_id)."),
     columns=(
         _c("dataset", "STRING", "Data set evaluated (e.g. cdnow, synthetic, lakehouse)", False),
-        _c("split", "STRING", "Backtest split, e.g. origin=1997-10-01/h=273", False),
+        _c("split", "STRING", "Backtest split: evaluation origin, horizon and, when only a share of the users "
+                              "is scored, that share, e.g. origin=1997-10-01/h=273/test=0.5", False),
         _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, oracle", False),
-        _c("metric", "STRING", "Metric name, e.g. value_gini, churn_auc, qini", False),
+        _c("metric", "STRING", "Metric name: value_gini, value_decile_mape, value_spearman, value_total_ratio, "
+                               "churn_auc, churn_pr_auc, churn_ece, qini_<conversion|value>[<arm>] (without [arm]: "
+                               "mean over arms), auuc_*, uplift_at_k_*, *_truth_pearson / *_truth_spearman "
+                               "(synthetic: vs the true values), <metric>_share_of_oracle", False),
         _c("value", "DOUBLE", "Metric value"),
         _c(AS_OF_DATE, "DATE", "Run date of the evaluation", False),
         _c(RUN_ID, "STRING", "Id of the evaluation run", False),
