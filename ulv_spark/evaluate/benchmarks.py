@@ -163,7 +163,7 @@ def _config_base(workdir: Path) -> dict:
 
 
 def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: dict, run_id: str,
-            as_of: dt.date) -> dict:
+            as_of: dt.date, tag: str = "") -> dict:
     from ulv_spark import lake
     from ulv_spark.evaluate import pipeline
     from ulv_spark.evaluate.report import write_report
@@ -174,20 +174,21 @@ def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: di
                 EVALUATION_METRICS)
     notes = [f"{k}: {json.dumps(v, default=str)}" for k, v in extra.items()]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = write_report(result, str(RESULTS / f"evaluate_{name}.html"), title=f"ulv_spark reference benchmark: {name}",
-                          facts={**facts, "run_id": run_id}, notes=notes)
+    stem = f"evaluate_{name}" + (f"_{tag}" if tag else "")
+    report = write_report(result, str(RESULTS / f"{stem}.html"), title=f"ulv_spark reference benchmark: {name}",
+                          facts={**facts, "run_id": run_id, "conf overrides": tag or "none"}, notes=notes)
     wide = result.pivot()
     out = {"benchmark": name, "run_id": run_id, "machine": machine(), "seconds": seconds, "facts": facts,
            "checks": extra, "skipped": {s.split.name: s.skipped for s in result.splits},
            "metrics": {f"{split}|{metric}": {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
                        for (split, metric), row in wide.iterrows()},
            "report": str(Path(report).relative_to(REPO)), "metrics_table": ref.name}
-    (RESULTS / f"evaluate_{name}.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     return out
 
 
 def run_cdnow(workdir: Path, *, model: str = "train", test_share: float = 0.5, seed: int = 7,
-              overrides: Optional[dict] = None) -> dict:
+              overrides: Optional[dict] = None, tag: str = "") -> dict:
     """The CDNOW benchmark (see the module docstring); returns what it writes to the JSON file."""
     from ulv_spark.evaluate.backtest import Split
     from ulv_spark.evaluate.pipeline import EvaluationInputs, run_evaluation
@@ -210,7 +211,7 @@ def run_cdnow(workdir: Path, *, model: str = "train", test_share: float = 0.5, s
     seconds["lifetimes_reference"] = round(time.perf_counter() - start, 1)
     facts.update({"calibration": f"orders before {CDNOW_CUT}", "holdout": f"{CDNOW_CUT} .. {CDNOW_END}",
                   "test users": len(result.splits[0].test)})
-    return _finish("cdnow", spark, cfg, result, facts, checks, seconds, new_run_id("bench-cdnow"), CDNOW_END)
+    return _finish("cdnow", spark, cfg, result, facts, checks, seconds, new_run_id("bench-cdnow"), CDNOW_END, tag)
 
 
 SYNTHETIC_RUN_DATE = dt.date(2025, 11, 21)  # evaluation origin D - 90 = 2025-08-23, a campaign wave day
@@ -231,7 +232,7 @@ SYNTHETIC_SOURCES = {
 
 
 def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", run_date: dt.date = SYNTHETIC_RUN_DATE,
-                  overrides: Optional[dict] = None) -> dict:
+                  overrides: Optional[dict] = None, tag: str = "") -> dict:
     """The synthetic benchmark: generate, ingest, backtest at origin run_date - H with the oracle."""
     import yaml
 
@@ -252,7 +253,8 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
                          encoding="utf-8")
     args = ["--conf", str(conf_file), "--as-of", run_date.isoformat()]
     for key, value in {**_config_base(workdir), **conf_overrides}.items():
-        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        text = value if isinstance(value, str) else json.dumps(value, default=lambda d: d.isoformat())
+        args += ["--set", f"{key}={text}"]
     seconds = {}
     for command in ("generate", "ingest"):
         start = time.perf_counter()
@@ -272,7 +274,7 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
     shares = {f"{metric}": {m: float(v) for m, v in row.dropna().items()}
               for (split, metric), row in wide.iterrows() if metric.endswith("_share_of_oracle")}
     return _finish("synthetic", spark, cfg, result, facts, {"share_of_oracle": shares}, seconds,
-                   new_run_id("bench-synthetic"), run_date)
+                   new_run_id("bench-synthetic"), run_date, tag)
 
 
 def main(argv=None) -> int:
@@ -283,19 +285,21 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=200_000, help="synthetic: number of users")
     parser.add_argument("--workdir", default=None, help="scratch lakehouse (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch lakehouse")
+    parser.add_argument("--tag", default="", help="suffix of the result files (variants: evaluate_<name>_<tag>.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="conf override, e.g. --set train.epochs=2")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"ulv_bench_{args.benchmark}_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     overrides = dict(item.split("=", 1) for item in args.overrides)
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
     try:
         if args.benchmark == "cdnow":
-            out = run_cdnow(workdir, model=args.model, overrides=overrides)
+            out = run_cdnow(workdir, model=args.model, overrides=overrides, tag=args.tag)
         else:
-            out = run_synthetic(workdir, users=args.users, model=args.model, overrides=overrides)
+            out = run_synthetic(workdir, users=args.users, model=args.model, overrides=overrides, tag=args.tag)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

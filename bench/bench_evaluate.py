@@ -1,0 +1,115 @@
+"""Evaluation speed: numpy metrics vs their scikit-learn / scipy references, and the report.
+
+All on one seeded frame of ``--users`` users in one process, so the ratios compare like with
+like on a noisy machine:
+
+* metrics: ``evaluate.metrics`` ROC-AUC, average precision, Spearman vs scikit-learn's
+  ``roc_auc_score`` / ``average_precision_score`` and scipy's ``spearmanr`` (best of
+  ``--repeats``), plus normalised Gini, decile MAPE, ECE, Qini and AUUC;
+* report: rendering the HTML (5 embedded PNG plots) for a backtest of four methods.
+
+The accuracy benchmarks (CDNOW, synthetic) are ``python -m ulv_spark.evaluate.benchmarks``.
+
+Run: ``.venv/bin/python -m bench.bench_evaluate [--users 1000000] [--repeats 3]``.
+Prints and writes ``bench/results/evaluate_speed.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv=None) -> int:
+    from scipy import stats
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from ulv_spark.evaluate import metrics as M
+    from ulv_spark.evaluate.backtest import Split, run_backtest
+    from ulv_spark.evaluate.report import render_report
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_evaluate")
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    n = args.users
+    value = rng.gamma(0.3, 60, n) * (rng.random(n) < 0.35)
+    pred = value * rng.lognormal(0, 0.8, n) + rng.gamma(1, 5, n)
+    churned = (value == 0).astype(int)
+    prob = np.clip(0.65 + 0.3 * (churned - 0.65) + rng.normal(0, 0.2, n), 0, 1)
+    treated = rng.integers(0, 2, n)
+    uplift = rng.normal(0, 1, n)
+
+    pairs = {
+        "roc_auc": (lambda: M.roc_auc(churned, prob), lambda: roc_auc_score(churned, prob)),
+        "average_precision": (lambda: M.average_precision(churned, prob),
+                              lambda: average_precision_score(churned, prob)),
+        "spearman": (lambda: M.spearman(value, pred), lambda: stats.spearmanr(value, pred)),
+    }
+    results = {"users": n, "repeats": args.repeats, "metrics_seconds": {}, "reference_seconds": {},
+               "ratio_ours_over_reference": {}}
+    for name, (ours, ref) in pairs.items():
+        t_ours, t_ref = best_of(ours, args.repeats), best_of(ref, args.repeats)
+        results["metrics_seconds"][name] = round(t_ours, 4)
+        results["reference_seconds"][name] = round(t_ref, 4)
+        results["ratio_ours_over_reference"][name] = round(t_ours / t_ref, 3)
+    solo = {
+        "normalized_gini": lambda: M.normalized_gini(value, pred),
+        "decile_mape": lambda: M.decile_mape(value, pred),
+        "expected_calibration_error": lambda: M.expected_calibration_error(churned, prob),
+        "qini_coefficient": lambda: M.qini_coefficient(churned, treated, uplift),
+        "auuc": lambda: M.auuc(churned, treated, uplift),
+    }
+    for name, fn in solo.items():
+        results["metrics_seconds"][name] = round(best_of(fn, args.repeats), 4)
+
+    # report rendering for a 4-method backtest on 20k users (plots dominate)
+    from ulv_spark.evaluate.baselines import RfmHeuristic
+
+    m = 20_000
+    frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(m)], "origin_date": dt.date(2025, 1, 1),
+                          "frequency": rng.poisson(2, m).astype(float), "recency": rng.uniform(0, 100, m),
+                          "T": np.full(m, 120.0), "monetary_value": rng.gamma(2, 20, m),
+                          "label_value": value[:m], "label_churned": churned[:m]})
+    frame["recency"] = np.minimum(frame["recency"], frame["T"])
+    methods = []
+    for q in (3, 4, 5, 6):
+        method = RfmHeuristic(quantiles=q)
+        method.name = f"rfm_q{q}"
+        methods.append(method)
+    result = run_backtest(frame, [Split(dt.date(2025, 1, 1), 90, test_share=0.5)], methods, dataset="bench")
+    start = time.perf_counter()
+    html = render_report(result)
+    results["report_seconds_20k_users_4_methods"] = round(time.perf_counter() - start, 2)
+    results["report_bytes"] = len(html.encode())
+    results["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+                          "load_average_1m": round(os.getloadavg()[0], 2)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "evaluate_speed.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
