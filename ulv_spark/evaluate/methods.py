@@ -142,8 +142,9 @@ class Oracle:
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        if TRUE_EXPECTED_SPEND not in frame.columns:
-            raise ValueError("oracle: the frame carries no truth columns (synthetic data only)")
+        if TRUE_EXPECTED_SPEND not in frame.columns or frame[TRUE_EXPECTED_SPEND].notna().sum() == 0:
+            raise ValueError("oracle: no truth for these users (synthetic data only; truth_users needs a "
+                             "partition at the evaluation origin)")
         out = {USER_ID: frame[USER_ID].to_numpy(),
                EXPECTED_VALUE: frame[TRUE_EXPECTED_SPEND].astype(float).fillna(0.0).to_numpy()}
         churn = None
