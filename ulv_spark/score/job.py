@@ -14,6 +14,7 @@ Steps, each logged as a stage:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -30,8 +31,28 @@ SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
 log = get_logger("ulv_spark.score")
 
 
+@dataclass
+class StagedScores:
+    """Predictions for one date in the staging table, checked, not yet published."""
+
+    model_dir: str
+    meta: object
+    users: int
+    predictions: object  # DataFrame: the staged rows of the date at `staging_version`
+    staging_version: int
+
+
 def run(ctx, args) -> dict:
     """Score every user of user_features for ctx.as_of; returns the run summary."""
+    return publish(ctx, stage_predictions(ctx))
+
+
+def stage_predictions(ctx) -> StagedScores:
+    """Check the model against the features, then score every user into the staging table.
+
+    Nothing user-facing is written yet, so the nightly job can gate on the predictions
+    (score distribution shift) before :func:`publish` replaces the output tables.
+    """
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     model_dir = resolve_model_dir(cfg.train.model_dir, cfg.score.model_version)
     with stage("score.check", log) as info:
@@ -45,10 +66,16 @@ def run(ctx, args) -> dict:
     unknown_costs = sorted(set(cfg.score.arm_costs) - set(meta.arms))
     if unknown_costs:
         log.warning("score.arm_costs names arm(s) the model does not have: %s", unknown_costs)
-
     predictions, staging_version = _predict(ctx, features, model_dir, meta, users)
+    return StagedScores(model_dir, meta, users, predictions, staging_version)
+
+
+def publish(ctx, staged: StagedScores) -> dict:
+    """Write the four output tables for the date from the staged predictions, and the views."""
+    cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
+    meta, model_dir, users = staged.meta, staged.model_dir, staged.users
     with stage("score.tables", log) as info:
-        written = _write_tables(ctx, predictions, meta)
+        written = _write_tables(ctx, staged.predictions, meta)
         info.update(tables=len(written))
     try:
         views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
@@ -56,7 +83,7 @@ def run(ctx, args) -> dict:
         raise JobFailed(f"all four tables were written for {as_of}, but creating the latest_* views failed "
                         f"({_first_line(exc)})") from exc
     return {"model_version": meta.version, "model_dir": model_dir, "users": users,
-            "horizon_days": meta.horizon_days, "arms": list(meta.arms), "staging_version": staging_version,
+            "horizon_days": meta.horizon_days, "arms": list(meta.arms), "staging_version": staged.staging_version,
             "tables": written, "views": views, "batch_size": cfg.score.batch_size, "use_gpu": cfg.score.use_gpu}
 
 
