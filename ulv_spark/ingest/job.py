@@ -66,39 +66,48 @@ def _map_sources(spark, cfg) -> dict:
 
 
 def run(ctx, args) -> dict:
-    cfg, as_of, log = ctx.cfg, ctx.as_of, get_logger("ulv_spark.ingest")
-    spark = ctx.spark
-    mapped = _map_sources(spark, cfg)
-    rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    cfg, log = ctx.cfg, get_logger("ulv_spark.ingest")
+    mapped = _map_sources(ctx.spark, cfg)
     prepared, outcomes = {}, {}
     try:
+        rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         for table, (frame, rules) in mapped.items():
-            with stage(f"validate {table}", log) as info:
-                prep = prepare(table, frame, rules=rules, as_of=as_of, run_id=ctx.run_id, rejected_at=rejected_at)
-                prep.labelled.persist(StorageLevel.MEMORY_AND_DISK)
-                outcome = Outcome.from_counts([tuple(r) for r in reject_counts(prep.labelled).collect()])
-                info.update(rows=outcome.rows_read, rejected=outcome.rejected_total, deferred=outcome.deferred)
-            prepared[table], outcomes[table] = prep, outcome
-            reasons = ", ".join(f"{k}={v}" for k, v in outcome.rejected.items()) or "none"
-            log.info("%s: %d rows read, %d rejected (%s), %d deferred (dated after %s)", table, outcome.rows_read,
-                     outcome.rejected_total, reasons, outcome.deferred, as_of)
-        limit = cfg.ingest.max_reject_share
-        over = {t: o for t, o in outcomes.items() if o.reject_share > limit}
-        if over:
-            detail = "; ".join(f"{t}: {o.rejected_total} of {o.rows_read - o.deferred} rows ({o.reject_share:.1%}: "
-                               + ", ".join(f"{k}={v}" for k, v in o.rejected.items()) + ")" for t, o in over.items())
-            raise JobFailed(f"rejected share above ingest.max_reject_share = {limit:.1%}, nothing written: {detail}")
+            prepared[table], outcomes[table] = _validate(table, frame, rules, ctx, rejected_at, log)
+        _check_reject_shares(outcomes, cfg.ingest.max_reject_share)
         written = {}
         for table, prep in prepared.items():
             with stage(f"write {table}", log) as info:
-                written[table] = _write(spark, cfg.lakehouse, table, prep, outcomes[table])
+                written[table] = _write(ctx.spark, cfg.lakehouse, table, prep, outcomes[table])
                 info.update(written[table])
     finally:
         for prep in prepared.values():
             prep.labelled.unpersist()
-    return {"tables": {t: {"rows_read": o.rows_read, "rejected": o.rejected_total, "reject_share": round(o.reject_share, 6),
-                           "reject_reasons": o.rejected, "deferred": o.deferred, **written[t]}
-                       for t, o in outcomes.items()}}
+    # source_rows: what the nightly reject gate divides by; reject_share is over the rows due
+    return {"tables": {t: {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
+                           "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected,
+                           "deferred": o.deferred, **written[t]} for t, o in outcomes.items()}}
+
+
+def _validate(table: str, frame, rules, ctx, rejected_at: dt.datetime, log):
+    """(Prepared with its labelled rows cached, Outcome) of one source; logs the counts per reason."""
+    with stage(f"validate {table}", log) as info:
+        prep = prepare(table, frame, rules=rules, as_of=ctx.as_of, run_id=ctx.run_id, rejected_at=rejected_at)
+        # counted now, written later: cache so the source is read and checked once
+        prep.labelled.persist(StorageLevel.MEMORY_AND_DISK)
+        outcome = Outcome.from_counts([tuple(r) for r in reject_counts(prep.labelled).collect()])
+        info.update(rows=outcome.rows_read, rejected=outcome.rejected_total, deferred=outcome.deferred)
+    reasons = ", ".join(f"{k}={v}" for k, v in outcome.rejected.items()) or "none"
+    log.info("%s: %d rows read, %d rejected (%s), %d deferred (dated after %s)", table, outcome.rows_read,
+             outcome.rejected_total, reasons, outcome.deferred, ctx.as_of)
+    return prep, outcome
+
+
+def _check_reject_shares(outcomes: dict, limit: float) -> None:
+    over = {t: o for t, o in outcomes.items() if o.reject_share > limit}
+    if over:
+        detail = "; ".join(f"{t}: {o.rejected_total} of {o.rows_read - o.deferred} rows ({o.reject_share:.1%}: "
+                           + ", ".join(f"{k}={v}" for k, v in o.rejected.items()) + ")" for t, o in over.items())
+        raise JobFailed(f"rejected share above ingest.max_reject_share = {limit:.1%}, nothing written: {detail}")
 
 
 def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
