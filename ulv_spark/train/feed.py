@@ -199,7 +199,7 @@ def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float
         F.coalesce(F.col(S.SEQ_MASK).cast("array<int>"), padding).alias(MASK),
         standardised_features_column(feature_columns, mean, std).alias(FEATURES),
         F.greatest(F.coalesce(F.col(S.LABEL_VALUE).cast("double"), F.lit(0.0)), F.lit(0.0)).cast("float").alias(Y_VALUE),
-        F.coalesce(F.col(S.LABEL_CHURNED).cast("float"), F.lit(0.0)).alias(Y_CHURN),
+        F.coalesce(F.col(S.LABEL_CHURNED), F.lit(0)).cast("float").alias(Y_CHURN),
         F.when(exposed, F.coalesce(F.col(S.LABEL_CONVERTED).cast("float"), F.lit(0.0))).otherwise(F.lit(0.0)).cast("float").alias(Y_CONVERTED),
         F.when(exposed, F.greatest(F.coalesce(F.col(S.LABEL_RESPONSE_VALUE).cast("double"), F.lit(0.0)), F.lit(0.0)))
         .otherwise(F.lit(0.0)).cast("float").alias(Y_RESPONSE),
