@@ -1,0 +1,227 @@
+"""`ulv-spark nightly`: ingest -> features -> train (when due) -> score -> quality gates -> evaluate.
+
+Each stage logs its start, end, duration and row counts; quality gates (thresholds in
+`gates.*`) run between stages, and a failing gate stops the night before the output tables
+are replaced. The run ends with a summary (stages, tables and versions, rejects, gates) and an
+exit code a scheduler understands: 0 = all good, 1 = a stage or gate failed, 2 = bad conf.
+
+`--only STAGE` runs one stage with its gates (the Databricks job runs one task per stage).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from typing import Callable, Optional
+
+from ulv_spark import gates, lake
+from ulv_spark.cli import COMMANDS, JobFailed, build_parser
+from ulv_spark.runtime import get_logger
+
+STAGES = ("ingest", "features", "train", "score", "evaluate")
+OUTPUT_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
+log = get_logger("ulv_spark.nightly")
+
+
+class GateFailed(JobFailed):
+    """A quality gate stopped the night."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", choices=STAGES, default=None, help="run one stage (with its gates) only")
+    parser.add_argument("--retrain", action="store_true", help="train even when the current model is not due")
+    parser.add_argument("--evaluate", action="store_true", help="also run the evaluation (default: nightly.evaluate)")
+
+
+def _sub_args(command: str, **values) -> argparse.Namespace:
+    """The default arguments of `ulv-spark <command>` (as if run with no options)."""
+    parser = build_parser({command: COMMANDS[command]})
+    ns = parser.parse_args([command])
+    for key, value in values.items():
+        setattr(ns, key, value)
+    return ns
+
+
+def _module(command: str):
+    import importlib
+
+    return importlib.import_module(COMMANDS[command][0])
+
+
+# ---- stages -------------------------------------------------------------------------------------
+def stage_ingest(ctx, args, report: dict) -> dict:
+    result = _module("ingest").run(ctx, _sub_args("ingest")) or {}
+    for table, counts in _reject_counts(result).items():
+        gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.gates.max_reject_share)
+        _record_gate(report, gate, f"ingest.{table}")
+    return result
+
+
+def _reject_counts(result: dict) -> dict:
+    """{table: {"rejected": n, "total": n}} from the ingest summary."""
+    out = {}
+    for table, info in (result.get("tables") or {}).items():
+        if isinstance(info, dict) and "rejected" in info:
+            total = info.get("rows_read", 0)
+            out[table] = {"rejected": int(info["rejected"]), "total": int(total or 0)}
+    return out
+
+
+def stage_features(ctx, args, report: dict) -> dict:
+    result = _module("features").run(ctx, _sub_args("features")) or {}
+    spark, cfg = ctx.spark, ctx.cfg
+    ref = lake.table_ref(cfg.lakehouse, "user_features")
+    features = lake.read_table(spark, ref)
+    current = features.filter(features.as_of_date == ctx.as_of)
+    previous_date = (features.filter(features.as_of_date < ctx.as_of)
+                     .agg({"as_of_date": "max"}).first()[0])
+    users = current.count()
+    previous = features.filter(features.as_of_date == previous_date).count() if previous_date else None
+    _record_gate(report, gates.user_count_change_gate(users, previous, cfg.gates.max_user_count_change), "features")
+    from ulv_spark.schemas import feature_columns
+
+    shares = gates.null_shares(current, feature_columns(current.schema))
+    _record_gate(report, gates.null_share_gate(shares, cfg.gates.max_null_feature_share), "features")
+    result.setdefault("users", users)
+    return result
+
+
+def training_due(cfg, as_of: dt.date, force: bool = False) -> tuple[bool, str]:
+    """Whether to train tonight, and why: no model, the schedule (train.retrain_every_days), or forced."""
+    from ulv_spark.train.artifacts import latest_model_dir, load_model
+
+    if force:
+        return True, "retrain requested"
+    latest = latest_model_dir(cfg.train.model_dir)
+    if latest is None:
+        return True, f"no model under {cfg.train.model_dir}"
+    meta = load_model(latest, device="cpu")[1]
+    trained = dt.date.fromisoformat(meta.trained_as_of)
+    age = (as_of - trained).days
+    if age >= cfg.train.retrain_every_days:
+        return True, f"model {meta.version} trained for {trained} is {age} days old (retrain every {cfg.train.retrain_every_days})"
+    if age < 0:
+        return True, f"model {meta.version} was trained for a later date ({trained}); training one for {as_of}"
+    return False, f"reusing model {meta.version} trained for {trained} ({age} days old)"
+
+
+def stage_train(ctx, args, report: dict) -> dict:
+    due, why = training_due(ctx.cfg, ctx.as_of, force=getattr(args, "retrain", False))
+    log.info("train: %s", why)
+    if not due:
+        return {"trained": False, "reason": why}
+    result = _module("train").run(ctx, _sub_args("train")) or {}
+    return {"trained": True, "reason": why, **result}
+
+
+def stage_score(ctx, args, report: dict) -> dict:
+    score = _module("score")
+    staged = score.stage_predictions(ctx)
+    gate = score_shift_gate(ctx, staged.predictions)
+    _record_gate(report, gate, "score")
+    if not gate.passed:
+        raise GateFailed(f"gate score_psi failed: {gate.message}; output tables left untouched")
+    return score.publish(ctx, staged)
+
+
+def score_shift_gate(ctx, predictions) -> gates.GateResult:
+    """PSI of tonight's expected_value vs the previous night's, over the previous night's deciles."""
+    spark, cfg = ctx.spark, ctx.cfg
+    ref = lake.table_ref(cfg.lakehouse, "user_value")
+    limit = cfg.gates.max_score_psi
+    if not lake.is_delta(spark, ref):
+        return gates.psi_gate(None, [], limit)
+    values = lake.read_table(spark, ref)
+    previous_date = values.filter(values.as_of_date < ctx.as_of).agg({"as_of_date": "max"}).first()[0]
+    if previous_date is None:
+        return gates.psi_gate(None, [], limit)
+    previous = values.filter(values.as_of_date == previous_date)
+    edges = sorted(set(gates.decile_edges(previous, "expected_value")))
+    return gates.psi_gate(gates.bin_counts(previous, "expected_value", edges),
+                          gates.bin_counts(predictions, "expected_value", edges), limit)
+
+
+def stage_evaluate(ctx, args, report: dict) -> dict:
+    return _module("evaluate").run(ctx, _sub_args("evaluate")) or {}
+
+
+STAGE_FUNCTIONS: dict[str, Callable] = {
+    "ingest": stage_ingest, "features": stage_features, "train": stage_train,
+    "score": stage_score, "evaluate": stage_evaluate,
+}
+
+
+def _record_gate(report: dict, gate: gates.GateResult, where: str) -> None:
+    entry = {"where": where, **gate.as_dict()}
+    report["gates"].append(entry)
+    (log.info if gate.passed else log.error)("gate %s [%s]: %s -> %s", gate.name, where, gate.message,
+                                             "pass" if gate.passed else "FAIL")
+    if not gate.passed and gate.name != "score_psi":
+        raise GateFailed(f"gate {gate.name} ({where}) failed: {gate.message}; the night stopped before "
+                         f"the output tables were replaced")
+
+
+def _row_facts(result: dict) -> dict:
+    keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables")
+    return {k: result[k] for k in keep if k in result}
+
+
+def run(ctx, args) -> dict:
+    cfg = ctx.cfg
+    wanted = [args.only] if args.only else [s for s in STAGES
+                                             if s != "evaluate" or args.evaluate or cfg.nightly.evaluate]
+    report: dict = {"stages": [], "gates": []}
+    start = time.perf_counter()
+    failed: Optional[str] = None
+    for name in wanted:
+        t0 = time.perf_counter()
+        log.info("== stage %s: start (as_of %s)", name, ctx.as_of)
+        entry = {"stage": name}
+        try:
+            result = STAGE_FUNCTIONS[name](ctx, args, report)
+            entry.update(status="ok", **_row_facts(result))
+        except JobFailed as exc:
+            entry.update(status="failed", error=str(exc))
+            failed = f"{name}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the scheduler needs a summary and exit 1, not a crash
+            log.exception("stage %s crashed", name)
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            failed = f"{name}: {type(exc).__name__}: {exc}"
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        log.info("== stage %s: %s in %.1fs", name, entry["status"], entry["seconds"])
+        report["stages"].append(entry)
+        if failed:
+            break
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    report["tables"] = _table_versions(ctx)
+    report["status"] = "failed" if failed else "ok"
+    if failed:
+        report["error"] = failed
+        report["exit_code"] = 1
+        log.error("nightly FAILED at %s", failed)
+    _log_summary(report)
+    return report
+
+
+def _table_versions(ctx) -> dict:
+    out = {}
+    spark = ctx.spark
+    for name in ("orders", "user_features", "training_examples", *OUTPUT_TABLES):
+        ref = lake.table_ref(ctx.cfg.lakehouse, name)
+        try:
+            version = lake.current_version(spark, ref)
+        except Exception:  # noqa: BLE001 - the summary must not fail on an unreadable table
+            version = None
+        if version is not None:
+            out[ref.name] = {"version": version, "location": ref.path}
+    return out
+
+
+def _log_summary(report: dict) -> None:
+    lines = ["nightly summary:"]
+    for s in report["stages"]:
+        lines.append(f"  {s['stage']:<9} {s['status']:<7} {s['seconds']:>8.1f}s")
+    for g in report["gates"]:
+        lines.append(f"  gate {g['gate']:<18} {g['where']:<28} {'pass' if g['passed'] else 'FAIL':<5} {g['message']}")
+    lines.append(f"  total {report['seconds']:.1f}s, status {report['status']}")
+    log.info("\n".join(lines))
