@@ -548,16 +548,41 @@ def _abs(path: Optional[str]) -> Optional[str]:
     return str(Path(path).expanduser().resolve())
 
 
+def _rebase(path: Optional[str], root: Optional[str], shared: Optional[str]) -> Optional[str]:
+    """Paths written under the default ``lakehouse/`` follow ``lakehouse.root`` / ``shared_dir``.
+
+    So moving the lakehouse (``--set lakehouse.root=/data/lh``) moves the shared dir, the
+    model, checkpoint, cache and report dirs and the generated raw files with it.
+    """
+    if path is None or Path(path).is_absolute() or "://" in path:
+        return path
+    parts = Path(path).parts
+    if parts[:2] == ("lakehouse", "_shared") and shared is not None:
+        return str(Path(shared, *parts[2:]))
+    if parts[:1] == ("lakehouse",) and root is not None and "://" not in root:
+        return str(Path(root, *parts[1:]))
+    return path
+
+
 def _resolve_paths(cfg: Config) -> Config:
+    root = _abs(cfg.lakehouse.root)
+    shared = _abs(_rebase(cfg.lakehouse.shared_dir, root, None))
     sections = {}
     for section, key in _PATH_KEYS:
-        sections.setdefault(section, {})[key] = _abs(getattr(getattr(cfg, section), key))
+        value = getattr(getattr(cfg, section), key)
+        if (section, key) == ("lakehouse", "root"):
+            resolved = root
+        elif (section, key) == ("lakehouse", "shared_dir"):
+            resolved = shared
+        else:
+            resolved = _abs(_rebase(value, root, shared))
+        sections.setdefault(section, {})[key] = resolved
     replaced = {s: dataclasses.replace(getattr(cfg, s), **vals) for s, vals in sections.items()}
     sources = {}
     for name in ("orders", "events", "campaign_exposures", "user_attributes"):
         src = getattr(cfg.sources, name)
         if src is not None and src.path and src.format not in ("table",):
-            sources[name] = dataclasses.replace(src, path=_abs(src.path))
+            sources[name] = dataclasses.replace(src, path=_abs(_rebase(src.path, root, shared)))
     replaced["sources"] = dataclasses.replace(cfg.sources, **sources)
     return dataclasses.replace(cfg, **replaced)
 

@@ -104,3 +104,13 @@ def test_cli_missing_conf_file_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ulv_spark.cli", "tables", "--conf", str(tmp_path / "x.yaml")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_moving_the_lakehouse_moves_every_default_path(write_conf, tmp_path):
+    cfg = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={tmp_path / 'lh'}"])
+    assert cfg.lakehouse.shared_dir == str(tmp_path / "lh" / "_shared")
+    assert cfg.train.model_dir == str(tmp_path / "lh" / "_shared" / "models")
+    assert cfg.generate.output_dir == str(tmp_path / "lh" / "raw")
+    assert cfg.sources.orders.path == str(tmp_path / "lh" / "raw" / "orders")
+    explicit = load_config(write_conf("lakehouse: {root: /a}\ntrain: {model_dir: /b/models}\n"))
+    assert explicit.train.model_dir == "/b/models" and explicit.lakehouse.shared_dir == "/a/_shared"

@@ -1,0 +1,137 @@
+"""The nightly job end to end on generated data, as the scheduler runs it (issue: nightly job).
+
+One lakehouse for the module: generate, then nights D, D again, D + 1, and broken nights.
+Runs in-process through the CLI entry point (the shared Spark session is reused).
+"""
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ulv_spark import cli, lake
+from ulv_spark.config import load_config
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+D = dt.date(2025, 10, 1)
+OUTPUTS = ("user_value", "user_churn", "promo_uplift", "user_segments")
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("nightly")
+    conf = root / "conf.yaml"
+    # Every path of the local conf lives under lakehouse.root, so moving the root is enough.
+    conf.write_text(f"""extends: {REPO / 'conf' / 'local.yaml'}
+lakehouse: {{root: {root / 'lakehouse'}, schema: nightly_t}}
+generate: {{users: 1200, partitions: 2}}
+train:
+  epochs: 1
+  pretrain_epochs: 1
+  batch_size: 128
+  encoder: {{hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64}}
+""")
+    assert cli.main(["generate", "--conf", str(conf), "--as-of", D.isoformat()]) == 0
+    return conf
+
+
+def _run(conf, capsys, *args):
+    capsys.readouterr()
+    code = cli.main(["nightly", "--conf", str(conf), *args])
+    out = capsys.readouterr().out
+    return code, json.loads(out[out.index("{"):])
+
+
+def _snapshot(spark, cfg):
+    """Output tables as sorted rows without run_id (a new run id is the only thing a re-run may change)."""
+    snap = {}
+    for name in OUTPUTS:
+        df = lake.read_table(spark, lake.table_ref(cfg.lakehouse, name)).drop("run_id")
+        snap[name] = sorted(tuple(r) for r in df.collect())
+    return snap
+
+
+def _versions(spark, cfg):
+    return {n: lake.current_version(spark, lake.table_ref(cfg.lakehouse, n)) for n in OUTPUTS}
+
+
+def test_nightly_end_to_end_then_rerun_then_next_day(night, spark, capsys):
+    cfg = load_config(night)
+    code, first = _run(night, capsys, "--as-of", D.isoformat())
+    assert code == 0, first
+    assert [s["stage"] for s in first["stages"]] == ["ingest", "features", "train", "score"]
+    assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
+    assert first["stages"][2]["trained"] is True
+    assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
+
+    users = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_features"), as_of_date=D).count()
+    schema = cfg.lakehouse.schema
+    for name in ("user_value", "user_churn", "user_segments"):
+        assert spark.sql(f"SELECT count(*) FROM {schema}.latest_{name}").first()[0] == users
+    arms = spark.sql(f"SELECT count(DISTINCT arm) FROM {schema}.promo_uplift").first()[0]
+    assert arms >= 2
+    assert spark.sql(f"SELECT count(*) FROM {schema}.promo_uplift WHERE as_of_date = DATE'{D}'").first()[0] == users * arms
+    top = spark.sql(f"SELECT min(value_decile), max(value_decile) FROM {schema}.latest_user_value").first()
+    assert tuple(top) == (1, 10)
+
+    before = _snapshot(spark, cfg)
+    code, again = _run(night, capsys, "--as-of", D.isoformat())
+    assert code == 0 and again["stages"][2]["trained"] is False
+    assert _snapshot(spark, cfg) == before
+
+    nxt = D + dt.timedelta(days=1)
+    code, next_day = _run(night, capsys, "--as-of", nxt.isoformat())
+    assert code == 0, next_day
+    assert next_day["stages"][2]["trained"] is False
+    dates = [r[0] for r in spark.sql(f"SELECT DISTINCT as_of_date FROM {schema}.user_value ORDER BY 1").collect()]
+    assert dates == [D, nxt]
+    models = {r[0] for r in spark.sql(f"SELECT DISTINCT model_version FROM {schema}.user_value").collect()}
+    assert len(models) == 1
+
+
+def test_broken_input_fails_the_night_and_leaves_outputs_untouched(night, spark, capsys):
+    cfg = load_config(night)
+    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
+        pytest.skip("needs the first test's nights")
+    before, versions = _snapshot(spark, cfg), _versions(spark, cfg)
+    # every amount unparsable: the reject-share gate stops the night in ingest
+    code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=2)).isoformat(),
+                        "--set", "sources.orders.columns.amount=customer_id")
+    assert code == 1 and report["status"] == "failed"
+    assert report["stages"][-1]["stage"] == "ingest" and report["stages"][-1]["status"] == "failed"
+    assert _versions(spark, cfg) == versions and _snapshot(spark, cfg) == before
+
+
+def test_score_shift_gate_stops_before_outputs_are_replaced(night, spark, capsys):
+    cfg = load_config(night)
+    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
+        pytest.skip("needs the first test's nights")
+    versions = _versions(spark, cfg)
+    code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=3)).isoformat(),
+                        "--set", "gates.max_score_psi=-1")
+    assert code == 1
+    failed = [g for g in report["gates"] if not g["passed"]]
+    assert [g["gate"] for g in failed] == ["score_psi"]
+    assert _versions(spark, cfg) == versions
+
+
+def test_notebook_runs_against_the_lakehouse(night, spark):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    cfg = load_config(night)
+    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
+        pytest.skip("needs the first test's nights")
+    nb = nbformat.read(REPO / "notebooks" / "explore_output_tables.ipynb", as_version=4)
+    os.environ["ULV_SPARK_CONF"] = str(night)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        os.environ.pop("ULV_SPARK_CONF", None)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
