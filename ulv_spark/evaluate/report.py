@@ -42,6 +42,12 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0} .note{color:#555;font-si
 """
 
 
+def _style(method: str) -> dict:
+    """Line style per method: the model drawn thick and on top, so overlapping baselines never hide it."""
+    return {"color": COLORS.get(method), "linewidth": 2.2 if method == "model" else 1.3,
+            "zorder": 5 if method == "model" else 3}
+
+
 def _ordered(methods) -> list[str]:
     known = [m for m in METHOD_ORDER if m in methods]
     return known + sorted(m for m in methods if m not in METHOD_ORDER)
@@ -86,8 +92,8 @@ def gain_lift_plot(res: SplitResult) -> Optional[str]:
     grid = np.linspace(0.02, 1.0, 50)
     for m in methods:
         x, y = M.gain_curve(actual, res.predictions[m][EXPECTED_VALUE].to_numpy(float))
-        gain_ax.plot(x, y, color=COLORS.get(m), label=m)
-        lift_ax.plot(grid, np.interp(grid, x, y) / grid, color=COLORS.get(m), label=m)
+        gain_ax.plot(x, y, label=m, **_style(m))
+        lift_ax.plot(grid, np.interp(grid, x, y) / grid, label=m, **_style(m))
     lift_ax.plot(grid, np.interp(grid, px, py) / grid, color="black", linestyle=":", label="perfect")
     lift_ax.axhline(1.0, color="#999", linestyle="--", label="random")
     gain_ax.set(xlabel="share of users targeted (by predicted value)", ylabel="share of actual spend",
@@ -148,7 +154,7 @@ def qini_plots(res: SplitResult) -> list[str]:
                     continue
                 x, q = M.qini_curve(y, t, res.predictions[m].loc[rows, col].to_numpy(float))
                 coef = M.qini_coefficient(y, t, res.predictions[m].loc[rows, col].to_numpy(float))
-                ax.plot(x, q, color=COLORS.get(m), label=f"{m} (Qini {coef:.4g})")
+                ax.plot(x, q, label=f"{m} (Qini {coef:.4g})", **_style(m))
                 end = q[-1]
             ax.plot([0, 1], [0, end], color="#999", linestyle="--", label="random")
             ax.set(xlabel="share of users targeted (by predicted uplift)",
@@ -172,7 +178,7 @@ def reliability_plot(res: SplitResult, bins: int = 10) -> Optional[str]:
         filled = table["n"] > 0
         ece = M.expected_calibration_error(churned, np.clip(res.predictions[m][CHURN_PROBABILITY].to_numpy(float), 0, 1), bins)
         ax.plot(table["mean_predicted"][filled], table["observed_rate"][filled], marker="o",
-                color=COLORS.get(m), label=f"{m} (ECE {ece:.3f})")
+                label=f"{m} (ECE {ece:.3f})", **_style(m))
     ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate",
            title="Churn reliability diagram", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
