@@ -1,7 +1,5 @@
 """`score` end to end on Delta with a real tiny model: scores, idempotence, SQL, mismatch, failure."""
-import dataclasses
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +65,9 @@ def _feature_rows(as_of, n, seed):
     return rows
 
 
-def _write_features(spark, lakehouse, dates=((D_OLD, 7, 1), (D, N_USERS - 1, 2))):
+def _write_features(spark, lakehouse):
     ref = lake.table_ref(lakehouse, "user_features")
-    for as_of, n, seed in dates:
+    for as_of, n, seed in ((D_OLD, 7, 1), (D, N_USERS - 1, 2)):
         df = spark.createDataFrame(_feature_rows(as_of, n, seed), FEATURES_CONTRACT.ddl())
         lake.write_partition(spark, df, ref, FEATURES_CONTRACT, as_of=as_of)
     return ref
@@ -138,7 +136,7 @@ def test_scores_equal_an_in_process_forward_pass(spark, env):
     top = value.sort_values(["expected_value", "user_id"], ascending=[False, True])
     assert top["value_decile"].is_monotonic_increasing
     assert set(value["horizon_days"]) == {60} and set(value["model_version"]) == {"20250915T000000-good"}
-    assert set(value["run_id"]) == {"run-1"}
+    assert value["run_id"].nunique() == 1 and churn["run_id"].nunique() == 1
 
 
 def test_every_user_gets_one_row_and_rerun_is_identical(spark, env):
@@ -197,22 +195,22 @@ def test_model_feature_mismatch_fails_before_writing(spark, env, case, expected)
     assert {t: lake.current_version(spark, lake.table_ref(cfg.lakehouse, t)) for t in names} == versions
 
 
-def test_failed_table_write_is_named_and_earlier_versions_stay(spark, env, tmp_path):
-    lakehouse = dataclasses.replace(env["cfg"].lakehouse, root=str(tmp_path / "lh"), schema="score_fail",
-                                    shared_dir=str(tmp_path / "lh" / "_shared"))
-    conf = tmp_path / "conf.yaml"
-    conf.write_text(Path(env["conf"]).read_text(encoding="utf-8").replace(env["cfg"].lakehouse.root, lakehouse.root)
-                    .replace("schema: score_it", "schema: score_fail"), encoding="utf-8")
-    _write_features(spark, lakehouse, dates=((D, N_USERS - 1, 2),))
-    # a user_churn table of the wrong shape already exists: its write must fail, and say so
-    churn = lake.table_ref(lakehouse, "user_churn")
-    spark.createDataFrame([("x", D)], "user_id string, as_of_date date").write.format("delta") \
-        .partitionBy("as_of_date").save(churn.path)
-    with pytest.raises(JobFailed) as err:
-        job.run(_make_ctx(spark, conf, "run-fail"), None)
+def test_failed_table_write_is_named_and_earlier_versions_stay(spark, env):
+    cfg = env["cfg"]
+    churn = lake.table_ref(cfg.lakehouse, "user_churn")
+    before = {t: _table(spark, cfg, t) for t in TABLES}
+    # a table constraint that this run's rows break makes exactly the user_churn write fail
+    spark.sql(f"ALTER TABLE {churn.name} ADD CONSTRAINT reject_failing_run CHECK (run_id <> 'run-fail')")
+    try:
+        with pytest.raises(JobFailed) as err:
+            job.run(_make_ctx(spark, env["conf"], "run-fail"), None)
+    finally:
+        spark.sql(f"ALTER TABLE {churn.name} DROP CONSTRAINT reject_failing_run")
     message = str(err.value)
-    assert f"writing {churn.name} for {D} failed" in message
+    assert f"writing {churn.name} for {D} failed (" in message
     assert "Written by this run: ['user_value']" in message
-    assert "['user_churn', 'promo_uplift', 'user_segments']" in message
-    assert lake.read_table(spark, churn).count() == 1  # the old version is still what readers see
-    assert lake.read_table(spark, lake.table_ref(lakehouse, "user_value"), as_of_date=D).count() == N_USERS
+    assert "not written (previous versions stay readable): ['user_churn', 'promo_uplift', 'user_segments']" in message
+    assert set(_table(spark, cfg, "user_value")["run_id"]) == {"run-fail"}
+    for name in ("user_churn", "promo_uplift", "user_segments"):  # readers still see the previous run
+        after = _table(spark, cfg, name)
+        assert len(after) == len(before[name]) and set(after["run_id"]) == set(before[name]["run_id"]) != {"run-fail"}
