@@ -10,6 +10,9 @@ Steps, each logged as a stage:
 3. write the four tables (each its own Delta transaction, replacing partition D) and the
    `latest_*` views. A failing table is named in the error together with the tables already
    written; tables not yet written keep their previous version.
+
+`stage_predictions(ctx)` (steps 1-2) and `publish(ctx, staged)` (step 3) are separate so the
+nightly job can gate on the staged predictions before any output table is replaced.
 """
 from __future__ import annotations
 
@@ -31,12 +34,12 @@ SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
 log = get_logger("ulv_spark.score")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StagedScores:
     """Predictions for one date in the staging table, checked, not yet published."""
 
     model_dir: str
-    meta: object
+    meta: object                # train.artifacts.ModelMeta
     users: int
     predictions: object  # DataFrame: the staged rows of the date at `staging_version`
     staging_version: int
