@@ -184,3 +184,29 @@ def test_torchrun_two_processes_train_from_parquet_without_spark(tmp_path):
     assert summary["world_size"] == 2 and summary["status"] == "finished"
     model, meta = load_model(summary["model_dir"])
     assert meta.vocab_fingerprint == "synthetic"
+
+
+def test_feed_rows_follow_the_numpy_standardisation_and_label_rules(spark):
+    from ulv_spark.train.model import standardise
+
+    rows = [("u1", AS_OF, dt.date(2025, 7, 3), 3.0, None, [5, 6, 0], [1, 1, 0], 12.5, 0, "c1", "coupon", 1, 7.0),
+            ("u2", AS_OF, dt.date(2025, 7, 3), -2.0, float("nan"), None, None, None, 1, None, None, None, None),
+            ("u3", AS_OF, dt.date(2025, 6, 3), 0.0, float("inf"), [7, 0, 0], [1, 0, 0], 0.0, 1, "c1", "other", 0, None)]
+    df = spark.createDataFrame(rows, "user_id string, as_of_date date, origin_date date, f1 double, f2 double, "
+                                     "seq_tokens array<int>, seq_mask array<int>, label_value double, "
+                                     "label_churned int, campaign_id string, arm string, label_converted int, "
+                                     "label_response_value double")
+    mean, std = [0.5, 1.0], [2.0, 0.5]
+    out = feeds.prepare_feed_frame(df, feature_columns=["f1", "f2"], mean=mean, std=std,
+                                   arms=["control", "coupon"], seq_len=3).toPandas()
+    user_of = dict(df.selectExpr("xxhash64(user_id, origin_date)", "user_id").collect())
+    out.index = out[feeds.ROW_ID].map(user_of)
+    raw = np.array([[3.0, np.nan], [-2.0, np.nan], [0.0, np.inf]])
+    np.testing.assert_allclose(np.stack(out.loc[["u1", "u2", "u3"], feeds.FEATURES]), standardise(raw, mean, std),
+                               rtol=1e-6)
+    assert out.loc["u2", feeds.TOKENS].tolist() == [0, 0, 0] and out.loc["u2", feeds.MASK].tolist() == [0, 0, 0]
+    assert out[feeds.ARM_INDEX].to_dict() == {"u1": 1, "u2": -1, "u3": -1}  # an arm outside the model: unexposed
+    assert out[feeds.Y_VALUE].to_dict() == {"u1": 12.5, "u2": 0.0, "u3": 0.0}
+    assert out[feeds.Y_CONVERTED].to_dict() == {"u1": 1.0, "u2": 0.0, "u3": 0.0}
+    assert out[feeds.Y_RESPONSE].to_dict() == {"u1": 7.0, "u2": 0.0, "u3": 0.0}
+    assert out[feeds.Y_CHURN].to_dict() == {"u1": 0.0, "u2": 1.0, "u3": 1.0}

@@ -2,9 +2,10 @@
 
 Two halves:
 
-* driver side (Spark, pure DataFrame -> DataFrame plus small aggregates): split by origin,
-  feature statistics, the arm catalogue and :func:`prepare_feed_frame`; then materialise it
-  for one of two loaders — Petastorm (:func:`make_petastorm_feed`, ``make_spark_converter``)
+* driver side (Spark, pure DataFrame -> DataFrame plus small aggregates):
+  :func:`split_by_origin`, :func:`training_statistics` (feature scaling, label base rates and
+  the arm catalogue in one aggregate) and :func:`prepare_feed_frame`; then materialise the
+  rows for one of two loaders — Petastorm (:func:`make_petastorm_feed`, ``make_spark_converter``)
   or Arrow (:func:`write_arrow_feed`, plain Parquet files);
 * rank side (no Spark): :func:`open_batches` gives an endless iterator of torch batches for
   (rank, world) plus a fixed ``steps_per_epoch``, identical on every rank, so DDP ranks never
