@@ -1,33 +1,61 @@
-"""`make demo`: run the pipeline end to end on the embedded default and say where the tables are."""
+"""`make demo`: generate data, run the nightly job end to end on the embedded default, say where things are.
+
+Steps: `ulv-spark generate` (synthetic shop with known truth) -> `ulv-spark nightly --evaluate`
+(ingest, features, train, score with quality gates, backtest + HTML report) for the run date
+in the conf -> a short summary of the tables, their row counts and the report's path.
+"""
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import sys
 
-from ulv_spark.cli import available_commands, main as cli_main
-
-# The demo chain, in order; steps whose command is not part of this build are skipped.
-DEMO_STEPS = (
-    ("generate", []),
-    ("nightly", []),
-    ("tables", []),
-)
+from ulv_spark.cli import main as cli_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ulv_spark.demo")
+    parser = argparse.ArgumentParser(prog="python -m ulv_spark.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="conf/local.yaml")
+    parser.add_argument("--as-of", default=None, help="run date (default: run.as_of in the conf)")
+    parser.add_argument("--no-evaluate", action="store_true", help="skip the backtest and report")
     args = parser.parse_args(argv)
-    commands = available_commands()
-    for name, extra in DEMO_STEPS:
-        if name not in commands:
-            print(f"demo: '{name}' is not part of this build yet; skipped", file=sys.stderr)
-            continue
-        print(f"\n=== ulv-spark {name} ===", file=sys.stderr)
-        code = cli_main([name, "--conf", args.conf, *extra])
+    date = ["--as-of", args.as_of] if args.as_of else []
+    steps = [["generate", "--conf", args.conf, *date],
+             ["nightly", "--conf", args.conf, *date, *([] if args.no_evaluate else ["--evaluate"])]]
+    for step in steps:
+        print(f"\n=== ulv-spark {' '.join(step)} ===", file=sys.stderr, flush=True)
+        code = cli_main(step)
         if code != 0:
-            print(f"demo: '{name}' failed with exit code {code}", file=sys.stderr)
+            print(f"demo: `ulv-spark {step[0]}` failed with exit code {code}", file=sys.stderr)
             return code
+    return summarize(args.conf)
+
+
+def summarize(conf_path: str) -> int:
+    """Print the output tables (with row counts), the SQL to read them and the newest report."""
+    from ulv_spark import lake
+    from ulv_spark.config import load_config
+    from ulv_spark.spark import get_spark
+    from ulv_spark.tables_cmd import KNOWN_TABLES, SCORE_TABLES
+
+    cfg = load_config(conf_path)
+    spark = get_spark(cfg.spark, cfg.lakehouse)
+    lake.attach(spark, cfg.lakehouse, KNOWN_TABLES, views_for=SCORE_TABLES)
+    print("\n=== demo done ===")
+    print(f"lakehouse: {cfg.lakehouse.root}")
+    for name in (*SCORE_TABLES, "user_features", "training_examples", "evaluation_metrics"):
+        ref = lake.table_ref(cfg.lakehouse, name)
+        if lake.is_delta(spark, ref):
+            rows = spark.table(ref.name).count()
+            print(f"  {ref.name:<28} {rows:>9} rows  {ref.path}")
+    schema = lake.table_ref(cfg.lakehouse, "user_value").schema_name
+    print("read them with Spark SQL, e.g.:")
+    print(f"  SELECT segment, count(*) FROM {schema}.latest_user_segments GROUP BY segment")
+    reports = sorted(glob.glob(os.path.join(cfg.evaluate.report_dir, "*.html")), key=os.path.getmtime)
+    if reports:
+        print(f"backtest report (open in a browser): {reports[-1]}")
+    print("exploration notebook: notebooks/explore_output_tables.ipynb")
     return 0
 
 
