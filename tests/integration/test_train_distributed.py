@@ -1,5 +1,6 @@
 """Distributed training on CPU: TorchDistributor in barrier mode and (through `ulv-spark train`, stopped
-and resumed) in local mode, both via Petastorm; Arrow vs Petastorm rows; plain torchrun without Spark."""
+and resumed) in local mode, both via Petastorm; Arrow vs Petastorm rows, the pretraining feed;
+plain torchrun without Spark."""
 import datetime as dt
 import json
 import os
@@ -87,14 +88,23 @@ def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples
     cfg = _cfg(tmp_path, validation_share=0.0, feed_files=4)
     kw = dict(train_cfg=cfg, seq_len=SEQ, vocab_size=VOCAB, vocab_fingerprint="fp", horizon_days=90, as_of=AS_OF,
               key="rows", world=2)
+    # user_features of the run date (one row per user): their sequences join the pretraining feed
+    users = examples.filter("origin_date = DATE'2025-07-03'").select("user_id", "as_of_date", "seq_tokens", "seq_mask")
     by_loader = {}
     for loader in ("petastorm", "arrow"):
-        prepared = fit.prepare(spark, source, loader=loader, **kw)
+        extra = users if loader == "arrow" else None  # one pretraining feed is enough to check
+        prepared = fit.prepare(spark, source, loader=loader, extra_sequences=extra, **kw)
         try:
             assert prepared.train.rows == ROWS and prepared.val is None
             by_loader[loader] = [_epoch_ids(prepared.train, rank, 2, 50) for rank in range(2)]
+            if extra is not None:
+                assert prepared.pretrain.rows == ROWS + ROWS // 3
+                info = json.loads((Path(cfg.parquet_dir) / "rows" / feeds.FEED_META_FILE).read_text())
+                assert info["rows"] == {"train": ROWS, "pretrain": ROWS + ROWS // 3}
+                assert info["meta"]["arms"] == list(synthetic.DEFAULT_ARMS)
         finally:
-            feeds.delete_feed(prepared.train)
+            for materialised in prepared.feeds():
+                feeds.delete_feed(materialised)
     all_ids = {r[0] for r in source.selectExpr("xxhash64(user_id, origin_date)").collect()}
     for loader, ranks in by_loader.items():
         for epochs in ranks:
@@ -109,16 +119,13 @@ def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples
 
 def test_train_command_stopped_after_epoch_1_resumes_and_writes_a_model(spark, examples, lakehouse, write_conf,
                                                                        tmp_path, capsys):
-    """`ulv-spark train` end to end: 2 processes in local mode through Petastorm, stopped and resumed."""
+    """`ulv-spark train` end to end: 2 processes in local mode, stopped after epoch 1, resumed through Petastorm."""
     from ulv_spark import cli
     from ulv_spark.config import FeaturesConf
     from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
 
     ref = lake.table_ref(lakehouse, "training_examples")
     examples.write.format("delta").partitionBy("as_of_date").save(ref.path)
-    # user_features of the run date: their sequences join the pretraining (one row per user)
-    users = examples.filter("origin_date = DATE'2025-07-03'").select("user_id", "as_of_date", "seq_tokens", "seq_mask")
-    users.write.format("delta").partitionBy("as_of_date").save(lake.table_ref(lakehouse, "user_features").path)
     shared = tmp_path / "shared"
     conf = write_conf(f"""
 lakehouse: {{root: "{lakehouse.root}", schema: {lakehouse.schema}, shared_dir: "{shared}"}}
@@ -142,7 +149,9 @@ train:
   encoder: {{hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}}
 """)
     train = ["train", "--conf", str(conf), "--as-of", "2025-10-01"]
-    assert cli.main(train + ["--set", "train.stop_after_epochs=1"]) == 1
+    # the run that is stopped reads through the Arrow loader; the loader is transport, so the
+    # Petastorm run below still resumes its checkpoint
+    assert cli.main(train + ["--set", "train.stop_after_epochs=1", "--set", "train.loader=arrow"]) == 1
     assert "stopped after 1 of 3 epochs" in capsys.readouterr().err
     assert latest_model_dir(f"{shared}/models") is None
     [run_dir] = list((shared / "ck").iterdir())
@@ -152,7 +161,7 @@ train:
     out = capsys.readouterr().out
     summary = json.loads(out[out.rindex('{\n  "command": "train"'):])
     assert summary["resumed_from_epoch"] == 1 and summary["loader"] == "petastorm"
-    assert summary["rows_val"] == 0 and summary["rows_pretrain"] == ROWS + ROWS // 3
+    assert summary["rows_val"] == 0 and summary["rows_pretrain"] == ROWS  # no user_features table: examples only
     features_cfg = FeaturesConf(sequence_length=SEQ)
     meta = _assert_usable_model(summary, examples, f"{shared}/models", vocab=vocab_size(features_cfg))
     assert meta.vocab_fingerprint == vocabulary_fingerprint(features_cfg)
