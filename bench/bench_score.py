@@ -8,7 +8,9 @@ Same model, same rows, one process each, on this machine:
   numpy conversion the UDF does);
 * ``pandas_udf``: `score.udf.score_users` over a Parquet copy of the rows read by Spark
   (local[2], the table's file splits as tasks), forced with the ``noop`` sink; ``cold`` is the
-  first run (Python workers start and load the model), ``warm`` the best of the next runs.
+  first run (Python workers start and load the model), ``warm`` the best of the next runs;
+* ``single_core``: the bare forward with one torch thread vs the UDF in one task (one Python
+  worker, one thread): the UDF's own overhead.
 The variants run interleaved, best of ``--repeats`` each, so they share the machine's load.
 
 Run: ``.venv/bin/python -m bench.bench_score [--users 20000] [--batch-sizes 1024,4096] [--repeats 3]``.
@@ -108,17 +110,30 @@ def main(argv=None) -> dict:
     features = spark.read.parquet(parquet)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
-    def run_udf(batch_size):
-        scored = udf.score_users(features, model_dir=model_dir, feature_columns=meta.feature_columns)
+    def run_udf(batch_size, source=features):
+        scored = udf.score_users(source, model_dir=model_dir, feature_columns=meta.feature_columns)
         with udf.arrow_batch_size(spark, batch_size):
             scored.write.format("noop").mode("overwrite").save()
 
     cold = {b: _best(lambda: run_udf(b), 1) for b in batch_sizes}
     # interleaved repeats, best of each: the shared machine's load drifts, so every variant
     # must see the same conditions for the ratios to mean something
+    threads = torch.get_num_threads()
+
+    def bare_one_thread():
+        torch.set_num_threads(1)
+        try:
+            predict_arrays(model, meta, tokens, mask, tabular)
+        finally:
+            torch.set_num_threads(threads)
+
+    one_task = features.coalesce(1)
     runs = {"bare": lambda: predict_arrays(model, meta, tokens, mask, tabular),
             "frame": lambda: predict_batch(pdf, model, meta),
-            **{b: (lambda b=b: run_udf(b)) for b in batch_sizes}}
+            **{b: (lambda b=b: run_udf(b)) for b in batch_sizes},
+            # one core each (a task's Python worker runs torch with OMP_NUM_THREADS = 1): the
+            # UDF's own overhead, less sensitive to how a busy machine shares its cores
+            "bare_1t": bare_one_thread, "udf_1task": lambda: run_udf(max(batch_sizes), one_task)}
     best = {key: float("inf") for key in runs}
     for _ in range(args.repeats):
         for key, fn in runs.items():
@@ -141,6 +156,12 @@ def main(argv=None) -> dict:
         "predict_batch": {"seconds": round(frame_s, 3), "users_per_s": round(n / frame_s),
                           "ratio_to_bare_forward": round(bare_s / frame_s, 3)},
         "pandas_udf": udf_results,
+        "single_core": {"batch_size": max(batch_sizes),
+                        "bare_forward_1_thread": {"seconds": round(best["bare_1t"], 3),
+                                                  "users_per_s": round(n / best["bare_1t"])},
+                        "pandas_udf_1_task": {"seconds": round(best["udf_1task"], 3),
+                                              "users_per_s": round(n / best["udf_1task"])},
+                        "ratio_to_bare_forward": round(best["bare_1t"] / best["udf_1task"], 3)},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "score.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
