@@ -116,7 +116,8 @@ class GeneratorParams:
         if self.campaign_every_days and self.campaign_every_days < self.response_window_days:
             raise ValueError("campaign_every_days must be 0 or >= response_window_days (windows never overlap)")
         for d in self.truth_dates:
-            if not self.start_date < d or d + dt.timedelta(days=self.horizon_days) > self.end_date + dt.timedelta(days=1):
+            horizon_end = d + dt.timedelta(days=self.horizon_days)
+            if not self.start_date < d or horizon_end > self.end_date + dt.timedelta(days=1):
                 raise ValueError(f"truth date {d} needs start_date < D and D + {self.horizon_days} days <= "
                                  f"end_date + 1 day ({self.start_date} .. {self.end_date})")
 
@@ -229,11 +230,11 @@ class Simulation:
 
     def multiplier_at(self, users: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rate multiplier, discount) of `users` at times `t` under their actual campaign arms."""
+        if self.waves.size == 0:
+            return np.ones(t.shape), np.zeros(t.shape)
         w = self.wave_at(t)
         hit = w >= 0
         w_safe = np.maximum(w, 0)
-        if self.waves.size == 0:
-            return np.ones(t.shape), np.zeros(t.shape)
         return (np.where(hit, self.wave_mult[users, w_safe], 1.0),
                 np.where(hit, self.wave_discount[users, w_safe], 0.0))
 

@@ -129,7 +129,9 @@ def map_columns(raw: DataFrame, table: str, columns: dict[str, str]) -> DataFram
 def attribute_columns(mapped: DataFrame, table: str) -> list[str]:
     """The kept attribute columns of a mapped user_attributes frame (empty for other tables)."""
     spec = SPECS[table]
-    return [c for c in mapped.columns if c != SOURCE_STRUCT and c not in spec.fields] if spec.keeps_other_columns else []
+    if not spec.keeps_other_columns:
+        return []
+    return [c for c in mapped.columns if c != SOURCE_STRUCT and c not in spec.fields]
 
 
 # -------------------------------------------------------------------- value parsers
@@ -201,7 +203,8 @@ def parse_number(df: DataFrame, name: str) -> tuple[Column, Column]:
     return F.when(finite, raw), bad
 
 
-def parse_flag(df: DataFrame, name: str, true_values: Sequence[str], false_values: Sequence[str]) -> tuple[Column, Column]:
+def parse_flag(df: DataFrame, name: str, true_values: Sequence[str],
+               false_values: Sequence[str]) -> tuple[Column, Column]:
     """(value as BOOLEAN, bad). Null/blank -> false; text is matched case-insensitively."""
     dtype = _dtype(df, name)
     col = F.col(name)

@@ -118,7 +118,8 @@ def _after_run_date(ts: str, as_of: dt.date) -> Column:
     return F.to_date(F.col(ts)) > F.lit(as_of)
 
 
-def _with_dates(df: DataFrame, ts: str, as_of: dt.date, future_rows: str, checks: list[tuple[Column, str]]) -> DataFrame:
+def _with_dates(df: DataFrame, ts: str, as_of: dt.date, future_rows: str,
+                checks: list[tuple[Column, str]]) -> DataFrame:
     """Add _reason from `checks` (+ after_run_date) and _deferred."""
     late = F.col(ts).isNotNull() & _after_run_date(ts, as_of)
     if future_rows == "reject":
