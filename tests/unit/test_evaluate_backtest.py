@@ -193,3 +193,38 @@ def test_report_embeds_every_plot_and_names_every_method(backtest_result, tmp_pa
     for method in ("bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "oracle"):
         assert method in page.headers
     assert "cannot fit on purpose" in html_text  # skipped methods are explained
+
+
+class NanValues:
+    name, fits_on = "nan_values", "train"
+
+    def fit(self, frame):
+        return self
+
+    def predict(self, frame):
+        values = np.arange(len(frame), dtype=float)
+        values[3] = np.nan
+        return pd.DataFrame({"user_id": frame["user_id"], "expected_value": values, "churn_probability": 0.5})
+
+
+def test_a_method_with_non_finite_predictions_is_skipped_not_scored_on_fewer_users():
+    ex = simulate_examples(n_users=300)
+    split = Split(D(2024, 7, 1), 91, train_origins=(D(2024, 4, 1),))
+    res = run_backtest(ex, [split], [NanValues(), RfmHeuristic()], dataset="t")
+    assert "non-finite predictions" in res.splits[0].skipped["nan_values"]
+    assert set(res.metrics["method"]) == {"rfm_heuristic"}
+
+
+def test_oracle_gives_users_without_truth_the_truth_of_an_inactive_user():
+    frame = pd.DataFrame({"user_id": ["a", "b"], "true_expected_spend": [10.0, None],
+                          "true_p_alive": [0.5, None], "true_expected_purchases": [1.0, None],
+                          "true_uplift_conversion:coupon": [0.1, None]})
+    oracle = Oracle()
+    pred = oracle.predict(frame)
+    assert oracle.missing_truth_ == 1
+    np.testing.assert_allclose(pred["expected_value"], [10.0, 0.0])
+    # a: 1 - .5 * (1 - exp(-1 / .5)); b: inactive -> churn 1
+    np.testing.assert_allclose(pred["churn_probability"], [1 - 0.5 * (1 - np.exp(-2.0)), 1.0])
+    np.testing.assert_allclose(pred["uplift_conversion:coupon"], [0.1, 0.0])
+    with pytest.raises(ValueError, match="no truth"):
+        oracle.predict(frame.assign(true_expected_spend=None))

@@ -235,6 +235,13 @@ def _align(test: pd.DataFrame, pred: pd.DataFrame, method: str) -> pd.DataFrame:
     missing = aligned.drop(columns=[USER_ID]).isna().all(axis=1)
     if missing.any():
         raise ValueError(f"{method}: no prediction for {int(missing.sum())} test users")
+    # a NaN score would make every metric of that column undefined: refuse the method instead
+    # of scoring it on fewer users than the others
+    numeric = aligned.drop(columns=[USER_ID]).select_dtypes(include="number")
+    bad = {c: int((~np.isfinite(numeric[c].to_numpy(float))).sum()) for c in numeric.columns}
+    bad = {c: k for c, k in bad.items() if k}
+    if bad:
+        raise ValueError(f"{method}: non-finite predictions (column: users) {bad}")
     return aligned
 
 

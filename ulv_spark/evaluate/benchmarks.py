@@ -175,15 +175,17 @@ def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: di
     notes = [f"{k}: {json.dumps(v, default=str)}" for k, v in extra.items()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"evaluate_{name}" + (f"_{tag}" if tag else "")
-    report = write_report(result, str(RESULTS / f"{stem}.html"), title=f"ulv_spark reference benchmark: {name}",
-                          facts={**facts, "run_id": run_id, "conf overrides": tag or "none"}, notes=notes)
+    report = RESULTS / f"{stem}.html"
     wide = result.pivot()
     out = {"benchmark": name, "run_id": run_id, "machine": machine(), "seconds": seconds, "facts": facts,
            "checks": extra, "skipped": {s.split.name: s.skipped for s in result.splits},
            "metrics": {f"{split}|{metric}": {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
                        for (split, metric), row in wide.iterrows()},
-           "report": str(Path(report).relative_to(REPO)), "metrics_table": ref.name}
+           "report": str(report.relative_to(REPO)), "metrics_table": ref.name}
+    # the numbers first: a long run must not be lost to a plotting problem
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    write_report(result, str(report), title=f"ulv_spark reference benchmark: {name}",
+                 facts={**facts, "run_id": run_id, "variant": tag or "default"}, notes=notes)
     return out
 
 
@@ -232,8 +234,12 @@ SYNTHETIC_SOURCES = {
 
 
 def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", run_date: dt.date = SYNTHETIC_RUN_DATE,
-                  overrides: Optional[dict] = None, tag: str = "") -> dict:
-    """The synthetic benchmark: generate, ingest, backtest at origin run_date - H with the oracle."""
+                  overrides: Optional[dict] = None, tag: str = "", reuse: bool = False) -> dict:
+    """The synthetic benchmark: generate, ingest, backtest at origin run_date - H with the oracle.
+
+    With ``reuse``, a lakehouse already generated and ingested in ``workdir`` (same users and
+    conf) is used as it is.
+    """
     import yaml
 
     from ulv_spark import lake
@@ -256,7 +262,8 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
         text = value if isinstance(value, str) else json.dumps(value, default=lambda d: d.isoformat())
         args += ["--set", f"{key}={text}"]
     seconds = {}
-    for command in ("generate", "ingest"):
+    done = reuse and lake.is_delta(spark, lake.table_ref(cfg.lakehouse, "orders"))
+    for command in () if done else ("generate", "ingest"):
         start = time.perf_counter()
         if cli_main([command, *args]) != 0:
             raise RuntimeError(f"ulv-spark {command} failed")
@@ -285,6 +292,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=200_000, help="synthetic: number of users")
     parser.add_argument("--workdir", default=None, help="scratch lakehouse (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch lakehouse")
+    parser.add_argument("--reuse", action="store_true",
+                        help="synthetic: reuse the lakehouse already generated and ingested in --workdir")
     parser.add_argument("--tag", default="", help="suffix of the result files (variants: evaluate_<name>_<tag>.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="conf override, e.g. --set train.epochs=2")
@@ -299,7 +308,8 @@ def main(argv=None) -> int:
         if args.benchmark == "cdnow":
             out = run_cdnow(workdir, model=args.model, overrides=overrides, tag=args.tag)
         else:
-            out = run_synthetic(workdir, users=args.users, model=args.model, overrides=overrides, tag=args.tag)
+            out = run_synthetic(workdir, users=args.users, model=args.model, overrides=overrides, tag=args.tag,
+                                reuse=args.reuse)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

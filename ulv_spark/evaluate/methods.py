@@ -132,7 +132,9 @@ class Oracle:
     expected_value = true expected spend in the horizon; churn = true P(no purchase in the
     horizon) when the truth has it, else 1 - p_alive * (1 - exp(-m / p_alive)) with m the true
     expected purchases (a Poisson count for an alive user, exact when purchases are Poisson);
-    uplift = the true effect per arm.
+    uplift = the true effect per arm. A user the truth tables do not cover (e.g. seen first on
+    the origin's day boundary) gets the truth of an inactive user: no spend, churn 1, no effect;
+    ``missing_truth_`` counts them.
     """
 
     name = "oracle"
@@ -145,11 +147,12 @@ class Oracle:
         if TRUE_EXPECTED_SPEND not in frame.columns or frame[TRUE_EXPECTED_SPEND].notna().sum() == 0:
             raise ValueError("oracle: no truth for these users (synthetic data only; truth_users needs a "
                              "partition at the evaluation origin)")
+        self.missing_truth_ = int(frame[TRUE_EXPECTED_SPEND].isna().sum())
         out = {USER_ID: frame[USER_ID].to_numpy(),
                EXPECTED_VALUE: frame[TRUE_EXPECTED_SPEND].astype(float).fillna(0.0).to_numpy()}
         churn = None
         if TRUE_P_NO_PURCHASE in frame.columns:
-            churn = frame[TRUE_P_NO_PURCHASE].astype(float).to_numpy()
+            churn = frame[TRUE_P_NO_PURCHASE].astype(float).fillna(1.0).to_numpy()
         elif {TRUE_P_ALIVE, TRUE_EXPECTED_PURCHASES} <= set(frame.columns):
             p_alive = np.clip(frame[TRUE_P_ALIVE].astype(float).fillna(0.0).to_numpy(), 0.0, 1.0)
             m = np.clip(frame[TRUE_EXPECTED_PURCHASES].astype(float).fillna(0.0).to_numpy(), 0.0, None)
@@ -160,8 +163,8 @@ class Oracle:
             out[CHURN_PROBABILITY] = np.clip(churn, 0.0, 1.0)
             out[P_PURCHASE] = 1.0 - out[CHURN_PROBABILITY]
         if TRUE_P_ALIVE in frame.columns:
-            out[P_ALIVE] = frame[TRUE_P_ALIVE].astype(float).to_numpy()
+            out[P_ALIVE] = frame[TRUE_P_ALIVE].astype(float).fillna(0.0).to_numpy()
         for col in frame.columns:
             if col.startswith("true_uplift_"):
-                out[col[len("true_"):]] = frame[col].astype(float).to_numpy()
+                out[col[len("true_"):]] = frame[col].astype(float).fillna(0.0).to_numpy()
         return pd.DataFrame(out)
