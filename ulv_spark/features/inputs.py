@@ -8,8 +8,6 @@ by ``ulv_spark.spark.get_spark``).
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -115,16 +113,6 @@ def with_dates(df: DataFrame, dates) -> DataFrame:
 def days_before_key(day: Column) -> Column:
     """Whole days from `day` to the row's as_of_date."""
     return F.datediff(F.col(AS_OF_DATE), day)
-
-
-def start_of(day: dt.date) -> Column:
-    """Midnight at the start of `day` (session time zone) as a TIMESTAMP literal."""
-    return F.lit(day).cast("timestamp")
-
-
-def in_window(ts_col: str, start: dt.date, end: dt.date) -> Column:
-    """Condition: `ts_col` in [start, end) (days, session time zone)."""
-    return (F.col(ts_col) >= start_of(start)) & (F.col(ts_col) < start_of(end))
 
 
 def ratio(numerator: Column, denominator: Column) -> Column:
