@@ -72,3 +72,11 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
     attributes = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_attributes"))
     assert attributes.columns == ["user_id", "run_id", "price_sensitivity", "channel", "region", "loyalty_member"]
     assert attributes.count() == 400
+
+    # a second night with the same files changes nothing (MERGE; attributes with schema evolution)
+    again_cfg = load_config(conf, {"sources.events": None, "sources.campaign_exposures": None})
+    again = job.run(JobContext(cfg=again_cfg, as_of=D, run_id="ing-2", command="ingest"), None)["tables"]
+    assert {t: (v["inserted"], v["updated"]) for t, v in again.items()} == {"orders": (0, 0),
+                                                                           "user_attributes": (0, 0)}
+    assert sorted(tuple(r) for r in attributes.collect()) == sorted(
+        tuple(r) for r in lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_attributes")).collect())

@@ -8,6 +8,7 @@ rejects to ``<table>_rejects``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from pyspark import StorageLevel
@@ -19,7 +20,8 @@ from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
 from ulv_spark.ingest.validate import Outcome, SourceRules, prepare, reject_counts
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.schemas import CAMPAIGN_EXPOSURES, EVENTS, ORDERS, USER_ATTRIBUTES, rejects_contract
+from ulv_spark.schemas import (CAMPAIGN_EXPOSURES, EVENTS, ORDERS, USER_ATTRIBUTES, Col, TableContract,
+                               rejects_contract)
 
 CONTRACTS = {"orders": ORDERS, "events": EVENTS, "campaign_exposures": CAMPAIGN_EXPOSURES,
              "user_attributes": USER_ATTRIBUTES}
@@ -110,14 +112,23 @@ def _check_reject_shares(outcomes: dict, limit: float) -> None:
         raise JobFailed(f"rejected share above ingest.max_reject_share = {limit:.1%}, nothing written: {detail}")
 
 
+def with_attribute_columns(contract: TableContract, df) -> TableContract:
+    """`contract` plus the columns of `df` it does not name (user_attributes), each documented."""
+    if not contract.extra_columns:
+        return contract
+    extra = tuple(Col(f.name, f.dataType.simpleString().upper(), True, f"Attribute '{f.name}' from the source")
+                  for f in df.schema.fields if f.name not in contract.column_names)
+    return dataclasses.replace(contract, columns=contract.columns + extra)
+
+
 def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
     contract = CONTRACTS[table]
     ref = lake.table_ref(lake_cfg, table)
-    if lake.is_delta(spark, ref) or contract.extra_columns:
+    if lake.is_delta(spark, ref):
         metrics = lake.merge(spark, prep.good, ref, contract)
     else:
         # first load: MERGE into a new table inserts every row, and a plain write does that in one pass
-        lake.append(spark, prep.good, ref, contract)
+        lake.append(spark, prep.good, ref, with_attribute_columns(contract, prep.good))
         written = lake.last_operation_metrics(spark, ref)
         metrics = {"numTargetRowsInserted": written.get("numOutputRows", 0)}
     rejects_ref = lake.table_ref(lake_cfg, f"{table}_rejects")

@@ -99,7 +99,12 @@ class SourceRules:
 
 
 class Prepared(NamedTuple):
-    """One source, validated: labelled rows (for counts), bronze rows, reject rows."""
+    """One source, validated: labelled rows without the source row, bronze rows, reject rows.
+
+    `labelled` is what the job caches and counts; `good` is derived from it, so writing the
+    bronze rows reuses the cache. `rejects` carry the source row and are recomputed from the
+    source when there are any (rarely), which keeps the cached rows narrow.
+    """
 
     labelled: DataFrame
     good: DataFrame
@@ -431,7 +436,8 @@ LABELLERS = {"orders": label_orders, "events": label_events, "campaign_exposures
 def prepare(table: str, mapped: DataFrame, *, rules: SourceRules, as_of: dt.date, run_id: str,
             rejected_at: dt.datetime) -> Prepared:
     """Validate the mapped rows of source `table`: labelled rows, bronze rows and reject rows."""
-    labelled = LABELLERS[table](mapped, as_of=as_of, rules=rules)
+    with_source = LABELLERS[table](mapped, as_of=as_of, rules=rules)
+    labelled = with_source.drop(SOURCE_STRUCT)
     if table == "orders":
         good = orders_bronze(labelled, line_level=rules.line_level, run_id=run_id)
     elif table == "events":
@@ -440,7 +446,8 @@ def prepare(table: str, mapped: DataFrame, *, rules: SourceRules, as_of: dt.date
         good = exposures_bronze(labelled, run_id=run_id)
     else:
         good = user_attributes_bronze(labelled, run_id=run_id)
-    return Prepared(labelled, good, reject_rows(labelled, run_id=run_id, as_of=as_of, rejected_at=rejected_at))
+    rejects = reject_rows(with_source, run_id=run_id, as_of=as_of, rejected_at=rejected_at)
+    return Prepared(labelled, good, rejects)
 
 
 def reject_counts(labelled: DataFrame) -> DataFrame:
