@@ -99,21 +99,21 @@ class IngestConf:
 
 @dataclass(frozen=True)
 class GenerateConf:
-    users: int = 20000
+    users: int = 20000                   # simulated customers (each acquired by a first purchase in the period)
     partitions: int = 4                  # Spark partitions; each simulates its own users (same seed+partitions = same data)
-    seed: int = 7
+    seed: int = 7                        # with partitions, fixes the data exactly
     start_date: dt.date = dt.date(2024, 1, 1)   # first day of the simulated period (acquisitions spread over it)
     end_date: dt.date = dt.date(2025, 12, 31)   # last day of the simulated period
     output_dir: str = "lakehouse/raw"    # where the raw order log etc. are written (Parquet)
     # buy-till-you-die parameters (BG/NBD: lambda ~ Gamma(r, alpha) per day, p ~ Beta(a, b))
     r: float = 0.6
-    alpha: float = 40.0
-    a: float = 0.8
+    alpha: float = 40.0                  # mean purchase rate r / alpha = 0.015 per day
+    a: float = 0.8                       # dropout p ~ Beta(a, b): mean a / (a + b) = 0.21 per repeat purchase
     b: float = 3.0
     # Gamma-Gamma spend: per-order spend ~ Gamma(p, nu), nu ~ Gamma(q, gamma); mean p * gamma / (q - 1)
     gg_p: float = 6.0
-    gg_q: float = 4.0
-    gg_gamma: float = 20.0
+    gg_q: float = 4.0                    # > 1
+    gg_gamma: float = 20.0               # with gg_p = 6, gg_q = 4: mean spend per order 40
     categories: int = 8                  # product categories (user preferences ~ Dirichlet)
     views_per_purchase: float = 3.0      # mean product views in the session that ends in a purchase (>= 1)
     browse_sessions_per_purchase: float = 1.0  # browse-only sessions per unit of purchase rate, while alive
