@@ -124,4 +124,8 @@ def entry() -> None:  # pragma: no cover - console script wrapper
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the imported module's main: jobs raise ulv_spark.cli.JobFailed, which is not the
+    # JobFailed of this __main__ copy of the module.
+    from ulv_spark.cli import main as _main
+
+    sys.exit(_main())

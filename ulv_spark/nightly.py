@@ -62,7 +62,7 @@ def _reject_counts(result: dict) -> dict:
     out = {}
     for table, info in (result.get("tables") or {}).items():
         if isinstance(info, dict) and "rejected" in info:
-            total = info.get("rows_read", 0)
+            total = info.get("source_rows", info.get("rows_read", 0))
             out[table] = {"rejected": int(info["rejected"]), "total": int(total or 0)}
     return out
 
