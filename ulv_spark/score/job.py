@@ -43,6 +43,7 @@ class StagedScores:
     users: int
     predictions: object  # DataFrame: the staged rows of the date at `staging_version`
     staging_version: int
+    cut_points: tuple = ()  # expected_value cut points splitting the decile ranking into buckets
 
 
 def run(ctx, args) -> dict:
@@ -69,8 +70,8 @@ def stage_predictions(ctx) -> StagedScores:
     unknown_costs = sorted(set(cfg.score.arm_costs) - set(meta.arms))
     if unknown_costs:
         log.warning("score.arm_costs names arm(s) the model does not have: %s", unknown_costs)
-    predictions, staging_version = _predict(ctx, features, model_dir, meta, users)
-    return StagedScores(model_dir, meta, users, predictions, staging_version)
+    predictions, staging_version, cuts = _predict(ctx, features, model_dir, meta, users)
+    return StagedScores(model_dir, meta, users, predictions, staging_version, cuts)
 
 
 def publish(ctx, staged: StagedScores) -> dict:
@@ -78,7 +79,7 @@ def publish(ctx, staged: StagedScores) -> dict:
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     meta, model_dir, users = staged.meta, staged.model_dir, staged.users
     with stage("score.tables", log) as info:
-        written = _write_tables(ctx, staged.predictions, meta)
+        written = _write_tables(ctx, staged.predictions, meta, staged.cut_points)
         info.update(tables=len(written))
     try:
         views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
@@ -159,7 +160,7 @@ def _mismatch(meta, as_of, problems) -> str:
 
 
 def _predict(ctx, features, model_dir, meta, users: int):
-    """Score into the staging table; return (its rows for the date at the written version, version)."""
+    """Score into the staging table; return (its rows for the date at the written version, version, cut points)."""
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     ref = lake.table_ref(cfg.lakehouse, schemas.SCORE_PREDICTIONS.name)
     with stage("score.predict", log) as info:
@@ -176,31 +177,38 @@ def _predict(ctx, features, model_dir, meta, users: int):
         version = lake.current_version(spark, ref)
         info.update(users=users, batch_size=cfg.score.batch_size, staging_version=version)
     predictions = lake.read_table(spark, ref, version=version, as_of_date=as_of)
-    _check_predictions(predictions, users, len(meta.arms))
-    return predictions, version
+    cuts = _check_predictions(predictions, users, len(meta.arms), cfg.score.rank_buckets)
+    return predictions, version, cuts
 
 
-def _check_predictions(predictions, users: int, n_arms: int) -> None:
+def _check_predictions(predictions, users: int, n_arms: int, buckets: int) -> tuple:
+    """JobFailed unless there is one finite prediction per user; returns the decile bucket cut points.
+
+    One pass computes both: the checks and `buckets - 1` approximate quantiles of expected_value
+    (they only split the exact ranking into parallel buckets, so approximate is enough).
+    """
     bad_value = None
     for col in SCALAR_OUTPUTS:
         cond = F.col(col).isNull() | F.isnan(col)
         bad_value = cond if bad_value is None else bad_value | cond
     bad_arms = (F.size(ARM_CONVERSION) != n_arms) | (F.size(ARM_VALUE) != n_arms)
+    probs = [i / buckets for i in range(1, buckets)]
+    quantiles = (F.percentile_approx(EXPECTED_VALUE, F.array(*[F.lit(p) for p in probs]), 1000) if probs
+                 else F.array().cast("array<double>"))
     stats = predictions.agg(F.count(F.lit(1)).alias("rows"),
                             F.sum(F.when(bad_value, 1).otherwise(0)).alias("nan"),
-                            F.sum(F.when(bad_arms, 1).otherwise(0)).alias("bad_arms")).first()
+                            F.sum(F.when(bad_arms, 1).otherwise(0)).alias("bad_arms"),
+                            quantiles.alias("cuts")).first()
     if stats["rows"] != users or stats["nan"] or stats["bad_arms"]:
         raise JobFailed(f"predictions are unusable ({stats['rows']} rows for {users} users, {stats['nan']} with "
                         f"NaN/null outputs, {stats['bad_arms']} with arm arrays not of length {n_arms}); "
                         f"no score table was written")
+    return tuple(float(c) for c in (stats["cuts"] or ()))
 
 
-def _write_tables(ctx, predictions, meta) -> dict:
+def _write_tables(ctx, predictions, meta, cuts) -> dict:
     """Write the four tables for the date, in order; JobFailed names the one that failed."""
     cfg = ctx.cfg
-    buckets = cfg.score.rank_buckets
-    cuts = (predictions.approxQuantile(EXPECTED_VALUE, [i / buckets for i in range(1, buckets)], 1e-3)
-            if buckets > 1 else [])
     # persisted: user_value and user_segments both need the deciles, which cost a ranking pass
     scored = tables.add_value_decile(predictions, cut_points=cuts).persist(StorageLevel.MEMORY_AND_DISK)
     try:
