@@ -140,8 +140,10 @@ def _session(workdir: Path):
     from ulv_spark.spark import get_spark
 
     lake = LakehouseConf(root=str(workdir / "lakehouse"), schema="bench_eval", shared_dir=str(workdir / "shared"))
+    # shuffle and spill files under the scratch dir, not /tmp: a long run must survive /tmp clean-ups
+    extra = {"spark.local.dir": str(workdir / "spark-local")}
     return get_spark(SparkConf(master="local[2]", app_name="ulv_spark_bench_evaluate", shuffle_partitions=8,
-                               driver_memory="2g"), lake), lake
+                               driver_memory="2g", extra=extra), lake), lake
 
 
 def _config(workdir: Path, overrides: dict):
