@@ -7,7 +7,7 @@ KNOWN_TABLES = (
     "orders", "orders_rejects", "events", "events_rejects", "campaign_exposures",
     "campaign_exposures_rejects", "user_attributes", "user_attributes_rejects",
     "user_features", "training_examples", "token_vocabulary",
-    "user_value", "user_churn", "promo_uplift", "user_segments", "evaluation_metrics",
+    "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "evaluation_metrics",
     "truth_users", "truth_uplift",
 )
 SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
