@@ -6,6 +6,7 @@ and executor Python processes. Started processes are recorded (pid file in the s
 
     python -m ulv_spark.cluster start [--workers 2 --cores 1 --memory 3g --state-dir .cluster]
     python -m ulv_spark.cluster stop  [--state-dir .cluster]
+    python -m ulv_spark.cluster kill-worker|restart-worker --index 1   (fault drills)
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class ClusterState:
     worker_pids: list[int] = field(default_factory=list)
     state_dir: str = ".cluster"
     web_ui_port: int = 8080
+    cores: int = 1
+    memory: str = "3g"
 
     def save(self) -> None:
         Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -90,38 +93,76 @@ def start(workers: int = 2, cores: int = 1, memory: str = "3g", state_dir: str =
     if existing is not None and _alive(existing.master_pid):
         raise RuntimeError(f"a cluster started from {state_dir} is still running (master pid {existing.master_pid}); "
                            "stop it first")
-    home = spark_home()
-    env = dict(os.environ, SPARK_HOME=home, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
-               SPARK_LOG_DIR=str(Path(state_dir, "logs")), SPARK_NO_DAEMONIZE="1")
-    Path(env["SPARK_LOG_DIR"]).mkdir(exist_ok=True)
-    spark_class = str(Path(home, "bin", "spark-class"))
+    env = _env(state_dir)
     ui_port = _free_port()
     master_log = Path(state_dir, "master.log")
-    master = _spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+    master = _spawn([_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                      "--port", str(port), "--webui-port", str(ui_port)], master_log, env)
     state = ClusterState(master_url=f"spark://127.0.0.1:{port}", master_pid=master.pid,
-                         state_dir=state_dir, web_ui_port=ui_port)
+                         state_dir=state_dir, web_ui_port=ui_port, cores=cores, memory=memory)
     state.save()
     try:
         _wait_port(port, timeout, master, "spark master", master_log)
         for i in range(workers):
-            work_dir = Path(state_dir, f"worker{i}")
-            work_dir.mkdir(exist_ok=True)
-            wenv = dict(env, SPARK_WORKER_DIR=str(work_dir))
-            proc = _spawn([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                           "--cores", str(cores), "--memory", memory, "--webui-port", str(_free_port()),
-                           "--work-dir", str(work_dir), state.master_url], Path(state_dir, f"worker{i}.log"), wenv)
-            state.worker_pids.append(proc.pid)
+            state.worker_pids.append(_spawn_worker(state, i).pid)
             state.save()
-        deadline = time.time() + timeout
-        while _registered_workers(ui_port) < workers:
-            if time.time() > deadline:
-                raise TimeoutError(f"only {_registered_workers(ui_port)} of {workers} workers registered; "
-                                   f"see logs in {state_dir}")
-            time.sleep(0.5)
+        _wait_workers(state, workers, timeout)
     except BaseException:
         stop(state_dir)
         raise
+    return state
+
+
+def _env(state_dir: str) -> dict:
+    env = dict(os.environ, SPARK_HOME=spark_home(), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               SPARK_LOG_DIR=str(Path(state_dir, "logs")), SPARK_NO_DAEMONIZE="1")
+    Path(env["SPARK_LOG_DIR"]).mkdir(exist_ok=True)
+    return env
+
+
+def _spark_class() -> str:
+    return str(Path(spark_home(), "bin", "spark-class"))
+
+
+def _spawn_worker(state: ClusterState, index: int) -> subprocess.Popen:
+    work_dir = Path(state.state_dir, f"worker{index}")
+    work_dir.mkdir(exist_ok=True)
+    env = dict(_env(state.state_dir), SPARK_WORKER_DIR=str(work_dir))
+    return _spawn([_spark_class(), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                   "--cores", str(state.cores), "--memory", state.memory, "--webui-port", str(_free_port()),
+                   "--work-dir", str(work_dir), state.master_url], Path(state.state_dir, f"worker{index}.log"), env)
+
+
+def _wait_workers(state: ClusterState, workers: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while _registered_workers(state.web_ui_port) < workers:
+        if time.time() > deadline:
+            raise TimeoutError(f"only {_registered_workers(state.web_ui_port)} of {workers} workers registered; "
+                               f"see logs in {state.state_dir}")
+        time.sleep(0.5)
+
+
+def alive_workers(state_dir: str) -> int:
+    """How many workers the master currently counts as ALIVE."""
+    state = _load(state_dir)
+    return _registered_workers(state.web_ui_port)
+
+
+def restart_worker(state_dir: str, index: int, timeout: float = 90.0) -> int:
+    """Start worker ``index`` again (after :func:`kill_worker`); wait until it registers. Returns its pid."""
+    state = _load(state_dir)
+    if _alive(state.worker_pids[index]):
+        raise RuntimeError(f"worker {index} (pid {state.worker_pids[index]}) is still running")
+    state.worker_pids[index] = _spawn_worker(state, index).pid
+    state.save()
+    _wait_workers(state, len(state.worker_pids), timeout)
+    return state.worker_pids[index]
+
+
+def _load(state_dir: str) -> ClusterState:
+    state = ClusterState.load(str(Path(state_dir).resolve()))
+    if state is None:
+        raise RuntimeError(f"no cluster state in {state_dir}")
     return state
 
 
@@ -156,10 +197,7 @@ def kill_process(pid: int, timeout: float = 15.0) -> None:
 
 def kill_worker(state_dir: str, index: int) -> int:
     """Kill worker ``index`` (and its executors) abruptly, as a dying node would. Returns its pid."""
-    state = ClusterState.load(str(Path(state_dir).resolve()))
-    if state is None:
-        raise RuntimeError(f"no cluster state in {state_dir}")
-    pid = state.worker_pids[index]
+    pid = _load(state_dir).worker_pids[index]
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -181,7 +219,8 @@ def stop(state_dir: str = ".cluster") -> list[int]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ulv_spark.cluster", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status", "kill-worker", "restart-worker"])
+    parser.add_argument("--index", type=int, default=1, help="worker number for kill-worker / restart-worker")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--memory", default="3g")
@@ -195,6 +234,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.action == "stop":
         pids = stop(args.state_dir)
         print(f"stopped pids {pids}" if pids else "no cluster recorded in " + args.state_dir)
+    elif args.action == "kill-worker":
+        print(f"killed worker {args.index} (pid {kill_worker(args.state_dir, args.index)}) and its executors")
+    elif args.action == "restart-worker":
+        print(f"worker {args.index} up again (pid {restart_worker(args.state_dir, args.index)})")
     else:
         state = ClusterState.load(str(Path(args.state_dir).resolve()))
         if state is None or not _alive(state.master_pid):

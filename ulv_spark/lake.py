@@ -187,6 +187,20 @@ def current_version(spark, ref: TableRef) -> Optional[int]:
     return int(DeltaTable.forName(spark, ref.name).history(1).select("version").first()[0])
 
 
+def content_fingerprint(df, exclude: tuple[str, ...] = ("run_id",)) -> str:
+    """``<rows>-<sum of row hashes>``: equal for equal rows in any order, whichever version wrote them.
+
+    One distributed aggregate (xxhash64 per row, summed as a decimal so it cannot overflow);
+    ``exclude`` drops bookkeeping columns (the writing run's id) that a re-run changes.
+    """
+    from pyspark.sql import functions as F
+
+    cols = [F.col(c) for c in df.columns if c not in exclude]
+    row = df.agg(F.count(F.lit(1)).alias("n"),
+                 F.sum(F.xxhash64(*cols).cast("decimal(38,0)")).alias("h")).first()
+    return f"{row['n']}-{row['h'] or 0}"
+
+
 def create_latest_view(spark, ref: TableRef, view_name: Optional[str] = None) -> str:
     """``latest_<table>``: the rows of the newest as_of_date. Returns the view's name."""
     table = ref.name.rsplit(".", 1)[1]

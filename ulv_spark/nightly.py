@@ -162,7 +162,9 @@ def _record_gate(report: dict, gate: gates.GateResult, where: str) -> None:
 
 
 def _row_facts(result: dict) -> dict:
-    keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables")
+    keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables",
+            # training: where and how far it ran
+            "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped")
     return {k: result[k] for k in keep if k in result}
 
 

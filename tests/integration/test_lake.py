@@ -94,3 +94,14 @@ def test_latest_view_reads_newest_partition(spark, lakehouse):
                              ref, SCORES, as_of=d)
     view = lake.create_latest_view(spark, ref)
     assert [tuple(r) for r in spark.sql(f"SELECT user_id, score FROM {view}").collect()] == [("u1", 2.0)]
+
+
+def test_content_fingerprint_ignores_row_order_and_run_id_but_not_values(spark):
+    schema = "user_id string, run_id string, seq array<int>, score double"
+    a = spark.createDataFrame([("u1", "r1", [1, 2], 1.0), ("u2", "r1", [3], None)], schema)
+    same = spark.createDataFrame([("u2", "r2", [3], None), ("u1", "r2", [1, 2], 1.0)], schema).repartition(2)
+    changed = spark.createDataFrame([("u1", "r1", [2, 1], 1.0), ("u2", "r1", [3], None)], schema)
+    assert lake.content_fingerprint(a) == lake.content_fingerprint(same)
+    assert lake.content_fingerprint(a).startswith("2-")
+    assert lake.content_fingerprint(a) != lake.content_fingerprint(changed)
+    assert lake.content_fingerprint(a.limit(0)) == "0-0"

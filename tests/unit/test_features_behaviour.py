@@ -193,3 +193,22 @@ def test_without_optional_inputs_the_schema_is_the_default_contract_and_their_fe
         assert {n: row[n] for n in order_features} == {n: full[user][n] for n in order_features}, user
     # without events the sequence holds the orders only
     assert bare["sameday"][SEQ_MASK].count(1) == 4
+
+
+def test_exact_sum_and_std_do_not_depend_on_row_order(spark):
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from ulv_spark.features.inputs import exact_std_pop, exact_sum
+
+    assert (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3)  # why: a float sum depends on the order
+    rows = [("a", 0.1, 3), ("a", 0.2, 10), ("a", 0.3, 4), ("b", -1.25, 7)]
+    results = []
+    for order in (rows, rows[::-1], [rows[1], rows[3], rows[2], rows[0]]):
+        df = spark.createDataFrame(order, "k string, v double, g int").repartition(3)
+        out = df.groupBy("k").agg(exact_sum(F.col("v")).alias("s"), exact_std_pop(F.col("g")).alias("sd"))
+        results.append(sorted(tuple(r) for r in out.collect()))
+    assert results[0] == results[1] == results[2]
+    assert results[0] == [("a", 0.6, float(np.std([3, 10, 4]))), ("b", -1.25, 0.0)]
+    empty = spark.createDataFrame([("c", None, None)], "k string, v double, g int").groupBy("k")
+    assert tuple(empty.agg(exact_sum(F.col("v")), exact_std_pop(F.col("g"))).first()) == ("c", None, None)

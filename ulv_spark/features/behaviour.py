@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulv_spark.features.inputs import days_before_key, ratio
+from ulv_spark.features.inputs import days_before_key, exact_sum, ratio
 from ulv_spark.schemas import AS_OF_DATE, ATTRIBUTE_PREFIX, USER_ID, Col, event_count_column, slug, trend_pairs
 
 _NUMERIC_ATTRIBUTE_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
@@ -32,7 +32,7 @@ def _count_if(condition: Column) -> Column:
 
 
 def _sum_if(condition: Column, value: Column) -> Column:
-    return F.sum(F.when(condition, value).otherwise(F.lit(0.0)))
+    return exact_sum(F.when(condition, value).otherwise(F.lit(0.0)))
 
 
 def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
@@ -59,10 +59,10 @@ def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> 
                   F.max(F.when(purchase, day)).alias("last_purchase_day"),
                   _count_if(purchase).alias("orders_total"),
                   _count_if(~purchase).alias("returns_total"),
-                  F.sum("amount").alias("spend_total"),
+                  exact_sum(F.col("amount")).alias("spend_total"),
                   _sum_if(purchase, F.col("amount")).alias("purchase_amount"),
                   _sum_if(~purchase, F.abs("amount")).alias("return_amount"),
-                  F.sum(F.when(purchase, F.col("quantity"))).alias("quantity_sum"),
+                  exact_sum(F.when(purchase, F.col("quantity"))).alias("quantity_sum"),
                   F.count(F.when(purchase, F.col("quantity"))).alias("quantity_orders"),
                   _sum_if(purchase, F.coalesce(F.col("discount"), F.lit(0.0))).alias("discount_amount"),
                   _count_if(purchase & (F.col("discount") > 0)).alias("discounted_orders"),

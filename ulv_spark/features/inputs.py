@@ -115,6 +115,32 @@ def days_before_key(day: Column) -> Column:
     return F.datediff(F.col(AS_OF_DATE), day)
 
 
+EXACT_SUM_TYPE = "decimal(28,6)"  # summed as DECIMAL(38,6): exact for any realistic order log
+
+
+def exact_sum(value: Column) -> Column:
+    """Sum of a DOUBLE column (money, units) that does not depend on the order of the rows.
+
+    A floating-point sum changes in its last bits when Spark adds the same rows in another order
+    (another task layout, a task re-run after a lost executor), and so would every feature and
+    model input built on it. The values are summed as DECIMAL (rounded to 6 decimals, exact from
+    there on) and the total returned as DOUBLE, so a re-run gives bit-identical features.
+    """
+    return F.sum(value.cast(EXACT_SUM_TYPE)).cast("double")
+
+
+def exact_std_pop(value: Column) -> Column:
+    """Population standard deviation of an integer-valued column, independent of row order.
+
+    From exact integer sums: sqrt((n*sum(x^2) - sum(x)^2) / n^2). (Spark's stddev_pop updates a
+    running mean in floating point, whose last bits depend on the order of the rows.)
+    """
+    x = value.cast("long")
+    n = F.count(x)
+    numerator = (n * F.sum(x * x) - F.sum(x) * F.sum(x)).cast("double")
+    return F.when(n > 0, F.sqrt(F.greatest(numerator, F.lit(0.0)) / (n.cast("double") * n.cast("double"))))
+
+
 def ratio(numerator: Column, denominator: Column) -> Column:
     """numerator / denominator, and 0.0 where the denominator is not > 0 (never null or NaN)."""
     return F.when(denominator > 0, numerator / denominator).otherwise(F.lit(0.0))

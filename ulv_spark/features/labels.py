@@ -14,6 +14,7 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from ulv_spark.features.inputs import exact_sum
 from ulv_spark.schemas import (ARM, CAMPAIGN_ID, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES,
                                LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE, USER_ID)
 
@@ -45,7 +46,7 @@ def window_labels(orders: DataFrame, *, origins: Sequence, horizon_days: int) ->
     """
     window = (in_label_window(orders, "order_ts", origins=origins, horizon_days=horizon_days)
               .groupBy(*KEYS)
-              .agg(F.sum("amount").alias("net"),
+              .agg(exact_sum(F.col("amount")).alias("net"),
                    F.sum(F.when(~F.col("is_return"), F.lit(1)).otherwise(F.lit(0))).alias("purchases")))
     return window.select(
         *KEYS,
@@ -80,7 +81,7 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
                .groupBy(USER_ID, "campaign_id")
                # one exposure per (user_id, campaign_id) (the bronze key): first() just carries it
                .agg(*[F.first(c).alias(c) for c in exposure_cols],
-                    F.coalesce(F.sum("amount"), F.lit(0.0)).alias("net"),
+                    F.coalesce(exact_sum(F.col("amount")), F.lit(0.0)).alias("net"),
                     F.count(F.when(~F.col("is_return"), F.lit(1))).alias("purchases")))
     derived_converted = F.when(F.col("purchases") > 0, F.lit(1)).otherwise(F.lit(0))
     return derived.select(

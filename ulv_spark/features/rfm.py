@@ -17,7 +17,7 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from ulv_spark.features.inputs import history
+from ulv_spark.features.inputs import exact_std_pop, exact_sum, history
 from ulv_spark.schemas import AS_OF_DATE, USER_ID
 
 RFM_COLUMNS = ("frequency", "recency", "T", "monetary_value")
@@ -38,7 +38,7 @@ def purchase_days(order_history: DataFrame) -> DataFrame:
     return (order_history.filter(~F.col("is_return"))
             .repartition(*KEYS)
             .groupBy(*KEYS, F.to_date("order_ts").alias("order_day"))
-            .agg(F.sum("amount").alias("day_amount"))
+            .agg(exact_sum(F.col("amount")).alias("day_amount"))
             .select(*KEYS, "order_day", "day_amount"))
 
 
@@ -64,8 +64,10 @@ def purchase_periods(order_history: DataFrame) -> DataFrame:
                 .agg(F.min("order_day").alias("first_day"),
                      F.max("order_day").alias("last_day"),
                      F.count(F.lit(1)).alias("n_days"),
-                     F.avg(F.when(repeat, F.col("day_amount"))).alias("repeat_mean"),
-                     F.stddev_pop("gap").alias("gap_std_days"),
+                     F.when(F.count(F.when(repeat, F.lit(1))) > 0,
+                            exact_sum(F.when(repeat, F.col("day_amount"))) / F.count(F.when(repeat, F.lit(1))))
+                     .alias("repeat_mean"),
+                     exact_std_pop(F.col("gap")).alias("gap_std_days"),
                      F.max_by("gap", "order_day").alias("gap_last_days")))
     frequency = (F.col("n_days") - 1).cast("double")
     recency = F.datediff("last_day", "first_day").cast("double")

@@ -435,6 +435,28 @@ def train_rank(spec: TrainSpec) -> dict:
 # --------------------------------------------------------------------------------------------
 # Driver side
 # --------------------------------------------------------------------------------------------
+class TrainingFailed(RuntimeError):
+    """The distributed training job died (a lost worker, a crashed rank); checkpoints are kept."""
+
+    def __init__(self, reason: str, checkpoint_dir: str, last_checkpoint: Optional[str]):
+        self.reason, self.checkpoint_dir, self.last_checkpoint = reason, checkpoint_dir, last_checkpoint
+        resume = (f"the last checkpoint is {last_checkpoint}; run the same command again to resume from it"
+                  if last_checkpoint else f"no checkpoint was written yet under {checkpoint_dir}")
+        super().__init__(f"training failed: {reason}; {resume}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a Spark/TorchDistributor job died, without the JVM stack trace."""
+    text = str(exc)
+    for marker in ("Most recent failure reason: ", "Job aborted due to stage failure: ", "SparkException: "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    text = text.split("\n\tat ", 1)[0]
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line[:400] or type(exc).__name__
+
+
 def run_distributed(spec: TrainSpec, *, num_processes: int, local_mode: bool, use_gpu: bool) -> dict:
     """Run :func:`train_rank` on ``num_processes`` processes with TorchDistributor."""
     from pyspark.ml.torch.distributor import TorchDistributor
@@ -470,14 +492,46 @@ def resolve_gpu(spark, train_cfg, log) -> bool:
     return True
 
 
-def check_barrier_slots(spark, train_cfg) -> None:
-    """Barrier mode needs num_processes free task slots at once; fail early, not by hanging."""
+def check_barrier_slots(spark, train_cfg, wait_seconds: float = 60.0) -> None:
+    """Barrier mode needs num_processes free task slots at once; fail early, not by hanging.
+
+    On ``local[N]`` the slots are N. On a cluster they are what the registered executors offer
+    now: wait up to ``wait_seconds`` for executors to (re)register, then fail with a clear
+    message instead of letting Spark retry its slot check for minutes.
+    """
     if train_cfg.local_mode:
         return
-    slots = _local_slots(spark.sparkContext.master)
-    if slots is not None and slots < train_cfg.num_processes:
-        raise ValueError(f"train.local_mode=false with num_processes={train_cfg.num_processes} needs as many "
-                         f"task slots, but the master is {spark.sparkContext.master}")
+    needed = train_cfg.num_processes
+    master = spark.sparkContext.master
+    slots = _local_slots(master)
+    if slots is not None:
+        if slots < needed:
+            raise ValueError(f"train.local_mode=false with num_processes={needed} needs as many "
+                             f"task slots, but the master is {master}")
+        return
+    deadline, warned = time.time() + wait_seconds, False
+    while True:
+        slots = cluster_slots(spark)
+        if slots is None or slots >= needed:
+            return
+        if time.time() >= deadline:
+            raise ValueError(f"train.local_mode=false with num_processes={needed} needs {needed} free task slots, "
+                             f"but the executors on {master} offer {slots} (a worker lost or not registered?): "
+                             "bring the workers back or lower train.num_processes")
+        if not warned:
+            get_logger(LOG_NAME).warning("barrier training needs %d task slots, the cluster offers %d: "
+                                         "waiting up to %.0fs for executors", needed, slots, wait_seconds)
+            warned = True
+        time.sleep(2.0)
+
+
+def cluster_slots(spark) -> Optional[int]:
+    """Task slots the registered executors offer now, or None where Spark does not say."""
+    try:
+        sc = spark.sparkContext._jsc.sc()
+        return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # not exposed (e.g. a restricted Py4J gateway): let Spark's own check decide
+        return None
 
 
 def run_key(as_of, data_version, train_cfg, feature_columns: list[str]) -> str:
@@ -610,7 +664,8 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
         seq_len, vocab_size, vocab_fingerprint: from the features vocabulary.
         horizon_days: label horizon, stored with the model.
         as_of: run date; conf: the resolved conf (saved with the model).
-        data_version: Delta version of the input (part of the checkpoint run key).
+        data_version: identity of the input (part of the checkpoint run key; the train job passes a
+            content fingerprint, so a re-run over rewritten but equal rows resumes).
         fresh: ignore and clear this run's checkpoints (as ``train.resume: false`` does).
         pretrain_sequences: rows with user_id, as_of_date, seq_tokens, seq_mask (user_features
             of the run date) pretrained on together with the training split; None = split only.
@@ -652,7 +707,10 @@ def train_model(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vo
                  (prepared.pretrain or prepared.train).rows,
                  len(prepared.meta.feature_columns), prepared.meta.arms, train_cfg.loader, world,
                  train_cfg.local_mode, use_gpu)
-        summary = run_distributed(spec, num_processes=world, local_mode=train_cfg.local_mode, use_gpu=use_gpu)
+        try:
+            summary = run_distributed(spec, num_processes=world, local_mode=train_cfg.local_mode, use_gpu=use_gpu)
+        except Exception as exc:
+            raise TrainingFailed(failure_reason(exc), ckpt_dir, latest_checkpoint(ckpt_dir)) from exc
     finally:
         for materialised in prepared.feeds():
             feeds.delete_feed(materialised)

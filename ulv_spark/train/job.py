@@ -31,12 +31,12 @@ def run(ctx, args) -> dict:
     current = lake.read_table(spark, users, as_of_date=ctx.as_of) if lake.is_delta(spark, users) else None
     inputs = dict(train_cfg=cfg.train, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
                   vocab_fingerprint=vocabulary_fingerprint(cfg.features), horizon_days=cfg.run.horizon_days,
-                  as_of=ctx.as_of, data_version=lake.current_version(spark, ref), pretrain_sequences=current)
+                  as_of=ctx.as_of, data_version=_data_identity(examples, current), pretrain_sequences=current)
     try:
         if args.export_feed:
             return fit.export_feed(spark, examples, **inputs)
         summary = fit.train_model(spark, examples, conf=to_dict(cfg), fresh=args.fresh, **inputs)
-    except ValueError as exc:
+    except (ValueError, fit.TrainingFailed) as exc:
         raise JobFailed(str(exc)) from None
     if summary["status"] != "finished":
         raise JobFailed(f"stopped after {summary['epochs_run']} of {summary['epochs_planned']} epochs "
@@ -44,3 +44,18 @@ def run(ctx, args) -> dict:
     summary["mlflow_run_id"] = log_to_mlflow(cfg.train.mlflow_tracking_uri, summary["model_dir"],
                                              params={"train": to_dict(cfg)["train"]}, metrics=summary["metrics"])
     return {k: summary.get(k) for k in SUMMARY_KEYS}
+
+
+def _data_identity(examples, pretrain) -> str:
+    """What the checkpoint run key knows of the input: its content, not its Delta version.
+
+    A nightly re-run rewrites training_examples with the same rows (a new Delta version), and a
+    training run that died must still find and resume its checkpoints.
+    """
+    from ulv_spark import lake
+    from ulv_spark import schemas as S
+
+    parts = [lake.content_fingerprint(examples)]
+    if pretrain is not None:
+        parts.append(lake.content_fingerprint(pretrain.select(S.USER_ID, S.SEQ_TOKENS, S.SEQ_MASK)))
+    return "/".join(parts)
