@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHES = ("generate", "ingest", "features", "train", "score", "evaluate")
+BENCHES = ("generate", "ingest", "features", "train", "score", "evaluate", "cluster")
 
 
 def main(argv=None) -> int:
