@@ -41,10 +41,11 @@ STAGES = ("ingest", "features", "train", "score")
 
 
 def _summary(stdout: str) -> dict:
-    start = stdout.rfind("\n{\n")
+    text = "\n" + stdout
+    start = text.rfind("\n{\n")
     if start < 0:
-        raise RuntimeError("the nightly printed no summary")
-    return json.loads(stdout[start:])
+        raise RuntimeError("the command printed no JSON summary")
+    return json.loads(text[start:])
 
 
 def _run(command: list[str], cwd: Path, log: Path, env: dict) -> tuple[float, dict]:
