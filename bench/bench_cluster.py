@@ -156,7 +156,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {stage} | " + " | ".join(f"{v:.1f}" if v is not None else "" for v in values)
                      + f" | {ratio} |")
     lines.append("")
-    lines.append("Training ran on " + ", ".join(f"{r['setup']}: {r['world_size']} processes" for r in rows) + ".")
+    lines.append("Training processes: " + ", ".join(f"{r['setup']} {r['world_size']}" for r in rows)
+                 + " (local mode on the driver vs barrier mode, one rank per executor).")
     lines.append("")
     return "\n".join(lines)
 
