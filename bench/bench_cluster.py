@@ -23,7 +23,6 @@ Run: ``.venv/bin/python -m bench.bench_cluster [--users 20000]``. Prints and wri
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -87,8 +86,7 @@ def main(argv=None) -> int:
     from ulv_spark import cluster
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env = cluster.submit_env()
     env["PYSPARK_PYTHON"] = sys.executable
     rows, load_before = [], os.getloadavg()
     state_dir = scratch / "cluster"
@@ -113,13 +111,8 @@ def main(argv=None) -> int:
         wheel = next((scratch / "dist").glob("ulv_spark-*.whl"))
         state = cluster.start(workers=2, cores=1, memory="3g", state_dir=str(state_dir), port=cluster._free_port())
         cluster_conf = _conf(cluster_root, "standalone.yaml", args.users, master=state.master_url)
-        delta = importlib.metadata.version("delta-spark")
-        submit = [str(BIN / "spark-submit"), "--master", state.master_url,
-                  "--packages", f"io.delta:delta-spark_2.13:{delta}",
-                  "--conf", "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
-                  "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
-                  "--conf", f"spark.pyspark.python={sys.executable}", "--py-files", str(wheel),
-                  str(REPO / "jobs" / "nightly.py"), "--conf", str(cluster_conf), "--as-of", args.as_of]
+        submit = cluster.submit_command(state.master_url, str(wheel), str(REPO / "jobs" / "nightly.py"),
+                                        ["--conf", str(cluster_conf), "--as-of", args.as_of])
         print("nightly on the 2-worker cluster (spark-submit) ...", flush=True)
         seconds, summary = _run(submit, cluster_root, cluster_root / "nightly.log", env)
         rows.append(_row("standalone, 2 workers x 1 core", seconds, summary))

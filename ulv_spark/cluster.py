@@ -166,6 +166,35 @@ def _load(state_dir: str) -> ClusterState:
     return state
 
 
+def submit_command(master_url: str, wheel: str, job: str, job_args: list[str],
+                   python: Optional[str] = None) -> list[str]:
+    """README's ``spark-submit`` command for a job script (``jobs/<command>.py``) on a cluster.
+
+    The Delta jar comes from ``--packages`` (same version as the installed delta-spark), the
+    package travels as a wheel in ``--py-files``, and executors run ``python`` (default: this
+    interpreter). Run it with this interpreter's bin directory first on the PATH: spark-submit
+    finds its Spark through the ``python`` it sees.
+    """
+    import importlib.metadata
+
+    python = python or sys.executable
+    delta = importlib.metadata.version("delta-spark")
+    return [str(Path(python).parent / "spark-submit"), "--master", master_url,
+            "--packages", f"io.delta:delta-spark_2.13:{delta}",
+            "--conf", "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
+            "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            "--conf", f"spark.pyspark.python={python}",
+            "--py-files", str(wheel), str(job), *job_args]
+
+
+def submit_env(python: Optional[str] = None) -> dict:
+    """The environment for :func:`submit_command`: the interpreter's bin dir first on the PATH."""
+    bin_dir = str(Path(python or sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

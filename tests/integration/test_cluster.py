@@ -9,9 +9,7 @@ while the features run, and one killed while the model trains.
 The test session's own local Spark only reads the Delta tables the cluster wrote.
 """
 import datetime as dt
-import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +26,6 @@ from ulv_spark.config import load_config
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 D = dt.date(2025, 10, 1)
 OUTPUTS = ("user_value", "user_churn", "promo_uplift", "user_segments")
 RUN_TIMEOUT = 1200
@@ -74,16 +71,10 @@ train:
 
 def _submit(night, name: str, *args: str) -> SimpleNamespace:
     """Start `spark-submit ... jobs/nightly.py --conf <conf> --as-of D <args>` (README's command)."""
-    delta = importlib.metadata.version("delta-spark")
-    command = [str(BIN / "spark-submit"), "--master", night.cluster.master_url,
-               "--packages", f"io.delta:delta-spark_2.13:{delta}",
-               "--conf", "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
-               "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
-               "--conf", f"spark.pyspark.python={sys.executable}",
-               "--py-files", str(night.wheel),
-               str(REPO / "jobs" / "nightly.py"), "--conf", str(night.conf), "--as-of", D.isoformat(), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # spark-submit finds SPARK_HOME via this python
+    command = spark_cluster.submit_command(
+        night.cluster.master_url, str(night.wheel), str(REPO / "jobs" / "nightly.py"),
+        ["--conf", str(night.conf), "--as-of", D.isoformat(), *args])
+    env = spark_cluster.submit_env()
     out, err = night.root / f"{name}.out", night.root / f"{name}.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=night.root)
