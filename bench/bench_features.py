@@ -30,12 +30,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._common import machine, timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AS_OF = dt.date(2025, 10, 1)
@@ -81,12 +82,6 @@ def synthetic_events(spark, n: int, users: int, seed: int):
         F.lit(None).cast("string").alias("product_id"),
         F.concat(F.lit("c"), (F.rand(seed + 5) * 20).cast("int")).alias("category"),
         F.lit(None).cast("string").alias("session_id"), F.lit("bench").alias("run_id"))
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def _cpu_seconds_by_group(log_dir: Path) -> dict:
@@ -149,8 +144,7 @@ def main(argv=None) -> dict:
                       LakehouseConf(root=str(work / "warehouse"), schema="bench"))
     sc = spark.sparkContext
     jvm_pid = int(sc._jvm.java.lang.ProcessHandle.current().pid())
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                           "load_avg_start": os.getloadavg()},
+    results = {"machine": machine(),
                "command": "python -m bench.bench_features " + " ".join(argv if argv is not None else sys.argv[1:]),
                "as_of": AS_OF.isoformat(), "runs": []}
     try:
@@ -168,7 +162,7 @@ def main(argv=None) -> dict:
 
             sc.setJobGroup(f"job_{size}", "features job")
             jvm_start = _jvm_cpu_seconds(jvm_pid)
-            seconds, summary = _timed(lambda: write_feature_tables(spark, cfg, as_of=AS_OF, run_id=f"bench-{size}"))
+            seconds, summary = timed(lambda: write_feature_tables(spark, cfg, as_of=AS_OF, run_id=f"bench-{size}"))
             jvm_cpu = _jvm_cpu_seconds(jvm_pid) - jvm_start
             run["job"] = {"seconds": round(seconds, 2), "orders_per_s": round(size / seconds),
                           "jvm_cpu_seconds": round(jvm_cpu, 2), "orders_per_jvm_cpu_s": round(size / jvm_cpu),
@@ -177,7 +171,7 @@ def main(argv=None) -> dict:
             rfm = user_rfm(prepare_orders(orders), as_of=AS_OF)
             sc.setJobGroup(f"spark_rfm_{size}", "spark rfm")
             jvm_start = _jvm_cpu_seconds(jvm_pid)
-            seconds, _ = _timed(lambda: rfm.write.format("noop").mode("overwrite").save())
+            seconds, _ = timed(lambda: rfm.write.format("noop").mode("overwrite").save())
             jvm_cpu = _jvm_cpu_seconds(jvm_pid) - jvm_start
             run["spark_rfm"] = {"seconds": round(seconds, 2), "orders_per_s": round(size / seconds),
                                 "jvm_cpu_seconds": round(jvm_cpu, 2), "orders_per_jvm_cpu_s": round(size / jvm_cpu)}
@@ -185,7 +179,7 @@ def main(argv=None) -> dict:
             sc.setJobGroup(f"check_{size}", "not timed")
             purchases = (orders.filter(~orders["is_return"]).select("user_id", "order_ts", "amount").toPandas())
             cpu_start = time.process_time()
-            seconds, expected = _timed(lambda: _lifetimes_rfm(purchases))
+            seconds, expected = timed(lambda: _lifetimes_rfm(purchases))
             cpu = time.process_time() - cpu_start
             run["lifetimes_rfm"] = {"seconds": round(seconds, 2), "orders_per_s": round(size / seconds),
                                     "cpu_seconds": round(cpu, 2), "orders_per_cpu_s": round(size / cpu)}
@@ -230,10 +224,7 @@ def main(argv=None) -> dict:
             large[k]["jvm_cpu_seconds"] / small[k]["jvm_cpu_seconds"], 3) for k in ("job", "spark_rfm")})
         results["scaling"]["lifetimes_rfm_cpu_seconds_ratio"] = round(
             large["lifetimes_rfm"]["cpu_seconds"] / small["lifetimes_rfm"]["cpu_seconds"], 3)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(json.dumps(results, indent=2))
-    return results
+    return write_results(results, args.out)
 
 
 if __name__ == "__main__":

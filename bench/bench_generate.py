@@ -20,12 +20,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._common import machine, timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDERS_PER_USER = 4.1
@@ -75,8 +76,7 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_generate_"))
     spark = get_spark(SparkConf(master="local[2]", app_name="bench_generate", shuffle_partitions=4,
                                 driver_memory="2g"), LakehouseConf(root=str(work / "warehouse"), schema="bench"))
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                           "load_avg_start": os.getloadavg()},
+    results = {"machine": machine(),
                "command": "python -m bench.bench_generate " + " ".join(argv or sys.argv[1:]), "runs": []}
     try:
         _generate(spark, work, 200, 2, "warmup")
@@ -109,10 +109,7 @@ def main(argv=None) -> dict:
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(json.dumps(results, indent=2))
-    return results
+    return write_results(results, args.out)
 
 
 if __name__ == "__main__":

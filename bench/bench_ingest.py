@@ -23,12 +23,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench._common import machine, timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDERS_PER_USER = 4.1  # the default generator's raw order rows per user (orders + cancellations)
@@ -71,12 +71,6 @@ def _validate_only(spark, conf: dict) -> int:
     return sum(r["rows"] for r in reject_counts(prep.labelled).collect())
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200000,2000000", help="approximate source rows per run")
@@ -92,8 +86,7 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     spark = get_spark(SparkConf(master="local[2]", app_name="bench_ingest", shuffle_partitions=4, driver_memory="2g"),
                       LakehouseConf(root=str(work / "warehouse"), schema="bench"))
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                           "load_avg_start": os.getloadavg()},
+    results = {"machine": machine(),
                "command": "python -m bench.bench_ingest " + " ".join(argv or sys.argv[1:]), "runs": []}
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -113,16 +106,16 @@ def main(argv=None) -> dict:
 
             run = {"size": size, "source_rows": rows, "users": users}
             conf = _conf(work / f"lh_{size}", orders, line_level=False)
-            seconds, counted = _timed(lambda: _validate_only(spark, conf))
+            seconds, counted = timed(lambda: _validate_only(spark, conf))
             run["validate"] = {"seconds": round(seconds, 2), "rows_per_s": round(counted / seconds)}
-            seconds, first = _timed(lambda: _run_ingest(spark, conf, f"first_{size}"))
+            seconds, first = timed(lambda: _run_ingest(spark, conf, f"first_{size}"))
             run["first_load"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
                                  "inserted": first["inserted"], "deferred": first["deferred"]}
-            seconds, again = _timed(lambda: _run_ingest(spark, conf, f"again_{size}"))
+            seconds, again = timed(lambda: _run_ingest(spark, conf, f"again_{size}"))
             run["rerun_merge"] = {"seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
                                   "inserted": again["inserted"], "updated": again["updated"]}
             line_conf = _conf(work / f"lh_lines_{size}", lines, line_level=True)
-            seconds, lined = _timed(lambda: _run_ingest(spark, line_conf, f"lines_{size}"))
+            seconds, lined = timed(lambda: _run_ingest(spark, line_conf, f"lines_{size}"))
             run["line_level"] = {"seconds": round(seconds, 2), "rows_per_s": round(line_rows / seconds),
                                  "source_rows": line_rows, "orders": lined["inserted"]}
             run["ratios"] = {"first_load_over_validate_rows_per_s": round(
@@ -138,10 +131,7 @@ def main(argv=None) -> dict:
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(json.dumps(results, indent=2))
-    return results
+    return write_results(results, args.out)
 
 
 if __name__ == "__main__":
