@@ -88,14 +88,14 @@ def stage_features(ctx, args, report: dict) -> dict:
 
 def training_due(cfg, as_of: dt.date, force: bool = False) -> tuple[bool, str]:
     """Whether to train tonight, and why: no model, the schedule (train.retrain_every_days), or forced."""
-    from ulv_spark.train.artifacts import latest_model_dir, load_model
+    from ulv_spark.train.artifacts import latest_model_dir, read_meta
 
     if force:
         return True, "retrain requested"
     latest = latest_model_dir(cfg.train.model_dir)
     if latest is None:
         return True, f"no model under {cfg.train.model_dir}"
-    meta = load_model(latest, device="cpu")[1]
+    meta = read_meta(latest)  # meta.json only: no weights, no torch
     trained = dt.date.fromisoformat(meta.trained_as_of)
     age = (as_of - trained).days
     if age >= cfg.train.retrain_every_days:

@@ -10,7 +10,6 @@ The test session's own local Spark only reads the Delta tables the cluster wrote
 """
 import datetime as dt
 import json
-import re
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from ulv_spark import cli, lake
 from ulv_spark import cluster as spark_cluster
 from ulv_spark.config import load_config
+from ulv_spark.train import fit
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +105,15 @@ def _wait_for(predicate, run, what: str, timeout: float = 600.0) -> None:
         time.sleep(0.2)
 
 
+def _finish_with_worker_killed(night, run) -> tuple[int, dict]:
+    """Kill worker 1 (and its executors) now, let the run end, then bring the worker back."""
+    spark_cluster.kill_worker(night.cluster.state_dir, 1)
+    try:
+        return _finish(run)
+    finally:
+        spark_cluster.restart_worker(night.cluster.state_dir, 1)
+
+
 def _snapshot(spark, cfg, names=OUTPUTS):
     """Tables as sorted rows without run_id (a new run id is all a re-run may change)."""
     return {name: sorted(tuple(r) for r in lake.read_table(spark, lake.table_ref(cfg.lakehouse, name))
@@ -159,11 +168,7 @@ def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, 
     _wait_for(lambda: "== stage features: start" in run.out.read_text(), run, "the features stage started")
     time.sleep(4)  # into the stage's Spark jobs
     assert "== stage features: ok" not in run.out.read_text(), "features ended before the worker was killed"
-    spark_cluster.kill_worker(night.cluster.state_dir, 1)
-    try:
-        code, summary = _finish(run)
-    finally:
-        spark_cluster.restart_worker(night.cluster.state_dir, 1)
+    code, summary = _finish_with_worker_killed(night, run)
     assert code == 0, summary
     assert "Lost executor" in run.err.read_text()  # Spark saw the executor go and re-ran its tasks
     assert _stage(summary, "train")["trained"] is False  # the model of the first night is reused
@@ -180,20 +185,15 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     run = _submit(night, "train_fault", "--only", "train", *longer)
     checkpoints = Path(cfg.train.checkpoint_dir)
 
-    def mid_training():
-        for run_dir in (p for p in checkpoints.glob("*") if p.is_dir()):
-            if not (run_dir / "_FINISHED").exists() and any(
-                    int(m.group(1)) >= 3 for p in run_dir.glob("epoch-*.pt")
-                    if (m := re.fullmatch(r"epoch-(\d+)\.pt", p.name))):
+    def mid_training():  # an unfinished run whose newest checkpoint is epoch 3 or later
+        for run_dir in checkpoints.glob("*"):
+            files = fit.checkpoint_files(str(run_dir))  # epoch-NNNN.pt, oldest first
+            if files and not (run_dir / fit.FINISHED_MARKER).exists() and Path(files[-1]).name >= "epoch-0003.pt":
                 return True
         return False
 
     _wait_for(mid_training, run, "the third epoch's checkpoint")
-    spark_cluster.kill_worker(night.cluster.state_dir, 1)
-    try:
-        code, summary = _finish(run)
-    finally:
-        spark_cluster.restart_worker(night.cluster.state_dir, 1)
+    code, summary = _finish_with_worker_killed(night, run)
     assert code == 1, summary
     assert summary["status"] == "failed"
     error = _stage(summary, "train")["error"]
