@@ -57,8 +57,12 @@ def summarize(conf_path: str) -> int:
             rows = spark.table(ref.name).count()
             print(f"  {ref.name:<28} {rows:>9} rows  {ref.path}")
     schema = lake.table_ref(cfg.lakehouse, "user_value").schema_name
-    print("read them with Spark SQL, e.g.:")
-    print(f"  SELECT segment, count(*) FROM {schema}.latest_user_segments GROUP BY segment")
+    query = (f"SELECT segment, count(*) AS users FROM {schema}.latest_user_segments "
+             "GROUP BY segment ORDER BY users DESC")
+    if lake.is_delta(spark, lake.table_ref(cfg.lakehouse, "user_segments")):
+        print(f"read them with Spark SQL, e.g.:\n  {query}")
+        for row in spark.sql(query).collect():  # one row per segment
+            print(f"    {row['segment']:<22} {row['users']:>9}")
     reports = sorted(glob.glob(os.path.join(cfg.evaluate.report_dir, "*.html")), key=os.path.getmtime)
     if reports:
         print(f"backtest report (open in a browser): {reports[-1]}")

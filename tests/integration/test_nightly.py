@@ -135,3 +135,18 @@ def test_notebook_runs_against_the_lakehouse(night, spark):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
+
+
+def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, spark, capsys):
+    from ulv_spark import demo
+
+    cfg = load_config(night)
+    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
+        pytest.skip("needs the nightly run of test_nightly_end_to_end_then_rerun_then_next_day")
+    capsys.readouterr()
+    assert demo.summarize(str(night)) == 0
+    out = capsys.readouterr().out
+    users = spark.sql(f"SELECT count(*) FROM {cfg.lakehouse.schema}.latest_user_segments").first()[0]
+    assert f"{cfg.lakehouse.schema}.user_segments" in out and "SELECT segment, count(*) AS users" in out
+    printed = [line.split() for line in out.splitlines() if line.startswith("    ")]
+    assert printed and sum(int(n) for _, n in printed) == users  # every user in exactly one segment
