@@ -46,7 +46,7 @@ def _numpy_rows(params) -> tuple[float, dict]:
 
 
 def _generate(spark, work: Path, users: int, partitions: int, tag: str) -> tuple[float, dict]:
-    from ulv_spark.cli import JobContext
+    from ulv_spark.context import JobContext
     from ulv_spark.config import load_config
     from ulv_spark.ingest import generate_job
 

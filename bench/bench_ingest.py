@@ -46,7 +46,7 @@ def _conf(root: Path, orders: Path, line_level: bool) -> dict:
 
 
 def _run_ingest(spark, conf: dict, run_id: str) -> dict:
-    from ulv_spark.cli import JobContext
+    from ulv_spark.context import JobContext
     from ulv_spark.config import load_config
     from ulv_spark.ingest import job
 

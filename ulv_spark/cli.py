@@ -12,10 +12,11 @@ import importlib
 import importlib.util
 import json
 import sys
-from dataclasses import dataclass, field
 from typing import Optional
 
-from ulv_spark.config import Config, ConfigError, load_config, to_dict
+from ulv_spark.config import ConfigError, load_config, to_dict
+from ulv_spark.context import JobContext
+from ulv_spark.errors import EXIT_FAILED, EXIT_USAGE, JobFailed
 from ulv_spark.runtime import get_logger, new_run_id
 
 # name -> (module, help)
@@ -29,31 +30,6 @@ COMMANDS = {
     "nightly": ("ulv_spark.nightly", "ingest -> features -> train (when due) -> score -> gates"),
     "tables": ("ulv_spark.tables_cmd", "list the lakehouse tables with their versions and row counts"),
 }
-
-EXIT_USAGE = 2    # bad arguments or conf
-EXIT_FAILED = 1   # the job ran and failed (a gate, a reject threshold, an error)
-
-
-class JobFailed(RuntimeError):
-    """A job stopped on purpose (gate, threshold, bad input): message for the user, exit 1."""
-
-
-@dataclass
-class JobContext:
-    cfg: Config
-    as_of: dt.date
-    run_id: str
-    command: str
-    _spark: object = field(default=None, repr=False)
-
-    @property
-    def spark(self):
-        if self._spark is None:
-            from ulv_spark.spark import get_spark
-
-            self._spark = get_spark(self.cfg.spark, self.cfg.lakehouse)
-        return self._spark
-
 
 def available_commands() -> dict:
     out = {}
@@ -124,8 +100,4 @@ def entry() -> None:  # pragma: no cover - console script wrapper
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # Run the imported module's main: jobs raise ulv_spark.cli.JobFailed, which is not the
-    # JobFailed of this __main__ copy of the module.
-    from ulv_spark.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -15,16 +15,13 @@ import time
 from typing import Callable, Optional
 
 from ulv_spark import gates, lake
-from ulv_spark.cli import COMMANDS, JobFailed, build_parser
+from ulv_spark.cli import COMMANDS, build_parser
+from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
 STAGES = ("ingest", "features", "train", "score", "evaluate")
 OUTPUT_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
 log = get_logger("ulv_spark.nightly")
-
-
-class GateFailed(JobFailed):
-    """A quality gate stopped the night."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from ulv_spark import lake
-from ulv_spark.cli import JobContext, JobFailed
+from ulv_spark.context import JobContext
+from ulv_spark.errors import JobFailed
 from ulv_spark.config import SourceConf, load_config
 from ulv_spark.ingest import job
 from ulv_spark.ingest.job import read_source

@@ -7,7 +7,8 @@ import torch
 from pandas.testing import assert_frame_equal
 
 from ulv_spark import lake
-from ulv_spark.cli import JobContext, JobFailed
+from ulv_spark.context import JobContext
+from ulv_spark.errors import JobFailed
 from ulv_spark.config import load_config
 from ulv_spark.schemas import Col, TableContract
 from ulv_spark.score import job

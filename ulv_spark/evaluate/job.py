@@ -27,7 +27,7 @@ def read_inputs(spark, lake_cfg):
 
 def run(ctx, args) -> dict:
     from ulv_spark import lake
-    from ulv_spark.cli import JobFailed
+    from ulv_spark.errors import JobFailed
     from ulv_spark.evaluate import pipeline
     from ulv_spark.evaluate.report import write_report
     from ulv_spark.schemas import EVALUATION_METRICS

@@ -23,7 +23,7 @@ OUTPUT_TABLES = ("user_features", "training_examples", "token_vocabulary")
 
 def read_inputs(spark, cfg: Config) -> dict:
     """The bronze inputs as DataFrames: orders (must exist) and the optional ones (None when absent)."""
-    from ulv_spark.cli import JobFailed
+    from ulv_spark.errors import JobFailed
 
     orders_ref = lake.table_ref(cfg.lakehouse, "orders")
     if not lake.is_delta(spark, orders_ref):
@@ -37,7 +37,7 @@ def read_inputs(spark, cfg: Config) -> dict:
 
 def _check_columns(spark, ref: lake.TableRef, contract: TableContract) -> None:
     """Fail before writing when the existing table's columns differ from this run's contract."""
-    from ulv_spark.cli import JobFailed
+    from ulv_spark.errors import JobFailed
 
     if not lake.is_delta(spark, ref):
         return

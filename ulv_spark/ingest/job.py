@@ -14,7 +14,7 @@ import datetime as dt
 from pyspark import StorageLevel
 
 from ulv_spark import lake
-from ulv_spark.cli import JobFailed
+from ulv_spark.errors import JobFailed
 from ulv_spark.config import ConfigError
 from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns

@@ -23,7 +23,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from ulv_spark import lake, schemas
-from ulv_spark.cli import JobFailed
+from ulv_spark.errors import JobFailed
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE, MODEL_VERSION, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID
 from ulv_spark.score import tables, udf

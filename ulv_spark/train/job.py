@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
 
 def run(ctx, args) -> dict:
     from ulv_spark import lake
-    from ulv_spark.cli import JobFailed
+    from ulv_spark.errors import JobFailed
     from ulv_spark.config import to_dict
     from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
     from ulv_spark.train import fit
