@@ -59,7 +59,7 @@ def _generate(spark, work: Path, users: int, partitions: int, tag: str) -> tuple
     ctx = JobContext(cfg=load_config(path), as_of=AS_OF, run_id=f"bench-{tag}", command="generate")
     ctx._spark = spark
     start = time.perf_counter()
-    summary = generate_job.run(ctx, None)
+    summary = generate_job.run_generate(ctx)
     return time.perf_counter() - start, summary["rows"]
 
 

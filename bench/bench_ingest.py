@@ -54,7 +54,7 @@ def _run_ingest(spark, conf: dict, run_id: str) -> dict:
     path.write_text(json.dumps(conf), encoding="utf-8")
     ctx = JobContext(cfg=load_config(path), as_of=AS_OF, run_id=run_id, command="ingest")
     ctx._spark = spark
-    return job.run(ctx, None)["tables"]["orders"]
+    return job.run_ingest(ctx)["tables"]["orders"]
 
 
 def _validate_only(spark, conf: dict) -> int:

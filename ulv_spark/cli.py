@@ -1,46 +1,79 @@
 """`ulv-spark <command>`: one entry point for every job (also used by jobs/*.py).
 
-Each command lives in a module exposing ``add_arguments(parser)`` (optional) and
-``run(ctx, args) -> dict`` (a summary printed at the end). A command whose module is not
-part of this build is simply not offered.
+Each command is a stage function ``run_<stage>(ctx, **options) -> Summary`` in its package;
+this module owns the argument parsing and maps the errors the stages raise to exit codes. No
+library module imports this one.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import importlib
-import importlib.util
 import json
 import sys
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ulv_spark.config import ConfigError, load_config, to_dict
 from ulv_spark.context import JobContext
 from ulv_spark.errors import EXIT_FAILED, EXIT_USAGE, JobFailed
+from ulv_spark.nightly import STAGES
 from ulv_spark.runtime import get_logger, new_run_id
 
-# name -> (module, help)
-COMMANDS = {
-    "generate": ("ulv_spark.ingest.generate_job", "write a synthetic order log with known truth"),
-    "ingest": ("ulv_spark.ingest.job", "load the order log and optional inputs into bronze Delta tables"),
-    "features": ("ulv_spark.features.job", "build user_features and training_examples for --as-of"),
-    "train": ("ulv_spark.train.job", "train the model with TorchDistributor (Petastorm feed)"),
-    "score": ("ulv_spark.score.job", "write user_value, user_churn, promo_uplift, user_segments"),
-    "evaluate": ("ulv_spark.evaluate.job", "backtest the model against baselines; metrics + HTML report"),
-    "nightly": ("ulv_spark.nightly", "ingest -> features -> train (when due) -> score -> gates"),
-    "tables": ("ulv_spark.tables_cmd", "list the lakehouse tables with their versions and row counts"),
-}
 
-def available_commands() -> dict:
-    out = {}
-    for name, (module, help_text) in COMMANDS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out[name] = (module, help_text)
-    return out
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of one command: ``flags`` and argparse keywords; ``dest`` is the stage kwarg."""
+
+    flags: tuple[str, ...]
+    dest: str
+    kwargs: dict
+
+
+def _flag(name: str, dest: str, help_text: str) -> Option:
+    return Option((name,), dest, {"action": "store_true", "help": help_text})
+
+
+@dataclass(frozen=True)
+class Command:
+    function: str          # "module:function" of the stage function
+    help: str
+    options: tuple[Option, ...] = ()
+
+    def load(self):
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+COMMANDS: dict[str, Command] = {
+    "generate": Command("ulv_spark.ingest.generate_job:run_generate", "write a synthetic order log with known truth"),
+    "ingest": Command("ulv_spark.ingest.job:run_ingest",
+                      "load the order log and optional inputs into bronze Delta tables"),
+    "features": Command("ulv_spark.features.job:run_features",
+                        "build user_features and training_examples for --as-of"),
+    "train": Command("ulv_spark.train.job:run_train", "train the model with TorchDistributor (Petastorm feed)", (
+        _flag("--fresh", "fresh", "ignore this run's checkpoints and start over"),
+        _flag("--export-feed", "export_feed",
+              "only write the Arrow feed (train/, val/, feed.json) under train.parquet_dir, for "
+              "`python -m ulv_spark.train.torchrun_main --data <feed_dir>` on a machine without Spark"),
+    )),
+    "score": Command("ulv_spark.score.job:run_score", "write user_value, user_churn, promo_uplift, user_segments"),
+    "evaluate": Command("ulv_spark.evaluate.job:run_evaluate",
+                        "backtest the model against baselines; metrics + HTML report", (
+        Option(("--dataset",), "dataset", {"default": None,
+                                           "help": "name recorded with the metrics (default: evaluate.dataset)"}),
+        Option(("--report",), "report", {"default": None,
+                                         "help": "HTML report path (default: under evaluate.report_dir)"}),
+    )),
+    "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> features -> train (when due) -> score -> gates", (
+        Option(("--only",), "only", {"choices": STAGES, "default": None,
+                                     "help": "run one stage (with its gates) only"}),
+        _flag("--retrain", "retrain", "train even when the current model is not due"),
+        _flag("--evaluate", "evaluate", "also run the evaluation (default: nightly.evaluate)"),
+    )),
+    "tables": Command("ulv_spark.tables_cmd:run_tables",
+                      "list the lakehouse tables with their versions and row counts"),
+}
 
 
 def _date(text: str) -> dt.date:
@@ -50,26 +83,29 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
-def build_parser(commands: Optional[dict] = None) -> argparse.ArgumentParser:
-    commands = commands if commands is not None else available_commands()
+def build_parser(commands: Optional[dict[str, Command]] = None) -> argparse.ArgumentParser:
+    commands = commands if commands is not None else COMMANDS
     parser = argparse.ArgumentParser(prog="ulv-spark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, (module, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, command in commands.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
         p.add_argument("--conf", default=None, help="YAML conf file (default: $ULV_SPARK_CONF or conf/local.yaml)")
         p.add_argument("--as-of", type=_date, default=None, help="run date YYYY-MM-DD (default: run.as_of in conf, else today UTC)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a conf value, e.g. --set train.epochs=2 (repeatable)")
         p.add_argument("--run-id", default=None, help="run id to record (default: generated)")
-        mod = importlib.import_module(module)
-        if hasattr(mod, "add_arguments"):
-            mod.add_arguments(p)
+        for option in command.options:
+            p.add_argument(*option.flags, dest=option.dest, **option.kwargs)
     return parser
 
 
+def stage_options(command: Command, args: argparse.Namespace) -> dict[str, Any]:
+    """The stage function's keyword arguments from the parsed command line."""
+    return {option.dest: getattr(args, option.dest) for option in command.options}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    commands = available_commands()
-    parser = build_parser(commands)
+    parser = build_parser()
     args = parser.parse_args(argv)
     log = get_logger("ulv_spark.cli")
     try:
@@ -81,9 +117,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                      command=args.command)
     log.info("%s as_of=%s run_id=%s conf=%s", args.command, ctx.as_of, ctx.run_id, cfg.source_file)
     log.debug("resolved conf: %s", json.dumps(to_dict(cfg), default=str))
-    module = importlib.import_module(commands[args.command][0])
+    command = COMMANDS[args.command]
     try:
-        summary = module.run(ctx, args) or {}
+        summary = command.load()(ctx, **stage_options(command, args)) or {}
     except JobFailed as exc:
         print(f"ulv-spark {args.command}: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED

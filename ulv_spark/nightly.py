@@ -9,13 +9,12 @@ exit code a scheduler understands: 0 = all good, 1 = a stage or gate failed, 2 =
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import time
 from typing import Callable, Optional
 
 from ulv_spark import gates, lake
-from ulv_spark.cli import COMMANDS, build_parser
+from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
@@ -24,30 +23,12 @@ OUTPUT_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
 log = get_logger("ulv_spark.nightly")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--only", choices=STAGES, default=None, help="run one stage (with its gates) only")
-    parser.add_argument("--retrain", action="store_true", help="train even when the current model is not due")
-    parser.add_argument("--evaluate", action="store_true", help="also run the evaluation (default: nightly.evaluate)")
-
-
-def _sub_args(command: str, **values) -> argparse.Namespace:
-    """The default arguments of `ulv-spark <command>` (as if run with no options)."""
-    parser = build_parser({command: COMMANDS[command]})
-    ns = parser.parse_args([command])
-    for key, value in values.items():
-        setattr(ns, key, value)
-    return ns
-
-
-def _module(command: str):
-    import importlib
-
-    return importlib.import_module(COMMANDS[command][0])
-
-
 # ---- stages -------------------------------------------------------------------------------------
-def stage_ingest(ctx, args, report: dict) -> dict:
-    result = _module("ingest").run(ctx, _sub_args("ingest")) or {}
+# Each takes (ctx, retrain, report), runs its stage function and records its gates in `report`.
+def stage_ingest(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    from ulv_spark.ingest.job import run_ingest
+
+    result = run_ingest(ctx)
     for table, counts in _reject_counts(result).items():
         gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.gates.max_reject_share)
         _record_gate(report, gate, f"ingest.{table}")
@@ -64,8 +45,10 @@ def _reject_counts(result: dict) -> dict:
     return out
 
 
-def stage_features(ctx, args, report: dict) -> dict:
-    result = _module("features").run(ctx, _sub_args("features")) or {}
+def stage_features(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    from ulv_spark.features.job import run_features
+
+    result = run_features(ctx)
     spark, cfg = ctx.spark, ctx.cfg
     ref = lake.table_ref(cfg.lakehouse, "user_features")
     features = lake.read_table(spark, ref)
@@ -102,17 +85,20 @@ def training_due(cfg, as_of: dt.date, force: bool = False) -> tuple[bool, str]:
     return False, f"reusing model {meta.version} trained for {trained} ({age} days old)"
 
 
-def stage_train(ctx, args, report: dict) -> dict:
-    due, why = training_due(ctx.cfg, ctx.as_of, force=getattr(args, "retrain", False))
+def stage_train(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    from ulv_spark.train.job import run_train
+
+    due, why = training_due(ctx.cfg, ctx.as_of, force=retrain)
     log.info("train: %s", why)
     if not due:
         return {"trained": False, "reason": why}
-    result = _module("train").run(ctx, _sub_args("train")) or {}
+    result = run_train(ctx)
     return {"trained": True, "reason": why, **result}
 
 
-def stage_score(ctx, args, report: dict) -> dict:
-    score = _module("score")
+def stage_score(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    from ulv_spark.score import job as score
+
     staged = score.stage_predictions(ctx)
     gate = score_shift_gate(ctx, staged.predictions)
     _record_gate(report, gate, "score")
@@ -138,8 +124,10 @@ def score_shift_gate(ctx, predictions) -> gates.GateResult:
                           gates.bin_counts(predictions, "expected_value", edges), limit)
 
 
-def stage_evaluate(ctx, args, report: dict) -> dict:
-    return _module("evaluate").run(ctx, _sub_args("evaluate")) or {}
+def stage_evaluate(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    from ulv_spark.evaluate.job import run_evaluate
+
+    return run_evaluate(ctx)
 
 
 STAGE_FUNCTIONS: dict[str, Callable] = {
@@ -165,10 +153,19 @@ def _row_facts(result: dict) -> dict:
     return {k: result[k] for k in keep if k in result}
 
 
-def run(ctx, args) -> dict:
+def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = False,
+                evaluate: bool = False) -> Summary:
+    """The nightly job: every stage in order with its gates; the summary carries ``exit_code`` 1 on failure.
+
+    Args:
+        only: run this one stage (with its gates).
+        retrain: train even when the current model is not due.
+        evaluate: also run the evaluation (default: ``nightly.evaluate``).
+    """
     cfg = ctx.cfg
-    wanted = [args.only] if args.only else [s for s in STAGES
-                                             if s != "evaluate" or args.evaluate or cfg.nightly.evaluate]
+    if only is not None and only not in STAGES:
+        raise ValueError(f"unknown stage {only!r}; stages: {', '.join(STAGES)}")
+    wanted = [only] if only else [s for s in STAGES if s != "evaluate" or evaluate or cfg.nightly.evaluate]
     report: dict = {"stages": [], "gates": []}
     start = time.perf_counter()
     failed: Optional[str] = None
@@ -177,7 +174,7 @@ def run(ctx, args) -> dict:
         log.info("== stage %s: start (as_of %s)", name, ctx.as_of)
         entry = {"stage": name}
         try:
-            result = STAGE_FUNCTIONS[name](ctx, args, report)
+            result = STAGE_FUNCTIONS[name](ctx, retrain, report) or {}
             entry.update(status="ok", **_row_facts(result))
         except JobFailed as exc:
             entry.update(status="failed", error=str(exc))

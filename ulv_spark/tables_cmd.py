@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ulv_spark import lake
+from ulv_spark.context import JobContext, Summary
 
 KNOWN_TABLES = (
     "orders", "orders_rejects", "events", "events_rejects", "campaign_exposures",
@@ -13,7 +14,8 @@ KNOWN_TABLES = (
 SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
 
 
-def run(ctx, args) -> dict:
+def run_tables(ctx: JobContext) -> Summary:
+    """The `tables` command: every known lakehouse table with location, Delta version and rows."""
     spark = ctx.spark
     lake.attach(spark, ctx.cfg.lakehouse, KNOWN_TABLES, views_for=SCORE_TABLES)
     tables = []

@@ -30,7 +30,7 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
         f"generate: {{users: 400, partitions: 2, seed: 3, output_dir: {raw}}}\n"
         f"sources:\n{sources}")
     cfg = load_config(conf)
-    summary = generate_job.run(JobContext(cfg=cfg, as_of=D, run_id="gen-1", command="generate"), None)
+    summary = generate_job.run_generate(JobContext(cfg=cfg, as_of=D, run_id="gen-1", command="generate"))
     params = generate_job.params_for(cfg, D)
     assert summary["truth_dates"] == ["2025-07-03", "2025-10-01"]
     sims = [Simulation(params, j) for j in range(2)]
@@ -58,7 +58,7 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
     assert sorted(r[0] for r in uplift.select("arm").distinct().collect()) == ["coupon_10", "free_shipping"]
 
     # the demo mapping loads every generated row that is due, rejecting nothing
-    result = job.run(JobContext(cfg=cfg, as_of=D, run_id="ing-1", command="ingest"), None)["tables"]
+    result = job.run_ingest(JobContext(cfg=cfg, as_of=D, run_id="ing-1", command="ingest"))["tables"]
     assert all(t["rejected"] == 0 for t in result.values()), result
     due = sum(1 for e in expected if e[2][:10] <= D.isoformat())
     assert result["orders"]["inserted"] == due == len(expected) - result["orders"]["deferred"]
@@ -75,7 +75,7 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
 
     # a second night with the same files changes nothing (MERGE; attributes with schema evolution)
     again_cfg = load_config(conf, {"sources.events": None, "sources.campaign_exposures": None})
-    again = job.run(JobContext(cfg=again_cfg, as_of=D, run_id="ing-2", command="ingest"), None)["tables"]
+    again = job.run_ingest(JobContext(cfg=again_cfg, as_of=D, run_id="ing-2", command="ingest"))["tables"]
     assert {t: (v["inserted"], v["updated"]) for t, v in again.items()} == {"orders": (0, 0),
                                                                            "user_attributes": (0, 0)}
     assert sorted(tuple(r) for r in attributes.collect()) == sorted(

@@ -26,7 +26,7 @@ def _conf(write_conf, lakehouse, body: str, extra: str = "") -> Path:
 
 def _run(path: Path, as_of: dt.date, run_id: str, overrides=None) -> dict:
     cfg = load_config(path, overrides)
-    return job.run(JobContext(cfg=cfg, as_of=as_of, run_id=run_id, command="ingest"), None)
+    return job.run_ingest(JobContext(cfg=cfg, as_of=as_of, run_id=run_id, command="ingest"))
 
 
 def _table(spark, lakehouse, name):

@@ -154,7 +154,7 @@ def test_every_user_gets_one_row_and_rerun_is_identical(spark, env):
     cfg = env["cfg"]
     before = {t: _table(spark, cfg, t) for t in TABLES}
     versions = {t: lake.current_version(spark, lake.table_ref(cfg.lakehouse, t)) for t in TABLES}
-    summary = job.run(_make_ctx(spark, env["conf"], "run-2"), None)
+    summary = job.run_score(_make_ctx(spark, env["conf"], "run-2"))
     for name in TABLES:
         after = _table(spark, cfg, name)
         keys = ["user_id", "arm"] if name == "promo_uplift" else ["user_id"]
@@ -201,7 +201,7 @@ def test_model_feature_mismatch_fails_before_writing(spark, env, case, expected)
     names = (*TABLES, "score_predictions")
     versions = {t: lake.current_version(spark, lake.table_ref(cfg.lakehouse, t)) for t in names}
     with pytest.raises(JobFailed, match="Nothing was written") as err:
-        job.run(_make_ctx(spark, env["conf"], f"run-{case}", model_version=model_dir), None)
+        job.run_score(_make_ctx(spark, env["conf"], f"run-{case}", model_version=model_dir))
     assert expected in str(err.value) and f"model bad-{case} does not fit" in str(err.value)
     assert {t: lake.current_version(spark, lake.table_ref(cfg.lakehouse, t)) for t in names} == versions
 

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+
+from ulv_spark.context import JobContext, Summary
 
 # pipeline input -> logical lakehouse table; only orders is required
 INPUT_TABLES = {"orders": "orders", "events": "events", "exposures": "campaign_exposures",
                 "attributes": "user_attributes", "truth_users": "truth_users", "truth_uplift": "truth_uplift"}
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", default=None, help="name recorded with the metrics (default: evaluate.dataset)")
-    parser.add_argument("--report", default=None, help="HTML report path (default: under evaluate.report_dir)")
 
 
 def read_inputs(spark, lake_cfg):
@@ -25,7 +23,13 @@ def read_inputs(spark, lake_cfg):
     return EvaluationInputs(**frames)
 
 
-def run(ctx, args) -> dict:
+def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Optional[str] = None) -> Summary:
+    """The `evaluate` stage: backtest at ctx.as_of; metrics rows + an HTML report.
+
+    Args:
+        dataset: name recorded with the metrics (default: evaluate.dataset).
+        report: HTML report path (default: under evaluate.report_dir).
+    """
     from ulv_spark import lake
     from ulv_spark.errors import JobFailed
     from ulv_spark.evaluate import pipeline
@@ -33,7 +37,7 @@ def run(ctx, args) -> dict:
     from ulv_spark.schemas import EVALUATION_METRICS
 
     cfg, spark = ctx.cfg, ctx.spark
-    dataset = args.dataset or cfg.evaluate.dataset
+    dataset = dataset or cfg.evaluate.dataset
     inputs = read_inputs(spark, cfg.lakehouse)
     if inputs.orders is None:
         raise JobFailed(f"{lake.table_ref(cfg.lakehouse, 'orders').name} does not exist: run `ulv-spark ingest` first")
@@ -45,7 +49,7 @@ def run(ctx, args) -> dict:
     ref = lake.table_ref(cfg.lakehouse, EVALUATION_METRICS.name)
     lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=ctx.as_of, run_id=ctx.run_id), ref,
                 EVALUATION_METRICS)
-    path = args.report or str(Path(cfg.evaluate.report_dir) / f"evaluation_{dataset}_{ctx.as_of}_{ctx.run_id}.html")
+    path = report or str(Path(cfg.evaluate.report_dir) / f"evaluation_{dataset}_{ctx.as_of}_{ctx.run_id}.html")
     write_report(result, path, title=f"ulv_spark backtest: {dataset}",
                  facts={**facts, "as_of": ctx.as_of, "run_id": ctx.run_id})
     return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),

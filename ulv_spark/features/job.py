@@ -11,6 +11,7 @@ from typing import Optional
 
 from ulv_spark import lake
 from ulv_spark.config import Config
+from ulv_spark.context import JobContext, Summary
 from ulv_spark.features.build import attribute_feature_columns, build_training_examples, build_user_features, origins
 from ulv_spark.features.sequences import build_token_vocabulary, vocab_size, vocabulary_fingerprint
 from ulv_spark.runtime import get_logger, stage
@@ -89,8 +90,8 @@ def write_feature_tables(spark, cfg: Config, *, as_of: dt.date, run_id: str, inp
     return summary
 
 
-def run(ctx, args) -> dict:
-    """The `features` command: write the feature tables for ctx.as_of and report row counts."""
+def run_features(ctx: JobContext) -> Summary:
+    """The `features` stage: write the feature tables for ctx.as_of and report row counts."""
     summary = write_feature_tables(ctx.spark, ctx.cfg, as_of=ctx.as_of, run_id=ctx.run_id)
     if summary["rows"]["user_features"] == 0:
         get_logger("ulv_spark.features").warning("no user has an order or event before %s", ctx.as_of)

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from ulv_spark import lake
 from ulv_spark.config import ConfigError
+from ulv_spark.context import JobContext, Summary
 from ulv_spark.ingest.generator import RAW_TABLES, GeneratorParams, generated_table
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE, TRUTH_UPLIFT, TRUTH_USERS
@@ -34,7 +35,8 @@ def raw_path(output_dir: str, table: str) -> str:
     return output_dir.rstrip("/") + "/" + table
 
 
-def run(ctx, args) -> dict:
+def run_generate(ctx: JobContext) -> Summary:
+    """The `generate` command: raw Parquet inputs in the shop's column names + truth tables."""
     cfg, spark, log = ctx.cfg, ctx.spark, get_logger("ulv_spark.generate")
     params = params_for(cfg, ctx.as_of)
     summary = {"output_dir": cfg.generate.output_dir, "users": params.users, "partitions": params.partitions,

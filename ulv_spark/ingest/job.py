@@ -16,6 +16,7 @@ from pyspark import StorageLevel
 from ulv_spark import lake
 from ulv_spark.errors import JobFailed
 from ulv_spark.config import ConfigError
+from ulv_spark.context import JobContext, Summary
 from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
 from ulv_spark.ingest.validate import Outcome, SourceRules, prepare, reject_counts
@@ -67,7 +68,8 @@ def _map_sources(spark, cfg) -> dict:
     return out
 
 
-def run(ctx, args) -> dict:
+def run_ingest(ctx: JobContext) -> Summary:
+    """The `ingest` stage: validate every configured source and MERGE the good rows into bronze."""
     cfg, log = ctx.cfg, get_logger("ulv_spark.ingest")
     mapped = _map_sources(ctx.spark, cfg)
     prepared, outcomes = {}, {}

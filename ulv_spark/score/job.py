@@ -23,6 +23,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from ulv_spark import lake, schemas
+from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE, MODEL_VERSION, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID
@@ -46,7 +47,7 @@ class StagedScores:
     cut_points: tuple = ()  # expected_value cut points splitting the decile ranking into buckets
 
 
-def run(ctx, args) -> dict:
+def run_score(ctx: JobContext) -> Summary:
     """Score every user of user_features for ctx.as_of; returns the run summary."""
     return publish(ctx, stage_predictions(ctx))
 

@@ -1,19 +1,20 @@
 """`ulv-spark train`: train the multi-task model on training_examples of --as-of; write a model version."""
 from __future__ import annotations
 
+from ulv_spark.context import JobContext, Summary
+
 SUMMARY_KEYS = ("model_version", "model_dir", "epochs_run", "early_stopped", "best_epoch", "resumed_from_epoch",
                 "rows_train", "rows_val", "rows_pretrain", "validation_origins", "loader", "world_size", "device", "seconds",
                 "metrics", "mlflow_run_id")
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--fresh", action="store_true", help="ignore this run's checkpoints and start over")
-    parser.add_argument("--export-feed", action="store_true",
-                        help="only write the Arrow feed (train/, val/, feed.json) under train.parquet_dir, for "
-                             "`python -m ulv_spark.train.torchrun_main --data <feed_dir>` on a machine without Spark")
+def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False) -> Summary:
+    """Train on training_examples of ctx.as_of and write a model version (or only export the feed).
 
-
-def run(ctx, args) -> dict:
+    Args:
+        fresh: ignore this run's checkpoints and start over.
+        export_feed: only write the Arrow feed for ``ulv_spark.train.torchrun_main``.
+    """
     from ulv_spark import lake
     from ulv_spark.errors import JobFailed
     from ulv_spark.config import to_dict
@@ -33,9 +34,9 @@ def run(ctx, args) -> dict:
                   vocab_fingerprint=vocabulary_fingerprint(cfg.features), horizon_days=cfg.run.horizon_days,
                   as_of=ctx.as_of, data_version=_data_identity(examples, current), pretrain_sequences=current)
     try:
-        if args.export_feed:
+        if export_feed:
             return fit.export_feed(spark, examples, **inputs)
-        summary = fit.train_model(spark, examples, conf=to_dict(cfg), fresh=args.fresh, **inputs)
+        summary = fit.train_model(spark, examples, conf=to_dict(cfg), fresh=fresh, **inputs)
     except (ValueError, fit.TrainingFailed) as exc:
         raise JobFailed(str(exc)) from None
     if summary["status"] != "finished":
