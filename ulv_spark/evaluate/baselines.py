@@ -33,9 +33,7 @@ RFM_COLUMNS = (FREQUENCY, RECENCY, T_AGE, MONETARY)
 HAS_PURCHASE = "has_purchase"  # user_features: 1 when the user bought before the origin, else 0
 
 # Prediction columns every method may return.
-EXPECTED_VALUE = "expected_value"
-P_PURCHASE = "p_purchase"
-CHURN_PROBABILITY = "churn_probability"
+from ulv_spark.names import CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE  # noqa: E402,F401
 EXPECTED_PURCHASES = "expected_purchases"
 P_ALIVE = "p_alive"
 UPLIFT_KINDS = ("conversion", "value")

@@ -31,12 +31,9 @@ from ulv_spark.config import FeaturesConf
 from ulv_spark.features.inputs import days_between
 from ulv_spark.schemas import AS_OF_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID
 
-PAD_ID = 0
-MASK_ID = 1
-CLS_ID = 2
-UNK_ID = 3
-RESERVED_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]")
-_FIRST_ID = len(RESERVED_TOKENS)
+from ulv_spark.names import CLS_ID, MASK_ID, PAD_ID, RESERVED_TOKENS, UNK_ID  # noqa: E402,F401
+from ulv_spark.names import FIRST_EVENT_ID as _FIRST_ID  # noqa: E402
+
 _SCHEME_VERSION = 1  # bump when the token layout below changes
 
 

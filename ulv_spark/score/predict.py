@@ -18,16 +18,9 @@ import pandas as pd
 from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
 
 # Columns the model adds per user (the staging table `score_predictions` holds them).
-EXPECTED_VALUE = "expected_value"
-P_PURCHASE = "p_purchase"
-VALUE_P10 = "value_p10"
-VALUE_P90 = "value_p90"
-CHURN_PROBABILITY = "churn_probability"
-ARM_CONVERSION = "arm_conversion"   # ARRAY<DOUBLE>: P(convert | arm) for meta.arms, control first
-ARM_VALUE = "arm_value"             # ARRAY<DOUBLE>: E[spend | arm] for meta.arms, control first
+from ulv_spark.names import (ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, CHURN_PROBABILITY,  # noqa: E402,F401
+                             EXPECTED_VALUE, P_PURCHASE, SCALAR_OUTPUTS, VALUE_P10, VALUE_P90)
 
-SCALAR_OUTPUTS = (EXPECTED_VALUE, P_PURCHASE, VALUE_P10, VALUE_P90, CHURN_PROBABILITY)
-ARM_OUTPUTS = (ARM_CONVERSION, ARM_VALUE)
 PREDICTION_SCHEMA = (f"{USER_ID} STRING, " + ", ".join(f"{c} DOUBLE" for c in SCALAR_OUTPUTS)
                      + ", " + ", ".join(f"{c} ARRAY<DOUBLE>" for c in ARM_OUTPUTS))
 _NUMERIC_PREFIXES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "boolean")

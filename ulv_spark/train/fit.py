@@ -220,7 +220,8 @@ def _validate(stage, model, batches, spec: TrainSpec, device, autocast, distribu
     from ulv_spark.train.model import head_predictions
 
     model.eval()
-    tasks = ("value", "churn", "uplift", "propensity")
+    from ulv_spark.names import TASKS as tasks
+
     sums = [0.0] * (2 * len(tasks) + 7)  # per task (loss*n, n), mlm (loss*n, n), ev, y, churn p, y_churn, brier
     generator = torch.Generator(device=device).manual_seed(spec.seed)  # same masks every epoch
     with torch.no_grad():

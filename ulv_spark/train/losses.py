@@ -12,10 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-# Special token ids of the features vocabulary (features/sequences.py).
-PAD_ID, MASK_ID, CLS_ID, UNK_ID = 0, 1, 2, 3
-FIRST_EVENT_ID = 4
-IGNORE_INDEX = -100  # label of positions the masked-event loss skips (torch's default)
+from ulv_spark.names import CLS_ID, FIRST_EVENT_ID, IGNORE_INDEX, MASK_ID, PAD_ID, TASKS, UNK_ID  # noqa: F401
 
 SIGMA_MIN = 1e-3
 # exp() of a lognormal mean beyond this overflows float64 long before it means anything.
@@ -113,9 +110,6 @@ def masked_event_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
         return logits.sum() * 0.0, count.to(logits.dtype)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat, ignore_index=IGNORE_INDEX)
     return loss, count.to(logits.dtype)
-
-
-TASKS = ("value", "churn", "uplift", "propensity")
 
 
 def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ulv_spark.names import SCALAR_OUTPUTS
 from ulv_spark.train.artifacts import ModelSpec  # noqa: F401  (defined torch-free there; re-exported here)
 from ulv_spark.train.feed import FEATURE_CLIP
 from ulv_spark.train.losses import (CLS_ID, IGNORE_INDEX, UNK_ID, ziln_expected_value, ziln_quantile,
@@ -246,7 +247,7 @@ def predict_arrays(model: MultiTaskModel, meta: "ModelMeta", tokens: np.ndarray,
                          f"({', '.join(meta.feature_columns[:5])}...); got {tabular.shape[1]}")
     n_arms = len(meta.arms)
     features = standardise(tabular, meta.feature_mean, meta.feature_std)
-    keys = ["expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability"]
+    keys = list(SCALAR_OUTPUTS)
     chunks: dict[str, list[np.ndarray]] = {}
     was_training = model.training
     model.eval()
