@@ -38,14 +38,13 @@ def build_model(model_root: str, *, seq_len: int, n_features: int, arms: list[st
     import torch
 
     from ulv_spark.config import EncoderConf
-    from ulv_spark.train.artifacts import ModelMeta, save_model
-    from ulv_spark.train.model import ModelSpec, build_model as build
+    from ulv_spark.train.artifacts import save_model
+    from ulv_spark.train.model import build_model as build
+    from ulv_spark.train.spec import ModelMeta, ModelSpec
 
-    enc = EncoderConf()
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=vocab, seq_len=seq_len, n_features=n_features, n_arms=len(arms),
-                     hidden_size=enc.hidden_size, num_layers=enc.num_layers, num_heads=enc.num_heads,
-                     intermediate_size=enc.intermediate_size, dropout=0.0)
+                     encoder=EncoderConf(dropout=0.0))
     columns = [f"f{i:02d}" for i in range(n_features)]
     meta = ModelMeta(version="bench", feature_columns=columns, feature_mean=[1.0] * n_features,
                      feature_std=[1.0] * n_features, seq_len=seq_len, vocab_size=vocab, vocab_fingerprint="bench",

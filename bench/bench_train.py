@@ -5,7 +5,7 @@ loader over Parquet files) on one process:
 
 * ``materialise_seconds``: training_examples -> the loader's files (Spark jobs included);
 * ``loader_rows_per_s``: batches pulled from the loader with nothing else running;
-* ``pipeline_rows_per_s``: the real fine-tuning epoch loop (``fit._train_epoch``) fed by the loader.
+* ``pipeline_rows_per_s``: the real fine-tuning epoch loop (``loop.train_epoch``) fed by the loader.
 
 And with batches already in memory (the consumption limit):
 
@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._common import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results"
 AS_OF = "2025-10-01"
 
@@ -57,19 +59,19 @@ def _parse(argv):
 
 def _model_spec(meta, n_arms):
     from ulv_spark.config import TrainConf
-    from ulv_spark.train import fit
+    from ulv_spark.train.spec import model_spec
 
-    return fit.model_spec_from_conf(TrainConf(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                                    n_features=len(meta.feature_columns), n_arms=n_arms)
+    return model_spec(TrainConf(), vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                      n_features=len(meta.feature_columns), n_arms=n_arms)
 
 
 def _spec(prepared_model, meta, train_feed, args, work):
     from ulv_spark.config import TrainConf
-    from ulv_spark.train import fit
+    from ulv_spark.train.spec import TrainSpec
 
-    return fit.train_spec_from_conf(TrainConf(), model=prepared_model, meta=meta, train_feed=train_feed, val_feed=None,
-                                    checkpoint_dir=str(work / "ck"), conf={}, label_stats={},
-                                    batch_size=args.batch_size, use_gpu=args.device.startswith("cuda"))
+    return TrainSpec(train=TrainConf(), model=prepared_model, meta=meta, train_feed=train_feed, val_feed=None,
+                     checkpoint_dir=str(work / "ck"), batch_size=args.batch_size,
+                     use_gpu=args.device.startswith("cuda"))
 
 
 def _rates(rows: int, wall: float, cpu: float) -> tuple[float, float]:
@@ -96,17 +98,17 @@ def _pipeline_rate(feed, model, spec, args, steps):
     import torch
 
     from ulv_spark.train import feed as feeds
-    from ulv_spark.train import fit
+    from ulv_spark.train import loop
 
     device = torch.device(args.device)
-    spec = dataclasses.replace(spec, steps_cap=steps)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps_per_epoch=steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     with feeds.open_batches(feed, rank=0, world=1, batch_size=args.batch_size, shuffle=True, seed=2, workers=2,
                             shuffle_buffer=1024, steps_cap=steps) as batches:
         next(batches)
         cpu = time.process_time()
-        stats = fit._train_epoch(fit.FINETUNE, model, optimizer, batches, spec, device, autocast)
+        stats = loop.train_epoch(loop.FINETUNE, model, optimizer, batches, spec, device, autocast)
         return _rates(stats["rows"], stats["seconds"], time.process_time() - cpu)
 
 
@@ -132,7 +134,7 @@ def _step_rates(model, batch, spec, args, steps):
                 if stage == "finetune":
                     loss, _ = multitask_loss(model(tokens, mask, b[feeds.FEATURES].float()), b)
                 else:
-                    inputs, labels = mask_tokens(tokens, mask, spec.model.vocab_size, 0.15)
+                    inputs, labels = mask_tokens(tokens, mask, spec.model.vocab_size, spec.train.mlm_probability)
                     out = model(inputs, mask, mlm_labels=labels)
                     loss, _ = masked_event_loss(out["mlm_logits"], out["mlm_labels"])
             optimizer.zero_grad(set_to_none=True)
@@ -174,10 +176,10 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     from ulv_spark.config import FeaturesConf
+    from bench import train_data as synthetic
     from ulv_spark.train import feed as feeds
-    from ulv_spark.train import synthetic
-    from ulv_spark.train.artifacts import ModelMeta
     from ulv_spark.train.model import build_model
+    from ulv_spark.train.spec import ModelMeta
 
     features = FeaturesConf()
     seq_len = features.sequence_length
@@ -198,7 +200,7 @@ def main(argv=None) -> dict:
     else:
         from ulv_spark.config import LakehouseConf, SparkConf, TrainConf
         from ulv_spark.spark import get_spark
-        from ulv_spark.train import fit
+        from ulv_spark.train import prepare
 
         spark = get_spark(SparkConf(master="local[2]", app_name="bench_train", shuffle_partitions=2,
                                     driver_memory="2g"), LakehouseConf(root=str(work / "lakehouse"), schema="bench"))
@@ -209,12 +211,12 @@ def main(argv=None) -> dict:
                         feed_files=8)
         for loader in ("petastorm", "arrow"):
             start = time.perf_counter()
-            prepared = fit.prepare(spark, examples, train_cfg=cfg, seq_len=seq_len, vocab_size=vocab,
+            prepared = prepare.prepare(spark, examples, train_cfg=cfg, seq_len=seq_len, vocab_size=vocab,
                                    vocab_fingerprint="bench", horizon_days=90, as_of=AS_OF, key=loader, loader=loader)
             materialise[loader] = time.perf_counter() - start
             feeds_by_loader[loader] = prepared.train
             meta = prepared.meta
-        export_dir = Path(cfg.parquet_dir) / "arrow"  # fit.prepare wrote feed.json there
+        export_dir = Path(cfg.parquet_dir) / "arrow"  # prepare.prepare wrote feed.json there
 
     spec_model = _model_spec(meta, len(meta.arms))
     torch.manual_seed(0)
@@ -277,10 +279,7 @@ def main(argv=None) -> dict:
         "loaders": loaders,
         "scaling": scaling,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_results(result, RESULTS / "train.json")
 
 
 if __name__ == "__main__":

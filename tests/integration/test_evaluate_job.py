@@ -103,15 +103,17 @@ def _save_tiny_model(cfg, trained_as_of: dt.date) -> str:
     import torch
 
     from ulv_spark.features import vocab_size, vocabulary_fingerprint
-    from ulv_spark.train.artifacts import ModelMeta, save_model
-    from ulv_spark.train.model import ModelSpec, build_model
+    from ulv_spark.config import EncoderConf
+    from ulv_spark.train.artifacts import save_model
+    from ulv_spark.train.model import build_model
+    from ulv_spark.train.spec import ModelMeta, ModelSpec
 
     features = ["frequency", "recency", "T", "monetary_value"]
     arms = ARMS
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=vocab_size(cfg.features), seq_len=cfg.features.sequence_length,
-                     n_features=len(features), n_arms=len(arms), hidden_size=16, num_layers=1, num_heads=2,
-                     intermediate_size=32, dropout=0.0, tabular_hidden=8, head_hidden=8)
+                     n_features=len(features), n_arms=len(arms), tabular_hidden=8, head_hidden=8,
+                     encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0))
     meta = ModelMeta(version="", feature_columns=features, feature_mean=[0.5, 3.0, 4.0, 2.0],
                      feature_std=[1.0] * 4, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
                      vocab_fingerprint=vocabulary_fingerprint(cfg.features), arms=arms,

@@ -9,11 +9,12 @@ from pandas.testing import assert_frame_equal
 from ulv_spark import lake
 from ulv_spark.context import JobContext
 from ulv_spark.errors import JobFailed
-from ulv_spark.config import load_config
+from ulv_spark.config import EncoderConf, load_config
 from ulv_spark.schemas import Col, TableContract
 from ulv_spark.score import job
-from ulv_spark.train.artifacts import ModelMeta, save_model
-from ulv_spark.train.model import ModelSpec, build_model, predict_arrays
+from ulv_spark.train.artifacts import save_model
+from ulv_spark.train.model import build_model, predict_arrays
+from ulv_spark.train.spec import ModelMeta, ModelSpec
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +39,9 @@ def _fingerprint(cfg):
 
 def _save(model_root, *, seed=5, seq_len=SEQ_LEN, features=FEATURES, fingerprint, version):
     torch.manual_seed(seed)
-    spec = ModelSpec(vocab_size=VOCAB, seq_len=seq_len, n_features=len(features), n_arms=len(ARMS), hidden_size=16,
-                     num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0, tabular_hidden=8, head_hidden=8)
+    spec = ModelSpec(vocab_size=VOCAB, seq_len=seq_len, n_features=len(features), n_arms=len(ARMS),
+                     encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0),
+                     tabular_hidden=8, head_hidden=8)
     model = build_model(spec)
     with torch.no_grad():  # spread the heads so users differ visibly
         for p in model.parameters():

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from bench import train_data as synthetic
 from ulv_spark import lake
+from ulv_spark import schemas as S
 from ulv_spark.config import EncoderConf, TrainConf
+from ulv_spark.train import checkpoints, fit, prepare
 from ulv_spark.train import feed as feeds
-from ulv_spark.train import fit, synthetic
 from ulv_spark.train.artifacts import latest_model_dir, load_model
 from ulv_spark.train.model import predict_arrays
 
@@ -45,11 +48,24 @@ def _train(spark, examples, cfg, **kw):
                            horizon_days=90, as_of=AS_OF, conf={"train": {"note": "test"}}, data_version=1, **kw)
 
 
+def _training_split_statistics(examples, validation_origins):
+    """numpy reference for meta.feature_mean / feature_std: signed log1p of the training split, NaN left out."""
+    rows = examples.toPandas()
+    rows = rows[~rows[S.ORIGIN_DATE].astype(str).isin(validation_origins)]
+    logged = [np.sign(x) * np.log1p(np.abs(x)) for x in
+              (rows[name].astype(float).to_numpy() for name in synthetic.FEATURE_NAMES)]
+    return [float(np.nanmean(t)) for t in logged], [float(np.nanstd(t)) for t in logged]
+
+
 def _assert_usable_model(summary, examples, model_root, vocab=VOCAB):
     assert summary["world_size"] == 2 and summary["device"] == "cpu"
     assert summary["epochs_run"] == 3 and summary["rows_train"] + summary["rows_val"] == ROWS
     assert latest_model_dir(model_root) == summary["model_dir"]
+    assert json.loads((Path(summary["model_dir"]) / "metrics.json").read_text()) == summary["metrics"]
     model, meta = load_model(summary["model_dir"])
+    mean, std = _training_split_statistics(examples, summary["validation_origins"])
+    np.testing.assert_allclose(meta.feature_mean, mean, rtol=1e-9)
+    np.testing.assert_allclose(meta.feature_std, std, rtol=1e-9)
     assert meta.arms == list(synthetic.DEFAULT_ARMS) and meta.feature_columns == list(synthetic.FEATURE_NAMES)
     assert meta.arm_campaigns == {a: "camp_1" for a in synthetic.DEFAULT_ARMS}
     assert (meta.seq_len, meta.vocab_size, meta.horizon_days, meta.trained_as_of) == (SEQ, vocab, 90, "2025-10-01")
@@ -61,14 +77,20 @@ def _assert_usable_model(summary, examples, model_root, vocab=VOCAB):
     return meta
 
 
-def test_barrier_mode_on_local2_through_petastorm_writes_a_loadable_model(spark, examples, tmp_path):
-    cfg = _cfg(tmp_path, local_mode=False, loader="petastorm")
-    summary = _train(spark, examples, cfg)
+@pytest.fixture(scope="module")
+def barrier_run(spark, examples, tmp_path_factory):
+    """(conf, summary) of a training in barrier mode on local[2] through Petastorm (conf defaults otherwise)."""
+    cfg = _cfg(tmp_path_factory.mktemp("barrier"), local_mode=False, loader="petastorm")
+    return cfg, _train(spark, examples, cfg)
+
+
+def test_barrier_mode_on_local2_through_petastorm_writes_a_loadable_model(barrier_run, examples):
+    cfg, summary = barrier_run
     assert summary["status"] == "finished" and summary["loader"] == "petastorm"
     assert summary["validation_origins"] == ["2025-07-03"]  # the newest of the three origins
     assert summary["metrics"]["val_rows"] == summary["rows_val"] == ROWS // 3
     _assert_usable_model(summary, examples, cfg.model_dir)
-    assert fit.latest_checkpoint(summary["checkpoint_dir"]).endswith("epoch-0003.pt")
+    assert checkpoints.latest_checkpoint(summary["checkpoint_dir"]).endswith("epoch-0003.pt")
     assert not any(Path(cfg.petastorm_cache).iterdir())  # converters deleted their cache
 
 
@@ -93,7 +115,7 @@ def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples
     by_loader = {}
     for loader in ("petastorm", "arrow"):
         extra = users if loader == "arrow" else None  # one pretraining feed is enough to check
-        prepared = fit.prepare(spark, source, loader=loader, extra_sequences=extra, **kw)
+        prepared = prepare.prepare(spark, source, loader=loader, extra_sequences=extra, **kw)
         try:
             assert prepared.train.rows == ROWS and prepared.val is None
             by_loader[loader] = [_epoch_ids(prepared.train, rank, 2, 50) for rank in range(2)]
@@ -155,7 +177,7 @@ train:
     assert "stopped after 1 of 3 epochs" in capsys.readouterr().err
     assert latest_model_dir(f"{shared}/models") is None
     [run_dir] = list((shared / "ck").iterdir())
-    assert [Path(p).name for p in fit.checkpoint_files(str(run_dir))] == ["epoch-0001.pt"]
+    assert [Path(p).name for p in checkpoints.checkpoint_files(str(run_dir))] == ["epoch-0001.pt"]
 
     assert cli.main(train) == 0
     out = capsys.readouterr().out
@@ -165,7 +187,7 @@ train:
     features_cfg = FeaturesConf(sequence_length=SEQ)
     meta = _assert_usable_model(summary, examples, f"{shared}/models", vocab=vocab_size(features_cfg))
     assert meta.vocab_fingerprint == vocabulary_fingerprint(features_cfg)
-    assert fit.latest_checkpoint(str(run_dir)).endswith("epoch-0003.pt")
+    assert checkpoints.latest_checkpoint(str(run_dir)).endswith("epoch-0003.pt")
     assert summary["mlflow_run_id"] is None  # mlflow is not installed here: skipped with a log line
     assert not any((shared / "petastorm").iterdir())
 
@@ -181,7 +203,8 @@ def test_torchrun_two_processes_train_from_parquet_without_spark(tmp_path):
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('pyspark is not available on this machine')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK", "SPARK"))}
-    env["PYTHONPATH"] = str(blocker.parent)
+    # the blocker first; then this checkout (a worktree's ulv_spark, not an installed one)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), str(REPO)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ulv_spark.train.torchrun_main", "--data", root, "--model-root", str(tmp_path / "models"),
            "--checkpoint-dir", str(tmp_path / "ck"), "--set", "train.epochs=1", "--set", "train.pretrain_epochs=1",
@@ -190,13 +213,14 @@ def test_torchrun_two_processes_train_from_parquet_without_spark(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):])
-    assert summary["world_size"] == 2 and summary["status"] == "finished"
+    assert summary["world_size"] == 2 and summary["status"] == "finished" and summary["epochs_run"] == 2
+    assert (summary["metrics"]["rows_train"], summary["metrics"]["rows_val"]) == (256, 64)
     model, meta = load_model(summary["model_dir"])
     assert meta.vocab_fingerprint == "synthetic"
 
 
 def test_feed_rows_follow_the_numpy_standardisation_and_label_rules(spark):
-    from ulv_spark.train.model import standardise
+    from ulv_spark.train.scaling import standardise
 
     rows = [("u1", AS_OF, dt.date(2025, 7, 3), 3.0, None, [5, 6, 0], [1, 1, 0], 12.5, 0, "c1", "coupon", 1, 7.0),
             ("u2", AS_OF, dt.date(2025, 7, 3), -2.0, float("nan"), None, None, None, 1, None, None, None, None),

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from ulv_spark.score import predict, udf
-from ulv_spark.train.artifacts import ModelMeta, save_model
-from ulv_spark.train.model import ModelSpec, build_model, predict_arrays
+from ulv_spark.config import EncoderConf
+from ulv_spark.train.artifacts import save_model
+from ulv_spark.train.model import build_model, predict_arrays
+from ulv_spark.train.spec import ModelMeta, ModelSpec
 
 SEQ_LEN, VOCAB = 6, 40
 FEATURES = ["recency_days", "frequency", "monetary_value"]
@@ -18,7 +20,7 @@ def tiny_model(tmp_path_factory):
     """A tiny multi-task model saved with the training team's save_model; (model_dir, meta)."""
     torch.manual_seed(3)
     spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ_LEN, n_features=len(FEATURES), n_arms=len(ARMS),
-                     hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0,
+                     encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0),
                      tabular_hidden=8, head_hidden=8)
     model = build_model(spec)
     meta = ModelMeta(version="v-test", feature_columns=FEATURES, feature_mean=[2.0, 0.5, 3.0],

@@ -125,6 +125,12 @@ def test_multitask_loss_trains_each_row_only_on_the_arm_it_received():
     assert grad[1].abs().sum() == 0                  # the unexposed row trains no arm head
     assert grad[0, 1].abs().sum() > 0 and grad[2, 1].abs().sum() > 0
     assert parts["uplift"][1] == 2.0 and parts["value"][1] == 3.0
+    # the received arms' gradients are those of the mean TARNet loss over the two exposed rows alone
+    own = out["arm"].detach()[[0, 2], 1].clone().requires_grad_()
+    reference = (torch.nn.functional.binary_cross_entropy_with_logits(own[:, 0], torch.tensor([1.0, 0.0]), reduction="none")
+                 + ziln_nll(own[:, 1], own[:, 2], losses.ziln_sigma(own[:, 3]), torch.tensor([4.0, 0.0]))).mean()
+    reference.backward()
+    torch.testing.assert_close(grad[[0, 2], 1], own.grad)
 
 
 def test_multitask_loss_parts_match_their_definitions():

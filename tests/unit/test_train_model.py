@@ -10,16 +10,21 @@ import pytest
 import torch
 from scipy import stats
 
+from bench import train_data as synthetic
 from ulv_spark.config import EncoderConf, TrainConf
+from ulv_spark.names import UNK_ID
+from ulv_spark.train import checkpoints, launch, loop, prepare, torchrun_main
 from ulv_spark.train import feed as feeds
-from ulv_spark.train import fit, synthetic, torchrun_main
-from ulv_spark.train.artifacts import COMPLETE_MARKER, ModelMeta, latest_model_dir, load_model, read_meta, save_model
-from ulv_spark.train.model import ModelSpec, build_masked_lm, build_model, predict_arrays, standardise
+from ulv_spark.train.artifacts import COMPLETE_MARKER, latest_model_dir, load_model, read_meta, save_model
+from ulv_spark.train.model import build_masked_lm, build_model, predict_arrays
+from ulv_spark.train.scaling import standardise
+from ulv_spark.train.spec import ModelMeta, ModelSpec, TrainSpec, model_spec
 
 SEQ, VOCAB = 6, 30
 FEATURES = ["recency_days", "frequency", "monetary_value"]
 ARMS = ["control", "coupon", "ship"]
-TINY = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0, tabular_hidden=8, head_hidden=8)
+TINY_ENCODER = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0)
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _meta(arms=ARMS, **kw):
@@ -29,9 +34,11 @@ def _meta(arms=ARMS, **kw):
     return ModelMeta(**{**base, **kw})
 
 
-def _model(n_arms=3, seed=0, **kw):
+def _model(n_arms=3, seed=0, propensity=False, **encoder):
     torch.manual_seed(seed)
-    return build_model(ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=n_arms, **{**TINY, **kw}))
+    return build_model(ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=n_arms,
+                                 encoder=EncoderConf(**{**TINY_ENCODER, **encoder}), tabular_hidden=8, head_hidden=8,
+                                 propensity=propensity))
 
 
 def _inputs(n, seed=0):
@@ -55,22 +62,44 @@ def test_standardise_applies_signed_log1p_then_zscore_nan_to_zero_and_clips():
     assert got.dtype == np.float32
 
 
-def test_predict_arrays_returns_every_output_with_consistent_values():
+def _raw_heads(model, meta, tokens, mask, tabular) -> dict:
+    with torch.no_grad():
+        out = model(torch.as_tensor(tokens).long(), torch.as_tensor(mask).long(),
+                    torch.as_tensor(standardise(tabular, meta.feature_mean, meta.feature_std)))
+    return {k: v.double().numpy() for k, v in out.items()}
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _ziln_reference(logit, mu, raw_sigma) -> dict:
+    """Expected value and quantiles of the zero-inflated lognormal, from scipy (independent of losses.py)."""
+    p, sigma = _sigmoid(logit), np.log1p(np.exp(raw_sigma)) + 1e-3
+    out = {"expected_value": p * stats.lognorm.mean(s=sigma, scale=np.exp(mu))}
+    for q, key in ((0.1, "value_p10"), (0.9, "value_p90")):
+        inner = np.clip((q - (1 - p)) / p, 1e-12, 1 - 1e-12)
+        out[key] = np.where(q > 1 - p, stats.lognorm.ppf(inner, s=sigma, scale=np.exp(mu)), 0.0)
+    return out
+
+
+def test_predict_arrays_returns_every_output_as_the_head_maths_says():
     model, meta = _model().eval(), _meta()
     tokens, mask, tabular = _inputs(7)
     out = predict_arrays(model, meta, tokens, mask, tabular)
+    assert set(out) == {"expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability",
+                        "arm_conversion", "arm_value"}
     for key in ("expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability"):
-        assert out[key].shape == (7,) and np.isfinite(out[key]).all(), key
+        assert out[key].shape == (7,), key
     assert out["arm_conversion"].shape == (7, 3) and out["arm_value"].shape == (7, 3)
-    assert ((out["p_purchase"] > 0) & (out["p_purchase"] < 1)).all()
-    assert (out["value_p10"] <= out["value_p90"]).all() and (out["expected_value"] > 0).all()
-    # expected value = p * lognormal mean of the value head, checked against scipy
-    with torch.no_grad():
-        raw = model(torch.as_tensor(tokens).long(), torch.as_tensor(mask).long(),
-                    torch.as_tensor(standardise(tabular, meta.feature_mean, meta.feature_std)))["value"].double().numpy()
-    sigma = np.log1p(np.exp(raw[:, 2])) + 1e-3
-    expected = 1 / (1 + np.exp(-raw[:, 0])) * stats.lognorm.mean(s=sigma, scale=np.exp(raw[:, 1]))
-    np.testing.assert_allclose(out["expected_value"], expected, rtol=1e-5)
+    raw = _raw_heads(model, meta, tokens, mask, tabular)
+    value, arm = raw["value"], raw["arm"]
+    expected = {"p_purchase": _sigmoid(value[:, 0]), "churn_probability": _sigmoid(raw["churn"]),
+                **_ziln_reference(value[:, 0], value[:, 1], value[:, 2]),
+                "arm_conversion": _sigmoid(arm[..., 0]),
+                "arm_value": _ziln_reference(arm[..., 1], arm[..., 2], arm[..., 3])["expected_value"]}
+    for key, want in expected.items():
+        np.testing.assert_allclose(out[key], want, rtol=1e-6, err_msg=key)
 
 
 def test_predict_arrays_without_arms_gives_empty_arm_outputs():
@@ -85,16 +114,27 @@ def test_predict_arrays_rejects_wrong_shapes_and_survives_unknown_tokens():
         predict_arrays(model, meta, tokens, mask, tabular[:, :2])
     with pytest.raises(ValueError, match=r"\(B, 6\)"):
         predict_arrays(model, meta, tokens[:, :4], mask[:, :4], tabular)
+    as_unk = tokens.copy()
+    as_unk[:, 0] = UNK_ID
     tokens[:, 0] = VOCAB + 100  # a newer vocabulary's id: read as UNK, not an index error
-    assert np.isfinite(predict_arrays(model, meta, tokens, mask, tabular)["expected_value"]).all()
+    got, want = predict_arrays(model, meta, tokens, mask, tabular), predict_arrays(model, meta, as_unk, mask, tabular)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_a_user_without_events_gets_finite_predictions(pooling):
-    model = _model(pooling=pooling).eval()
+def test_a_user_without_events_or_features_gets_the_predictions_of_the_cls_token_at_the_feature_means(pooling):
+    model, meta = _model(pooling=pooling).eval(), _meta()
     tokens = np.zeros((2, SEQ), dtype=np.int32)
-    out = predict_arrays(model, _meta(), tokens, np.zeros_like(tokens), np.full((2, 3), np.nan))
+    out = predict_arrays(model, meta, tokens, np.zeros_like(tokens), np.full((2, 3), np.nan))
     assert all(np.isfinite(v).all() for v in out.values())
+    # a missing feature counts as the training mean (standardised 0); padding is never attended to
+    at_mean = np.expm1(np.abs(meta.feature_mean)) * np.sign(meta.feature_mean)
+    other_padding = np.full_like(tokens, 17)
+    same = predict_arrays(model, meta, other_padding, np.zeros_like(tokens), np.tile(at_mean, (2, 1)))
+    for key, value in out.items():
+        np.testing.assert_allclose(same[key], value, rtol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(value[0], value[1], err_msg=key)
 
 
 def test_propensity_head_only_when_assignment_is_not_randomised():
@@ -108,14 +148,14 @@ def test_encoder_from_a_local_checkpoint_dir_is_resized_to_the_vocabulary(tmp_pa
 
     BertForMaskedLM(BertConfig(vocab_size=12, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "enc")
-    spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=3, n_arms=0, encoder_local_dir=str(tmp_path / "enc"))
+    spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=3, n_arms=0, encoder=EncoderConf(local_dir=str(tmp_path / "enc")))
     mlm = build_masked_lm(spec)
     assert mlm.get_input_embeddings().num_embeddings == VOCAB and mlm.config.hidden_size == 16
     short = dataclasses.replace(spec, seq_len=80)
     with pytest.raises(ValueError, match="positions"):
         build_masked_lm(short)
     with pytest.raises(ValueError, match="local directory"):
-        build_masked_lm(dataclasses.replace(spec, encoder_local_dir="bert-base-uncased"))
+        build_masked_lm(dataclasses.replace(spec, encoder=EncoderConf(local_dir="bert-base-uncased")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +175,40 @@ def test_save_load_round_trip_predicts_identically(tmp_path):
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert json.loads(open(os.path.join(model_dir, "metrics.json")).read()) == {"val_loss": 1.5}
+
+
+def test_a_model_directory_written_before_the_train_split_loads_and_predicts_as_it_did():
+    """tests/data/model_dir_before_split was written (and its predictions recorded) by the code of main bc2efaa."""
+    recorded = json.loads((DATA / "model_dir_before_split.predictions.json").read_text())
+    model, meta = load_model(str(DATA / "model_dir_before_split"))
+    assert meta.version == "20250101T000000000000-0ldf0rma" and meta.arms == ["control", "coupon", "ship"]
+    assert model.spec == ModelSpec(vocab_size=30, seq_len=6, n_features=3, n_arms=3, tabular_hidden=8, head_hidden=8,
+                                   propensity=True, encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2,
+                                                                        intermediate_size=32, dropout=0.0, pooling="cls"))
+    inputs = recorded["inputs"]
+    tabular = np.array([[np.nan if v is None else v for v in row] for row in inputs["tabular"]])
+    out = predict_arrays(model, meta, np.array(inputs["tokens"]), np.array(inputs["mask"]), tabular)
+    assert set(out) == set(recorded["predictions"])
+    for key, want in recorded["predictions"].items():
+        np.testing.assert_allclose(out[key], np.array(want), rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_model_spec_json_keeps_its_flat_format():
+    old = json.loads((DATA / "model_dir_before_split" / "model_spec.json").read_text())
+    spec = ModelSpec.from_dict(old)
+    assert spec.to_dict() == old  # written the same way it was read
+    assert ModelSpec.from_dict({**old, "added_by_a_newer_version": 1}) == spec
+    local = dataclasses.replace(spec, encoder=dataclasses.replace(spec.encoder, local_dir="/enc"))
+    assert local.to_dict()["encoder_local_dir"] == "/enc" and ModelSpec.from_dict(local.to_dict()) == local
+
+
+def test_model_spec_from_conf_holds_the_encoder_section_with_its_local_dir_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConf(tabular_hidden=12, head_hidden=20, randomised_assignment=False,
+                    encoder=EncoderConf(local_dir="enc", hidden_size=8, num_heads=2, pooling="cls"))
+    spec = model_spec(cfg, vocab_size=50, seq_len=7, n_features=4, n_arms=2)
+    assert spec == ModelSpec(vocab_size=50, seq_len=7, n_features=4, n_arms=2, tabular_hidden=12, head_hidden=20,
+                             propensity=True, encoder=dataclasses.replace(cfg.encoder, local_dir=str(tmp_path / "enc")))
 
 
 def test_latest_model_dir_skips_half_written_versions(tmp_path):
@@ -179,18 +253,18 @@ def test_step_and_batch_arithmetic():
     assert feeds.steps_per_epoch(1000, 64, 2) == 7 and feeds.steps_per_epoch(10, 64, 2) == 1
     assert feeds.steps_per_epoch(1000, 64, 2, cap=3) == 3
     assert feeds.covering_batch_size(200, 64, 2) == 50
-    assert fit.effective_batch_size(256, 100, 2) == 50 and fit.effective_batch_size(16, 100, 2) == 16
-    assert fit._local_slots("local[2]") == 2 and fit._local_slots("local") == 1
-    assert fit._local_slots("spark://h:7077") is None
+    assert feeds.effective_batch_size(256, 100, 2) == 50 and feeds.effective_batch_size(16, 100, 2) == 16
+    assert launch.local_slots("local[2]") == 2 and launch.local_slots("local") == 1
+    assert launch.local_slots("spark://h:7077") is None
 
 
 def test_run_key_ignores_knobs_that_do_not_change_the_result():
     cfg = TrainConf()
-    key = fit.run_key("2025-10-01", 3, cfg, ["a"])
-    assert key == fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, stop_after_epochs=1, resume=False,
-                                                                    loader="arrow", cpu_threads=1), ["a"])
-    assert key != fit.run_key("2025-10-01", 4, cfg, ["a"])
-    assert key != fit.run_key("2025-10-01", 3, dataclasses.replace(cfg, learning_rate=0.1), ["a"])
+    key = prepare.run_key("2025-10-01", 3, cfg, ["a"])
+    assert key == prepare.run_key("2025-10-01", 3, dataclasses.replace(cfg, stop_after_epochs=1, resume=False,
+                                                                        loader="arrow", cpu_threads=1), ["a"])
+    assert key != prepare.run_key("2025-10-01", 4, cfg, ["a"])
+    assert key != prepare.run_key("2025-10-01", 3, dataclasses.replace(cfg, learning_rate=0.1), ["a"])
 
 
 def _train_cfg(tmp_path, **kw):
@@ -204,18 +278,18 @@ def _spec(tmp_path, root, **kw):
     cfg = _train_cfg(tmp_path, **kw)
     info = json.loads(open(os.path.join(root, "feed.json")).read())
     meta = ModelMeta.from_dict(info["meta"])
-    model = fit.model_spec_from_conf(cfg, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                                     n_features=len(meta.feature_columns), n_arms=len(meta.arms))
+    model = model_spec(cfg, vocab_size=meta.vocab_size, seq_len=meta.seq_len, n_features=len(meta.feature_columns),
+                       n_arms=len(meta.arms))
     val = os.path.join(root, "val")
-    return fit.train_spec_from_conf(cfg, model=model, meta=meta, train_feed=feeds.arrow_feed(os.path.join(root, "train")),
-                                    val_feed=feeds.arrow_feed(val) if os.path.isdir(val) else None,
-                                    checkpoint_dir=str(tmp_path / "ck" / "run"), conf={}, label_stats=info["label_stats"],
-                                    batch_size=cfg.batch_size, use_gpu=False)
+    return TrainSpec(train=cfg, model=model, meta=meta, train_feed=feeds.arrow_feed(os.path.join(root, "train")),
+                     val_feed=feeds.arrow_feed(val) if os.path.isdir(val) else None,
+                     checkpoint_dir=str(tmp_path / "ck" / "run"), batch_size=cfg.batch_size,
+                     label_stats=info["label_stats"])
 
 
 def test_tiny_data_overfits_losses_fall_in_both_stages(tmp_path):
     root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, seq_len=SEQ, vocab_size=VOCAB, seed=5)
-    summary = fit.train_rank(_spec(tmp_path, root, epochs=40, pretrain_epochs=25, learning_rate=5e-3))
+    summary = loop.train_rank(_spec(tmp_path, root, epochs=40, pretrain_epochs=25, learning_rate=5e-3))
     history = summary["history"]
     pre = [h["train_loss"] for h in history if h["stage"] == "pretrain"]
     fine = [h["train_loss"] for h in history if h["stage"] == "finetune"]
@@ -229,7 +303,7 @@ def test_tiny_data_overfits_losses_fall_in_both_stages(tmp_path):
 def test_early_stopping_ends_fine_tuning_when_validation_stops_improving(tmp_path):
     root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, val_rows=32, seq_len=SEQ, vocab_size=VOCAB)
     # a learning rate this small cannot move the validation loss by the improvement threshold
-    summary = fit.train_rank(_spec(tmp_path, root, epochs=6, pretrain_epochs=0, learning_rate=1e-12, patience=2))
+    summary = loop.train_rank(_spec(tmp_path, root, epochs=6, pretrain_epochs=0, learning_rate=1e-12, patience=2))
     assert summary["early_stopped"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
     assert summary["metrics"]["val_rows"] == 32
 
@@ -243,20 +317,30 @@ def test_stopped_run_resumes_from_its_checkpoint_via_torchrun_main(tmp_path, cap
     assert torchrun_main.main(args + ["--set", "train.stop_after_epochs=2"]) == 3
     first = json.loads(capsys.readouterr().out)
     assert first["status"] == "interrupted" and first["epochs_run"] == 2 and "model_dir" not in first
-    assert [os.path.basename(p) for p in fit.checkpoint_files(str(tmp_path / "ck"))] == ["epoch-0001.pt", "epoch-0002.pt"]
+    assert [os.path.basename(p) for p in checkpoints.checkpoint_files(str(tmp_path / "ck"))] == ["epoch-0001.pt", "epoch-0002.pt"]
     assert latest_model_dir(str(tmp_path / "models")) is None
 
     assert torchrun_main.main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["status"] == "finished" and second["resumed_from_epoch"] == 2 and second["epochs_run"] == 3
     assert second["model_dir"] == latest_model_dir(str(tmp_path / "models"))
-    assert os.path.basename(fit.latest_checkpoint(str(tmp_path / "ck"))) == "epoch-0003.pt"
-    assert (tmp_path / "ck" / fit.FINISHED_MARKER).is_file()
+    assert os.path.basename(checkpoints.latest_checkpoint(str(tmp_path / "ck"))) == "epoch-0003.pt"
+    assert (tmp_path / "ck" / checkpoints.FINISHED_MARKER).is_file()
 
     # a finished run's checkpoints are not resumed: the next run starts over
     assert torchrun_main.main(args) == 0
     third = json.loads(capsys.readouterr().out)
     assert third["resumed_from_epoch"] is None and third["epochs_run"] == 3
+
+
+def test_a_train_spec_holds_the_conf_section_and_pickles(tmp_path):
+    import pickle
+
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, seq_len=SEQ, vocab_size=VOCAB)
+    spec = _spec(tmp_path, root, learning_rate=0.01, loss_weights={"churn": 2.0})
+    assert spec.train == _train_cfg(tmp_path, learning_rate=0.01, loss_weights={"churn": 2.0})
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert spec.restarted().train == dataclasses.replace(spec.train, resume=False)
 
 
 def test_arm_catalogue_puts_the_control_first_and_ties_arms_to_their_latest_campaign():
@@ -293,7 +377,7 @@ def test_pretraining_reads_its_own_sequence_feed_when_given(tmp_path):
     more = synthetic.write_synthetic_feed(str(tmp_path / "more"), 192, files=2, seq_len=SEQ, vocab_size=VOCAB, seed=9)
     spec = dataclasses.replace(_spec(tmp_path, root, epochs=1, pretrain_epochs=1),
                                pretrain_feed=feeds.arrow_feed(os.path.join(more, "train")))
-    history = fit.train_rank(spec)["history"]
+    history = loop.train_rank(spec)["history"]
     assert [(h["stage"], h["rows"]) for h in history] == [("pretrain", 192), ("finetune", 64)]
 
 
@@ -304,8 +388,8 @@ def test_gpu_requested_on_a_cpu_machine_falls_back_to_cpu_with_a_warning(caplog)
         pytest.skip("a GPU is visible: nothing to fall back from")
     log = logging.getLogger("ulv_spark.test_gpu")
     with caplog.at_level(logging.WARNING, logger="ulv_spark.test_gpu"):
-        device, on_gpu = fit._device(True, 0, log)
-        use_gpu = fit.resolve_gpu(None, TrainConf(use_gpu=True, local_mode=True), log)
+        device, on_gpu = loop.select_device(True, 0, log)
+        use_gpu = launch.resolve_gpu(None, TrainConf(use_gpu=True, local_mode=True), log)
     assert (str(device), on_gpu, use_gpu) == ("cpu", False, False)
     assert "no GPU" in caplog.text
 

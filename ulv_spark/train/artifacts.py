@@ -4,8 +4,8 @@ A model directory ``<train.model_dir>/<version>/`` holds:
 
 * ``config.json`` — the transformers encoder config (``AutoConfig``-loadable);
 * ``model.safetensors`` — every weight of the multi-task model (encoder, MLM head, heads);
-* ``model_spec.json`` — the architecture (:class:`ModelSpec`);
-* ``meta.json`` — :class:`ModelMeta` (what scoring needs to feed the model);
+* ``model_spec.json`` — the architecture (:class:`~ulv_spark.train.spec.ModelSpec`, flat);
+* ``meta.json`` — :class:`~ulv_spark.train.spec.ModelMeta` (what scoring needs to feed the model);
 * ``vocabulary.json`` — vocabulary size, fingerprint, sequence length, special tokens;
 * ``feature_stats.json`` — tabular feature order, mean, std and the transform before them;
 * ``metrics.json`` — validation metrics of the run; ``conf.yaml`` — the resolved conf used;
@@ -16,77 +16,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ulv_spark.names import CLS_ID, MASK_ID, PAD_ID, UNK_ID
+from ulv_spark.train.spec import ModelMeta, ModelSpec
+
 COMPLETE_MARKER = "_COMPLETE"
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What a trained model expects and means; saved as meta.json in the model directory.
-
-    ``feature_mean`` / ``feature_std`` are statistics of sign(x) * log1p(|x|) of each raw
-    feature (see ``feature_transform``); :func:`ulv_spark.train.model.predict_arrays` applies
-    the transform and the standardisation itself, so callers pass raw values.
-    """
-
-    version: str                  # model directory name, sortable (UTC time based)
-    feature_columns: list[str]    # tabular inputs in model order
-    feature_mean: list[float]
-    feature_std: list[float]
-    seq_len: int
-    vocab_size: int
-    vocab_fingerprint: str
-    arms: list[str]               # arms[0] is the control; [] when no campaigns
-    arm_campaigns: dict[str, str]  # arm -> campaign_id it was trained on
-    horizon_days: int
-    trained_as_of: str            # ISO date of the training run
-    feature_transform: str = "signed_log1p"  # applied to raw features before standardising
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelMeta":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture of a :class:`~ulv_spark.train.model.MultiTaskModel` (model_spec.json in the model dir).
-
-    Defined here, free of torch, so a pickled training spec can be opened where torch is not
-    imported yet (Spark executors); ``ulv_spark.train.model`` re-exports it.
-    """
-
-    vocab_size: int
-    seq_len: int
-    n_features: int
-    n_arms: int
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    dropout: float = 0.1
-    pooling: str = "mean"          # "cls" or "mean"
-    tabular_hidden: int = 64
-    head_hidden: int = 64
-    propensity: bool = False       # add a propensity head (targeted, non-randomised campaigns)
-    encoder_local_dir: Optional[str] = None  # start the encoder from this local checkpoint
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def new_version(now: Optional[dt.datetime] = None) -> str:
@@ -123,7 +61,7 @@ def save_model(model, meta: ModelMeta, out_root: str, metrics: dict, conf: dict)
     _write_json(target / "meta.json", meta.to_dict())
     _write_json(target / "vocabulary.json", {
         "vocab_size": meta.vocab_size, "fingerprint": meta.vocab_fingerprint, "seq_len": meta.seq_len,
-        "special_tokens": {"pad": 0, "mask": 1, "cls": 2, "unk": 3}})
+        "special_tokens": {"pad": PAD_ID, "mask": MASK_ID, "cls": CLS_ID, "unk": UNK_ID}})
     _write_json(target / "feature_stats.json", {
         "columns": meta.feature_columns, "mean": meta.feature_mean, "std": meta.feature_std,
         "transform": meta.feature_transform})

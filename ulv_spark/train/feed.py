@@ -31,28 +31,18 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ulv_spark import schemas as S
+from ulv_spark.train.scaling import signed_log1p_column, standardised_features_column
 
 ROW_ID, TOKENS, MASK, FEATURES = "row_id", "tokens", "mask", "features"
 Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX = "y_value", "y_churn", "y_converted", "y_response", "arm_index"
 FEED_COLUMNS = (ROW_ID, TOKENS, MASK, FEATURES, Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX)
 FEED_META_FILE = "feed.json"  # next to train/ and val/ of an exported feed (torchrun_main reads it)
-# Standardised tabular inputs are clipped here: a value far outside the training range says
-# "extreme" just as well at 10 sigma, and unbounded inputs make the MLP extrapolate wildly.
-FEATURE_CLIP = 10.0
 CONTROL_ARM = "control"
 
 
 # --------------------------------------------------------------------------------------------
 # Driver side (Spark)
 # --------------------------------------------------------------------------------------------
-def _signed_log1p(column):
-    from pyspark.sql import functions as F
-
-    x = column.cast("double")
-    clean = F.when(F.isnan(x), F.lit(None)).otherwise(x)  # NaN would poison avg/stddev
-    return F.signum(clean) * F.log1p(F.abs(clean))
-
-
 def split_by_origin(examples, *, validation_share: float, origins: list):
     """Hold out the newest origin dates as validation (time-based split).
 
@@ -63,7 +53,7 @@ def split_by_origin(examples, *, validation_share: float, origins: list):
     Args:
         examples: training_examples rows.
         validation_share: share of origins (or users) held out; 0 = no validation.
-        origins: the distinct origin dates of ``examples`` (see ``fit.profile_examples``).
+        origins: the distinct origin dates of ``examples`` (see ``prepare.profile_examples``).
 
     Returns:
         (train DataFrame, validation DataFrame or None, held-out origin dates as ISO strings).
@@ -103,7 +93,7 @@ def training_statistics(train, feature_columns: list[str]) -> TrainingStatistics
 
     aggs = []
     for i, name in enumerate(feature_columns):
-        t = _signed_log1p(F.col(name))
+        t = signed_log1p_column(F.col(name))
         aggs += [F.avg(t).alias(f"m{i}"), F.stddev_pop(t).alias(f"s{i}")]
     value = F.col(S.LABEL_VALUE).cast("double")
     response = F.col(S.LABEL_RESPONSE_VALUE).cast("double")
@@ -166,18 +156,6 @@ def arms_from_exposures(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
                              f"(arms: {sorted(latest)})")
     arms = [control] + sorted(a for a in latest if a != control)
     return arms, {a: latest[a][1] for a in arms}
-
-
-def standardised_features_column(feature_columns: list[str], mean: list[float], std: list[float]):
-    """ARRAY<FLOAT> of standardised features; mirrors ``ulv_spark.train.model.standardise``."""
-    from pyspark.sql import functions as F
-
-    parts = []
-    for name, m, s in zip(feature_columns, mean, std):
-        z = (_signed_log1p(F.col(name)) - F.lit(float(m))) / F.lit(float(s))
-        clipped = F.greatest(F.lit(-FEATURE_CLIP), F.least(F.lit(FEATURE_CLIP), F.coalesce(z, F.lit(0.0))))
-        parts.append(clipped.cast("float"))
-    return F.array(*parts)
 
 
 def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float], std: list[float],
@@ -297,6 +275,11 @@ def steps_per_epoch(rows: int, batch_size: int, world: int, cap: int = 0) -> int
 def usable_validation(spec: Optional[FeedSpec], world: int) -> Optional[FeedSpec]:
     """The validation feed, or None when it has fewer rows than ranks (a rank would get nothing)."""
     return spec if spec is not None and spec.rows >= world else None
+
+
+def effective_batch_size(batch_size: int, rows: int, world: int) -> int:
+    """The conf batch size, shrunk so every rank gets at least one full batch per epoch."""
+    return max(1, min(batch_size, rows // max(world, 1)))
 
 
 def covering_batch_size(rows: int, batch_size: int, world: int) -> int:

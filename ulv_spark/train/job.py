@@ -20,6 +20,7 @@ def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False
     from ulv_spark.config import to_dict
     from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
     from ulv_spark.train import fit
+    from ulv_spark.train.launch import TrainingFailed
     from ulv_spark.train.artifacts import log_to_mlflow
 
     cfg, spark = ctx.cfg, ctx.spark
@@ -37,7 +38,7 @@ def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False
         if export_feed:
             return fit.export_feed(spark, examples, **inputs)
         summary = fit.train_model(spark, examples, conf=to_dict(cfg), fresh=fresh, **inputs)
-    except (ValueError, fit.TrainingFailed) as exc:
+    except (ValueError, TrainingFailed) as exc:
         raise JobFailed(str(exc)) from None
     if summary["status"] != "finished":
         raise JobFailed(f"stopped after {summary['epochs_run']} of {summary['epochs_planned']} epochs "

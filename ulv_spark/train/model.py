@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -18,15 +18,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ulv_spark.names import SCALAR_OUTPUTS
-from ulv_spark.train.artifacts import ModelSpec  # noqa: F401  (defined torch-free there; re-exported here)
-from ulv_spark.train.feed import FEATURE_CLIP
 from ulv_spark.train.losses import (CLS_ID, IGNORE_INDEX, UNK_ID, ziln_expected_value, ziln_quantile,
                                     ziln_sigma)
+from ulv_spark.train.scaling import standardise
+from ulv_spark.train.spec import ModelMeta, ModelSpec
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ulv_spark.train.artifacts import ModelMeta
-
-FEATURE_TRANSFORM = "signed_log1p"  # applied before standardising (spend and counts are heavy-tailed)
 ARM_OUTPUTS = 4  # conversion logit, response ZILN logit, mu, sigma-raw
 PREDICT_CHUNK = 8192
 
@@ -35,10 +31,11 @@ def build_encoder_config(spec: ModelSpec):
     """A BertConfig sized from the spec: vocabulary from the features, positions for CLS + L."""
     from transformers import BertConfig
 
+    enc = spec.encoder
     return BertConfig(
-        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
-        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout,
+        vocab_size=spec.vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
+        num_attention_heads=enc.num_heads, intermediate_size=enc.intermediate_size,
+        hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=enc.dropout,
         max_position_embeddings=spec.seq_len + 1, type_vocab_size=1, pad_token_id=0)
 
 
@@ -57,8 +54,8 @@ def build_masked_lm(spec: ModelSpec, encoder_config: Any = None):
 
     if encoder_config is not None:
         return AutoModelForMaskedLM.from_config(encoder_config)
-    if spec.encoder_local_dir:
-        local = spec.encoder_local_dir
+    if spec.encoder.local_dir:
+        local = spec.encoder.local_dir
         if not os.path.isdir(local):
             # a hub name would trigger a download: only local checkpoints are allowed
             raise ValueError(f"train.encoder.local_dir must be a local directory, got {local!r}")
@@ -97,7 +94,7 @@ class MultiTaskModel(nn.Module):
         self.spec = spec
         self.mlm = mlm
         enc_hidden = int(mlm.config.hidden_size)
-        tab, width, drop = spec.tabular_hidden, spec.head_hidden, spec.dropout
+        tab, width, drop = spec.tabular_hidden, spec.head_hidden, spec.encoder.dropout
         self.tabular = nn.Sequential(nn.Linear(spec.n_features, tab), nn.GELU(), nn.Dropout(drop),
                                      nn.Linear(tab, tab), nn.GELU())
         self.trunk = nn.Sequential(nn.Linear(enc_hidden + tab, width), nn.GELU(), nn.Dropout(drop),
@@ -119,7 +116,7 @@ class MultiTaskModel(nn.Module):
         """(B, hidden) summary of each sequence: the CLS state or the masked mean."""
         ids, attn = self._with_cls(tokens, mask)
         states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-        if self.spec.pooling == "cls":
+        if self.spec.encoder.pooling == "cls":
             return states[:, 0]
         weights = attn.unsqueeze(-1).to(states.dtype)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -190,18 +187,6 @@ def build_model(spec: ModelSpec, encoder_config: Any = None) -> MultiTaskModel:
     return MultiTaskModel(spec, build_masked_lm(spec, encoder_config))
 
 
-def standardise(tabular: np.ndarray, mean, std) -> np.ndarray:
-    """Raw tabular features -> model inputs: signed log1p, standardise, NaN -> 0, clip.
-
-    Mirrors :func:`ulv_spark.train.feed.standardised_features_column` (the Spark side) exactly.
-    """
-    x = np.asarray(tabular, dtype=np.float64)
-    x = np.sign(x) * np.log1p(np.abs(x))
-    z = (x - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
-    z = np.where(np.isnan(z), 0.0, z)
-    return np.clip(z, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
-
-
 def head_predictions(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Business quantities from raw head outputs (float64): value, quantiles, churn, per-arm outcomes."""
     value = out["value"].double()
@@ -222,13 +207,13 @@ def head_predictions(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return preds
 
 
-def predict_arrays(model: MultiTaskModel, meta: "ModelMeta", tokens: np.ndarray, mask: np.ndarray,
+def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, mask: np.ndarray,
                    tabular: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
     """Predictions for a batch of users from raw inputs (no Spark, no pandas).
 
     Args:
         model: a loaded model (:func:`ulv_spark.train.artifacts.load_model`), in eval mode.
-        meta: its :class:`~ulv_spark.train.artifacts.ModelMeta` (feature order and statistics).
+        meta: its :class:`~ulv_spark.train.spec.ModelMeta` (feature order and statistics).
         tokens, mask: int (B, L) event tokens and attention mask, L = ``meta.seq_len``.
         tabular: float (B, F) RAW features in ``meta.feature_columns`` order; NaN allowed.
         device: torch device string.

@@ -4,7 +4,7 @@
     python -m ulv_spark.train.torchrun_main --data <feed_dir> --set train.epochs=2   # one process
 
 ``<feed_dir>`` is what ``ulv-spark train --export-feed`` writes (``train/``, ``val/``,
-optional ``pretrain/``, ``feed.json``). The same :func:`ulv_spark.train.fit.train_rank` runs as under TorchDistributor,
+optional ``pretrain/``, ``feed.json``). The same :func:`ulv_spark.train.loop.train_rank` runs as under TorchDistributor,
 with the Arrow loader; the architecture and optimisation come from the conf, the data's
 shapes and statistics from feed.json. Rank 0 prints the summary as JSON.
 """
@@ -47,13 +47,12 @@ def _load_conf(path: Optional[str], overrides: list[str]):
 
 
 def build_spec(args):
-    """The :class:`~ulv_spark.train.fit.TrainSpec` for this process from the feed and the conf."""
+    """The :class:`~ulv_spark.train.spec.TrainSpec` for this process from the feed and the conf."""
     import dataclasses
 
     from ulv_spark.config import to_dict
     from ulv_spark.train import feed as feeds
-    from ulv_spark.train import fit
-    from ulv_spark.train.artifacts import ModelMeta
+    from ulv_spark.train.spec import ModelMeta, TrainSpec, model_spec
 
     cfg = _load_conf(args.conf, args.overrides)
     data = Path(args.data).resolve()
@@ -63,22 +62,24 @@ def build_spec(args):
     val_feed = feeds.arrow_feed(str(data / "val")) if (data / "val").is_dir() else None
     pretrain_feed = feeds.arrow_feed(str(data / "pretrain")) if (data / "pretrain").is_dir() else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    model = fit.model_spec_from_conf(cfg.train, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                                     n_features=len(meta.feature_columns), n_arms=len(meta.arms))
-    train_cfg = dataclasses.replace(cfg.train, model_dir=str(Path(args.model_root).resolve())) if args.model_root else cfg.train
-    spec = fit.train_spec_from_conf(
-        train_cfg, model=model, meta=meta, train_feed=train_feed,
-        val_feed=feeds.usable_validation(val_feed, world),
+    train_cfg = cfg.train
+    if args.model_root:
+        train_cfg = dataclasses.replace(train_cfg, model_dir=str(Path(args.model_root).resolve()))
+    spec = TrainSpec(
+        train=train_cfg,
+        model=model_spec(train_cfg, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+                         n_features=len(meta.feature_columns), n_arms=len(meta.arms)),
+        meta=meta, train_feed=train_feed, val_feed=feeds.usable_validation(val_feed, world),
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir
         else str(Path(cfg.train.checkpoint_dir) / data.name),
-        conf=to_dict(cfg), label_stats=info.get("label_stats", {}),
-        batch_size=fit.effective_batch_size(cfg.train.batch_size, train_feed.rows, world), use_gpu=cfg.train.use_gpu,
-        pretrain_feed=pretrain_feed)
-    return dataclasses.replace(spec, resume=False) if args.fresh else spec
+        batch_size=feeds.effective_batch_size(train_cfg.batch_size, train_feed.rows, world),
+        use_gpu=train_cfg.use_gpu, pretrain_feed=pretrain_feed, label_stats=info.get("label_stats", {}),
+        conf=to_dict(cfg))
+    return spec.restarted() if args.fresh else spec
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from ulv_spark.train.fit import train_rank
+    from ulv_spark.train.loop import train_rank
 
     args = build_parser().parse_args(argv)
     summary = train_rank(build_spec(args))

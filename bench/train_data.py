@@ -5,6 +5,9 @@ heavy-tailed, some with nulls, one irrelevant), the length and the token range o
 sequence, the purchase probability and spend (ZILN-shaped), churn, and the campaign
 response, where the treatment arms help active users more than the control. So a model that
 learns anything beats the base rates on every head.
+
+Dev tooling, not part of the installed package: tests (``from bench.train_data import ...``,
+run from the repository root as ``python -m pytest``) and ``bench/bench_train.py`` use it.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def feed_arrays(data: dict, *, mean=None, std=None) -> tuple[dict, list[float], 
     The numpy twin of ``feed.prepare_feed_frame`` for machines without Spark; statistics are
     computed from ``data`` unless given. Returns (columns, mean, std).
     """
-    from ulv_spark.train.model import standardise
+    from ulv_spark.train.scaling import standardise
 
     raw = np.column_stack([np.asarray(data[name], dtype=np.float64) for name in FEATURE_NAMES])
     if mean is None:
@@ -125,7 +128,7 @@ def feed_arrays(data: dict, *, mean=None, std=None) -> tuple[dict, list[float], 
 
 
 def label_statistics_arrays(columns: dict) -> dict[str, float]:
-    """The numpy twin of ``feed.label_statistics`` on feed columns."""
+    """The numpy twin of the label base rates of ``feed.training_statistics`` on feed columns."""
     y, exposed = columns["y_value"].astype(np.float64), columns["arm_index"] >= 0
     response = columns["y_response"].astype(np.float64)[exposed]
     stats = {"p_purchase": float((y > 0).mean()), "p_churn": float(columns["y_churn"].mean())}
@@ -171,7 +174,7 @@ def write_synthetic_feed(root: str, rows: int, *, files: int = 4, val_rows: int 
     import json
     import os
 
-    from ulv_spark.train.artifacts import ModelMeta
+    from ulv_spark.train.spec import ModelMeta
 
     data = synthetic_arrays(rows + val_rows, seq_len=seq_len, vocab_size=vocab_size, seed=seed)
     columns, mean, std = feed_arrays({k: v[:rows] for k, v in data.items()})
