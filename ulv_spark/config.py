@@ -232,7 +232,7 @@ class TrainConf:
     loss_weights: dict[str, float] = field(default_factory=dict)  # value/churn/uplift/propensity; missing = 1
     max_grad_norm: float = 1.0          # gradient clipping; 0 = off
     bf16: bool = True                   # bf16 autocast on GPU (ignored on CPU)
-    reader_workers: int = 2             # Petastorm reader threads per rank
+    reader_workers: int = 1             # Petastorm reader threads per rank; > 1 reads faster (GPU) but in no fixed order
     cpu_threads: int = 0                # torch threads per process on CPU; 0 = $OMP_NUM_THREADS, else cores / local processes
     shuffle_buffer: int = 1024          # rows mixed across row groups by Petastorm's shuffling queue; 0 = off
     feed_files: int = 0                 # Parquet files / row groups of the feed; 0 = 4 per process

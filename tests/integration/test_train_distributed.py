@@ -1,6 +1,6 @@
-"""Distributed training on CPU: TorchDistributor in barrier mode and (through `ulv-spark train`, stopped
-and resumed) in local mode, both via Petastorm; Arrow vs Petastorm rows, the pretraining feed;
-plain torchrun without Spark."""
+"""Distributed training on CPU: TorchDistributor in barrier mode (twice: the same model) and (through
+`ulv-spark train`, stopped and resumed) in local mode, both via Petastorm; Arrow vs Petastorm rows,
+the pretraining feed; plain torchrun without Spark."""
 import datetime as dt
 import json
 import os
@@ -37,7 +37,7 @@ def examples(spark):
 def _cfg(tmp_path, **kw) -> TrainConf:
     base = dict(model_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ck"),
                 petastorm_cache=str(tmp_path / "petastorm"), parquet_dir=str(tmp_path / "feed"),
-                num_processes=2, batch_size=64, epochs=2, pretrain_epochs=1, reader_workers=1, cpu_threads=1,
+                num_processes=2, batch_size=64, epochs=2, pretrain_epochs=1, cpu_threads=1,
                 validation_share=0.34, tabular_hidden=16, head_hidden=16,
                 encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32))
     return TrainConf(**{**base, **kw})
@@ -94,6 +94,39 @@ def test_barrier_mode_on_local2_through_petastorm_writes_a_loadable_model(barrie
     assert not any(Path(cfg.petastorm_cache).iterdir())  # converters deleted their cache
 
 
+def _history(summary):
+    return [{k: v for k, v in h.items() if k != "rows_per_second"} for h in summary["history"]]
+
+
+def test_a_second_training_with_the_same_data_conf_and_seed_gives_the_same_model(barrier_run, spark, examples,
+                                                                                   tmp_path):
+    """Issue 20 item 7: TorchDistributor + Petastorm (shuffled row groups, shuffling queue, dropout, masking), twice."""
+    first_cfg, first = barrier_run
+    second = _train(spark, examples, _cfg(tmp_path, local_mode=False, loader="petastorm"))
+    assert second["checkpoint_dir"].endswith(Path(first["checkpoint_dir"]).name)  # the same run key
+    assert _history(second) == _history(first)  # every train and validation loss, to the last bit
+    (a, meta), (b, _) = load_model(first["model_dir"]), load_model(second["model_dir"])
+    weights_a, weights_b = a.state_dict(), b.state_dict()
+    assert weights_a.keys() == weights_b.keys()
+    assert [k for k in weights_a if not torch.equal(weights_a[k], weights_b[k])] == []
+    fresh = _fresh_weights(first["model_dir"], first_cfg.seed)
+    assert [k for k in fresh if k.startswith("mlm.") and not torch.equal(fresh[k], weights_a[k])]  # the encoder trained
+    rows = examples.limit(50).toPandas()
+    inputs = (np.stack(rows["seq_tokens"]), np.stack(rows["seq_mask"]), rows[meta.feature_columns].astype(float).to_numpy())
+    for key, value in predict_arrays(a, meta, *inputs).items():
+        np.testing.assert_array_equal(predict_arrays(b, meta, *inputs)[key], value, err_msg=key)
+
+
+def _fresh_weights(model_dir, seed):
+    """The weights an untrained model of the same architecture starts from (seeded as train_rank does)."""
+    from ulv_spark.train.model import build_model
+    from ulv_spark.train.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(json.loads((Path(model_dir) / "model_spec.json").read_text()))
+    torch.manual_seed(seed)
+    return build_model(spec).state_dict()
+
+
 def test_barrier_mode_needs_a_task_slot_per_process(spark, examples, tmp_path):
     with pytest.raises(ValueError, match="task slots"):
         _train(spark, examples, _cfg(tmp_path, local_mode=False, num_processes=3))
@@ -104,7 +137,19 @@ def _epoch_ids(spec, rank, world, batch_size):
         return [[int(i) for b in batches.epoch() for i in b[feeds.ROW_ID]] for _ in range(2)]
 
 
-def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples, tmp_path):
+def _shuffled_ids(spec, *, seed, draw_between=False):
+    """Rank 0's row ids over six shuffled epochs (Petastorm's shuffling queue on), drawing from torch's RNG or not."""
+    ids = []
+    with feeds.open_batches(spec, rank=0, world=2, batch_size=50, shuffle=True, seed=seed, shuffle_buffer=100) as batches:
+        for _ in range(6):
+            for batch in batches.epoch():
+                ids += [int(i) for i in batch[feeds.ROW_ID]]
+                if draw_between:
+                    torch.rand(7)  # where the model's dropout draws
+    return ids
+
+
+def test_arrow_and_petastorm_loaders_give_the_same_rows_per_epoch_in_a_seeded_order(spark, examples, tmp_path):
     # one input partition, so the round-robin spread over 4 files is exactly even (150 rows each)
     source = examples.coalesce(1)
     cfg = _cfg(tmp_path, validation_share=0.0, feed_files=4)
@@ -119,6 +164,13 @@ def test_arrow_loader_gives_the_same_rows_per_epoch_as_petastorm(spark, examples
         try:
             assert prepared.train.rows == ROWS and prepared.val is None
             by_loader[loader] = [_epoch_ids(prepared.train, rank, 2, 50) for rank in range(2)]
+            # shuffled: the order is the seed's, whatever else draws random numbers meanwhile
+            torch.manual_seed(1)
+            shuffled = _shuffled_ids(prepared.train, seed=5)
+            torch.manual_seed(2)
+            assert _shuffled_ids(prepared.train, seed=5, draw_between=True) == shuffled, loader
+            assert _shuffled_ids(prepared.train, seed=6) != shuffled, loader
+            assert set(shuffled) <= set(by_loader[loader][0][0]), loader  # rank 0's own shard only
             if extra is not None:
                 assert prepared.pretrain.rows == ROWS + ROWS // 3
                 info = json.loads((Path(cfg.parquet_dir) / "rows" / feeds.FEED_META_FILE).read_text())

@@ -333,6 +333,42 @@ def test_stopped_run_resumes_from_its_checkpoint_via_torchrun_main(tmp_path, cap
     assert third["resumed_from_epoch"] is None and third["epochs_run"] == 3
 
 
+def test_two_trainings_with_the_same_data_conf_and_seed_give_the_same_weights(tmp_path):
+    """Issue 20 item 7 on one process (the TorchDistributor + Petastorm version is in test_train_distributed)."""
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 96, files=2, val_rows=32, seq_len=SEQ, vocab_size=VOCAB)
+    runs = []
+    for name in ("a", "b"):
+        spec = _spec(tmp_path / name, root, epochs=2, pretrain_epochs=1, randomised_assignment=False,
+                     encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.2))
+        summary = loop.train_rank(spec)
+        runs.append((summary, load_model(summary["model_dir"])[0].state_dict()))
+    (first, a), (second, b) = runs
+    strip = [[{k: v for k, v in h.items() if k != "rows_per_second"} for h in s["history"]] for s in (first, second)]
+    assert strip[0] == strip[1] and len(strip[0]) == 3
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    other = loop.train_rank(dataclasses.replace(spec, train=dataclasses.replace(spec.train, seed=8),
+                                                checkpoint_dir=str(tmp_path / "c")))
+    assert other["history"][0]["train_loss"] != first["history"][0]["train_loss"]  # the seed does matter
+
+
+def test_the_loaders_shuffle_with_a_generator_of_their_own():
+    """Petastorm's shuffling queue calls torch.randperm on the global generator: feed gives it its own state."""
+    def shuffled():
+        while True:
+            yield torch.randperm(10).tolist()
+
+    torch.manual_seed(0)
+    alone = [next(it) for it in [feeds._with_own_torch_rng(shuffled(), seed=3)] for _ in range(3)]
+    torch.manual_seed(1)
+    it = feeds._with_own_torch_rng(shuffled(), seed=3)
+    mixed, outside = [], []
+    for _ in range(3):
+        mixed.append(next(it))
+        outside.append(torch.rand(1).item())
+    torch.manual_seed(1)
+    assert mixed == alone and outside == [torch.rand(1).item() for _ in range(3)]  # neither moves the other
+
+
 def test_a_train_spec_holds_the_conf_section_and_pickles(tmp_path):
     import pickle
 

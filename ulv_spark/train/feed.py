@@ -22,6 +22,7 @@ optional pretraining feed (all users' sequences, labels or not) has ``row_id``, 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -219,13 +220,18 @@ def make_petastorm_feed(spark, frame, *, cache_dir: str, files: int) -> FeedSpec
     """Materialise ``frame`` with Petastorm's ``make_spark_converter`` under ``cache_dir``.
 
     ``frame`` is spread round-robin over ``files`` Parquet files of near-equal size, so row
-    groups (Petastorm's shard unit) balance across ranks. Call :func:`delete_feed` when done.
+    groups (Petastorm's shard unit) balance across ranks; the same input partitions give the
+    same files. Call :func:`delete_feed` when done.
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     _quiet_petastorm_warnings()
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, file_url(cache_dir))
     converter = make_spark_converter(frame.repartition(files), dtype="float32")
+    # the converter lists its files as Spark's inputFiles() returns them, in set order, which changes
+    # from run to run (the names hold a random job id); Petastorm numbers the row groups in that
+    # order and deals them to the ranks by number, so sorted they keep their order and owner
+    converter = SparkDatasetConverter(converter.cache_dir_url, sorted(converter.file_urls), len(converter))
     return FeedSpec(loader="petastorm", rows=len(converter), converter=converter)
 
 
@@ -317,30 +323,94 @@ class Batches:
 
 @contextlib.contextmanager
 def open_batches(spec: FeedSpec, *, rank: int, world: int, batch_size: int, shuffle: bool = True,
-                 seed: int = 0, workers: int = 2, shuffle_buffer: int = 0, steps_cap: int = 0) -> Iterator[Batches]:
+                 seed: int = 0, workers: int = 1, shuffle_buffer: int = 0, steps_cap: int = 0) -> Iterator[Batches]:
     """Open this rank's share of the feed as :class:`Batches` (a context manager).
 
-    Petastorm: ``make_torch_dataloader(cur_shard=rank, shard_count=world, num_epochs=None)``.
+    Petastorm: ``make_torch_dataloader(cur_shard=rank, shard_count=world, num_epochs=1)``, one
+    reader per pass, passes joined into an endless stream of full batches.
     Arrow: files ``rank, rank + world, ...`` of the directory read with ``pyarrow.dataset``
     (every ``world``-th row of all files when there are fewer files than ranks), cycled forever
     (shuffled file order and rows per epoch when ``shuffle``).
+
+    The order of the batches is a function of (feed, rank, world, batch_size, seed) alone, so a
+    training run can be repeated exactly, with one exception: Petastorm with ``workers`` > 1
+    reader threads delivers row groups in the order the threads finish them. Petastorm reads
+    one pass over the shard per reader (``num_epochs=1``; its endless mode reshuffles the
+    row groups as often as its ventilator thread happens to wait), each pass with a seed of
+    its own, and its shuffling queue, which draws from torch's global random generator, gets
+    a seeded generator state of its own, so neither the model's dropout nor anything else that
+    draws random numbers moves the data order.
     """
     steps = steps_per_epoch(spec.rows, batch_size, world, steps_cap)
     if spec.loader == "petastorm":
         _quiet_petastorm_warnings()
-        from petastorm.pytorch import BatchedDataLoader
-
-        manager = spec.converter.make_torch_dataloader(
-            batch_size=batch_size, num_epochs=None, workers_count=workers,
-            shuffling_queue_capacity=shuffle_buffer if shuffle else 0, data_loader_fn=BatchedDataLoader,
-            cur_shard=rank, shard_count=world, shuffle_row_groups=shuffle, seed=seed)
-        with manager as loader:
-            yield Batches(iter(loader), steps)
+        stream = _petastorm_batches(spec.converter, rank=rank, world=world, batch_size=batch_size,
+                                    shuffle=shuffle, seed=seed, workers=workers, shuffle_buffer=shuffle_buffer)
+        try:
+            yield Batches(stream, steps)
+        finally:
+            stream.close()  # stops the open reader's threads
     elif spec.loader == "arrow":
         yield Batches(_arrow_batches(spec.path, rank=rank, world=world, batch_size=batch_size,
                                      shuffle=shuffle, seed=seed), steps)
     else:
         raise ValueError(f"unknown loader {spec.loader!r} (petastorm or arrow)")
+
+
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    return ((int(seed) * 1_000_003 + int(rank)) * 1_000_033 + int(step)) % (2 ** 63)
+
+
+def _petastorm_batches(converter, *, rank: int, world: int, batch_size: int, shuffle: bool, seed: int,
+                       workers: int, shuffle_buffer: int) -> Iterator[dict]:
+    """This rank's shard, pass after pass (one seeded Petastorm reader each), in batches of exactly ``batch_size``."""
+    import torch
+    from petastorm.pytorch import BatchedDataLoader
+
+    carry: Optional[dict] = None  # rows of a pass's last, short batch, completed by the next pass
+    for n in itertools.count():
+        pass_seed = _rank_seed(seed, 0, n)  # the same on every rank: Petastorm shards by it
+        manager = converter.make_torch_dataloader(
+            batch_size=batch_size, num_epochs=1, workers_count=workers,
+            shuffling_queue_capacity=shuffle_buffer if shuffle else 0, data_loader_fn=BatchedDataLoader,
+            cur_shard=rank, shard_count=world, shuffle_row_groups=shuffle, seed=pass_seed % (2 ** 32))
+        rows = 0
+        with manager as loader:
+            for batch in _with_own_torch_rng(iter(loader), _rank_seed(seed, rank, n)):
+                size = len(next(iter(batch.values())))
+                rows += size
+                if carry is None and size == batch_size:
+                    yield batch
+                    continue
+                carry = batch if carry is None else {k: torch.cat([carry[k], v]) for k, v in batch.items()}
+                while carry is not None and len(carry[ROW_ID]) >= batch_size:
+                    yield {k: v[:batch_size] for k, v in carry.items()}
+                    rest = {k: v[batch_size:] for k, v in carry.items()}
+                    carry = rest if len(rest[ROW_ID]) else None
+        if rows == 0:  # cycling an empty shard would spin forever
+            raise ValueError(f"Petastorm feed: rank {rank} of {world} has no rows to read")
+
+
+def _with_own_torch_rng(iterator: Iterator[dict], seed: int) -> Iterator[dict]:
+    """``iterator``'s draws from torch's global CPU generator come from a seeded state of their own.
+
+    Petastorm's ``BatchedRandomShufflingBuffer`` calls ``torch.randperm`` without a generator,
+    in the thread that asks for the batch; the caller's generator state is put back after each batch.
+    """
+    import torch
+
+    state = torch.Generator().manual_seed(seed).get_state()
+    while True:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(state)
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+        yield batch
 
 
 def _column_to_numpy(column) -> np.ndarray:
