@@ -21,7 +21,7 @@ import pytest
 from ulv_spark import cli, lake
 from ulv_spark import cluster as spark_cluster
 from ulv_spark.config import load_config
-from ulv_spark.train import checkpoints
+from ulv_spark.train import checkpoints as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -187,8 +187,8 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
 
     def mid_training():  # an unfinished run whose newest checkpoint is epoch 3 or later
         for run_dir in checkpoints.glob("*"):
-            files = checkpoints.checkpoint_files(str(run_dir))  # epoch-NNNN.pt, oldest first
-            if files and not (run_dir / checkpoints.FINISHED_MARKER).exists() and Path(files[-1]).name >= "epoch-0003.pt":
+            files = ckpt.checkpoint_files(str(run_dir))  # epoch-NNNN.pt, oldest first
+            if files and not (run_dir / ckpt.FINISHED_MARKER).exists() and Path(files[-1]).name >= "epoch-0003.pt":
                 return True
         return False
 
