@@ -13,13 +13,13 @@ import datetime as dt
 import time
 from typing import Callable, Optional
 
-from ulv_spark import gates, lake
+from ulv_spark import catalog, gates, lake
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
 STAGES = ("ingest", "features", "train", "score", "evaluate")
-OUTPUT_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
+SUMMARY_GROUPS = (catalog.BRONZE, catalog.FEATURES, catalog.SCORES)  # tables whose versions the summary lists
 log = get_logger("ulv_spark.nightly")
 
 
@@ -50,7 +50,7 @@ def stage_features(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
     result = run_features(ctx)
     spark, cfg = ctx.spark, ctx.cfg
-    ref = lake.table_ref(cfg.lakehouse, "user_features")
+    ref = lake.table_ref(cfg.lakehouse, catalog.USER_FEATURES.name)
     features = lake.read_table(spark, ref)
     current = features.filter(features.as_of_date == ctx.as_of)
     previous_date = (features.filter(features.as_of_date < ctx.as_of)
@@ -110,7 +110,7 @@ def stage_score(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 def score_shift_gate(ctx, predictions) -> gates.GateResult:
     """PSI of tonight's expected_value vs the previous night's, over the previous night's deciles."""
     spark, cfg = ctx.spark, ctx.cfg
-    ref = lake.table_ref(cfg.lakehouse, "user_value")
+    ref = lake.table_ref(cfg.lakehouse, catalog.USER_VALUE.name)
     limit = cfg.gates.max_score_psi
     if not lake.is_delta(spark, ref):
         return gates.psi_gate(None, [], limit)
@@ -202,7 +202,7 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
 def _table_versions(ctx) -> dict:
     out = {}
     spark = ctx.spark
-    for name in ("orders", "user_features", "training_examples", *OUTPUT_TABLES):
+    for name in catalog.names(*SUMMARY_GROUPS):
         ref = lake.table_ref(ctx.cfg.lakehouse, name)
         try:
             version = lake.current_version(spark, ref)

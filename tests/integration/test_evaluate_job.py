@@ -88,7 +88,7 @@ def simulate_bronze(n: int = 400, seed: int = 0):
 
 
 def write_bronze(spark, lakehouse_cfg, frames) -> None:
-    from ulv_spark.schemas import CAMPAIGN_EXPOSURES, ORDERS, TRUTH_UPLIFT, TRUTH_USERS
+    from ulv_spark.catalog import CAMPAIGN_EXPOSURES, ORDERS, TRUTH_UPLIFT, TRUTH_USERS
 
     for frame, contract in zip(frames, (ORDERS, CAMPAIGN_EXPOSURES, TRUTH_USERS, TRUTH_UPLIFT)):
         if "run_id" in contract.column_names:

@@ -169,7 +169,7 @@ def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: di
     from ulv_spark import lake
     from ulv_spark.evaluate import pipeline
     from ulv_spark.evaluate.report import write_report
-    from ulv_spark.schemas import EVALUATION_METRICS
+    from ulv_spark.catalog import EVALUATION_METRICS
 
     ref = lake.table_ref(cfg.lakehouse, EVALUATION_METRICS.name)
     lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=as_of, run_id=run_id), ref,

@@ -18,7 +18,8 @@ from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.ingest.generator import RAW_TABLES, GeneratorParams, generated_table
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.schemas import AS_OF_DATE, TRUTH_UPLIFT, TRUTH_USERS
+from ulv_spark.catalog import TRUTH_UPLIFT, TRUTH_USERS
+from ulv_spark.schemas import AS_OF_DATE
 
 
 def params_for(cfg, as_of: dt.date) -> GeneratorParams:

@@ -536,7 +536,7 @@ def raw_user_attributes(sim: Simulation) -> pd.DataFrame:
 
 
 def truth_users_frame(sim: Simulation) -> pd.DataFrame:
-    """truth_users rows (user as index) for every truth date (see schemas.TRUTH_USERS)."""
+    """truth_users rows (user as index) for every truth date (see catalog.TRUTH_USERS)."""
     p = sim.params
     frames = []
     for date in p.truth_dates:
