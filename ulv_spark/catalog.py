@@ -10,7 +10,8 @@ tables``, the demo and the notebook what to attach. Adding a table is one regist
 A bronze table registers its quarantine table ``<name>_rejects`` (group ``rejects``) with it.
 The feature tables' columns depend on the features conf and on the user attributes present,
 so they register a ``build(features_cfg, attribute_columns)`` function beside the contract
-for the default conf.
+for the default conf; their tabular columns are generated from the feature declarations
+(``features.build.FEATURE_BLOCKS``, see ``features/declare.py``).
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ulv_spark.config import FeaturesConf
+from ulv_spark.features.build import feature_table_columns
 from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE,
                              VALUE_P10, VALUE_P90)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
                                LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION,
                                ORIGIN_DATE, REJECT_REASON, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID, Col,
-                               TableContract, feature_table_columns)
+                               TableContract)
 
 # Groups, in the order their tables are listed.
 BRONZE = "bronze"            # ingest's MERGE targets, one per input source (sources.<name>)
@@ -206,6 +208,11 @@ USER_ATTRIBUTES = register(BRONZE, TableContract(
 # --------------------------------------------------------------------------------------------
 # Gold: features (written by jobs/features.py; read by train, score and evaluate)
 # --------------------------------------------------------------------------------------------
+_NULL_FEATURES = ("Feature columns are null only where a builder produced null for a user who has rows in the "
+                  "feature's source (the nightly null-feature gate watches the share); users without such rows get "
+                  "the declared default.")
+
+
 def _sequence_cols() -> tuple[Col, ...]:
     return (
         Col(SEQ_TOKENS, "ARRAY<INT>", False, "Token ids of the user's last L orders and events before the date, oldest "
@@ -221,8 +228,8 @@ def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
         name="user_features",
         comment=("Point-in-time user features. Grain: one row per (user_id, as_of_date) for every user with an "
                  "order or event strictly before as_of_date; only data strictly before as_of_date is used. RFM "
-                 "follows lifetimes (freq='D', observation end as_of_date - 1 day). Written by jobs/features.py "
-                 "(replaceWhere per as_of_date)."),
+                 "follows lifetimes (freq='D', observation end as_of_date - 1 day). " + _NULL_FEATURES + " Written "
+                 "by jobs/features.py (replaceWhere per as_of_date)."),
         columns=(
             _c(USER_ID, "STRING", "Customer id", False),
             _c(AS_OF_DATE, "DATE", "Run date D; features use data strictly before it", False),
@@ -242,7 +249,7 @@ def training_examples_contract(features_cfg: Optional[FeaturesConf] = None,
         comment=("Training examples at rolling past origins origin_date = as_of_date - H - k * step. Grain: one row "
                  "per (user_id, as_of_date, origin_date) for every user with an order or event before origin_date; "
                  "features use data strictly before origin_date, labels only [origin_date, origin_date + "
-                 "horizon_days). Written by jobs/features.py (replaceWhere per as_of_date)."),
+                 "horizon_days). " + _NULL_FEATURES + " Written by jobs/features.py (replaceWhere per as_of_date)."),
         columns=(
             _c(USER_ID, "STRING", "Customer id", False),
             _c(AS_OF_DATE, "DATE", "Run date D of the features job that built the examples", False),
