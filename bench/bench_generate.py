@@ -38,7 +38,7 @@ def _numpy_rows(params) -> tuple[float, dict]:
 
     rows = dict.fromkeys(RAW_TABLES, 0)
     start = time.perf_counter()
-    for part in range(params.partitions):
+    for part in range(params.gen.partitions):
         sim = Simulation(params, part)
         for table in RAW_TABLES:
             rows[table] += len(TABLES[table][0](sim))
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "generate.json"))
     args = parser.parse_args(argv)
 
-    from ulv_spark.config import LakehouseConf, SparkConf
+    from ulv_spark.config import GenerateConf, LakehouseConf, SparkConf
     from ulv_spark.ingest.generator import GeneratorParams
     from ulv_spark.spark import get_spark
 
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         for size in [int(s) for s in args.sizes.split(",")]:
             users = max(100, int(size / ORDERS_PER_USER))
             partitions = max(4, users // 50_000)
-            params = GeneratorParams(users=users, partitions=partitions, seed=1,
+            params = GeneratorParams(GenerateConf(users=users, partitions=partitions, seed=1),
                                      truth_dates=(dt.date(2025, 7, 3), dt.date(2025, 10, 1)))
             np_seconds, np_rows = _numpy_rows(params)
             seconds, rows = _generate(spark, work, users, partitions, f"s{size}")

@@ -30,7 +30,7 @@ def stage_ingest(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
     result = run_ingest(ctx)
     for table, counts in _reject_counts(result).items():
-        gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.gates.max_reject_share)
+        gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.ingest.max_reject_share)
         _record_gate(report, gate, f"ingest.{table}")
     return result
 

@@ -40,8 +40,8 @@ def run_generate(ctx: JobContext) -> Summary:
     """The `generate` command: raw Parquet inputs in the shop's column names + truth tables."""
     cfg, spark, log = ctx.cfg, ctx.spark, get_logger("ulv_spark.generate")
     params = params_for(cfg, ctx.as_of)
-    summary = {"output_dir": cfg.generate.output_dir, "users": params.users, "partitions": params.partitions,
-               "seed": params.seed, "truth_dates": [d.isoformat() for d in params.truth_dates], "rows": {}}
+    summary = {"output_dir": cfg.generate.output_dir, "users": params.gen.users, "partitions": params.gen.partitions,
+               "seed": params.gen.seed, "truth_dates": [d.isoformat() for d in params.truth_dates], "rows": {}}
     for table in RAW_TABLES:
         path = raw_path(cfg.generate.output_dir, table)
         with stage(f"generate {table}", log) as info:

@@ -19,7 +19,7 @@ from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
-from ulv_spark.ingest.validate import Outcome, SourceRules, prepare, reject_counts
+from ulv_spark.ingest.validate import Outcome, prepare, reject_counts
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import Col, TableContract
 
@@ -42,7 +42,7 @@ def read_source(spark, table: str, src):
 
 
 def _map_sources(spark, cfg) -> dict:
-    """table -> (mapped DataFrame, SourceRules); fails on the first source that cannot be mapped."""
+    """table -> (mapped DataFrame, effective SourceConf); fails on the first source that cannot be mapped."""
     if cfg.sources.orders is None:
         raise ConfigError("sources.orders is required (the order log to ingest)")
     out = {}
@@ -63,7 +63,7 @@ def _map_sources(spark, cfg) -> dict:
         if missing:
             raise JobFailed(f"sources.{table}: mapped column(s) {', '.join(missing)} not found in {src.path} "
                             f"(its columns: {', '.join(raw.columns)})")
-        out[table] = (map_columns(raw, table, columns), SourceRules.from_source(src))
+        out[table] = (map_columns(raw, table, columns), src)
     return out
 
 
