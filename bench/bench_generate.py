@@ -34,7 +34,8 @@ AS_OF = dt.date(2025, 10, 1)
 
 
 def _numpy_rows(params) -> tuple[float, dict]:
-    from ulv_spark.ingest.generator import RAW_TABLES, TABLES, Simulation
+    from ulv_spark.synthetic.generator import TABLES, Simulation
+    from ulv_spark.synthetic.job import RAW_TABLES
 
     rows = dict.fromkeys(RAW_TABLES, 0)
     start = time.perf_counter()
@@ -48,7 +49,7 @@ def _numpy_rows(params) -> tuple[float, dict]:
 def _generate(spark, work: Path, users: int, partitions: int, tag: str) -> tuple[float, dict]:
     from ulv_spark.context import JobContext
     from ulv_spark.config import load_config
-    from ulv_spark.ingest import generate_job
+    from ulv_spark.synthetic import job as generate_job
 
     root = work / f"lh_{tag}"
     conf = {"lakehouse": {"root": str(root), "schema": f"bench_{tag}", "shared_dir": str(root / "_shared")},
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from ulv_spark.config import GenerateConf, LakehouseConf, SparkConf
-    from ulv_spark.ingest.generator import GeneratorParams
+    from ulv_spark.synthetic.generator import GeneratorParams
     from ulv_spark.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench_generate_"))

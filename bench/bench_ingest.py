@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     from pyspark.sql import functions as F
 
     from ulv_spark.config import GenerateConf, LakehouseConf, SparkConf
-    from ulv_spark.ingest.generator import GeneratorParams, generated_table
+    from ulv_spark.synthetic.generator import GeneratorParams, generated_table
     from ulv_spark.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench_ingest_"))

@@ -46,7 +46,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "generate": Command("ulv_spark.ingest.generate_job:run_generate", "write a synthetic order log with known truth"),
+    "generate": Command("ulv_spark.synthetic.job:run_generate", "write a synthetic order log with known truth"),
     "ingest": Command("ulv_spark.ingest.job:run_ingest",
                       "load the order log and optional inputs into bronze Delta tables"),
     "features": Command("ulv_spark.features.job:run_features",

@@ -1,6 +1,6 @@
 """The nightly job on a real Spark standalone cluster (master + 2 workers, 1 core each), issue 9.
 
-The cluster is started from the pip-installed PySpark by :mod:`ulv_spark.cluster` and stopped by
+The cluster is started from the pip-installed PySpark by :mod:`tools.cluster` and stopped by
 process id. Every night is submitted exactly as README documents it: ``spark-submit --master
 spark://... --packages <delta> --py-files <wheel> jobs/nightly.py``, so the driver, the executors
 and the two TorchDistributor ranks are separate processes. Then the fault drills: a worker killed
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from ulv_spark import cli, lake
-from ulv_spark import cluster as spark_cluster
+from tools import cluster as spark_cluster
 from ulv_spark.config import load_config
 from ulv_spark.train import fit
 

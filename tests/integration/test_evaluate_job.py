@@ -229,7 +229,7 @@ def test_truth_at_origins_pivots_arms_exactly(spark):
 def test_cdnow_rfm_from_the_features_code_gives_lifetimes_bgnbd_figures(spark):
     """The pipeline's RFM (features team's user_rfm on CDNOW) through BgNbdGammaGamma = lifetimes direct."""
     from ulv_spark.evaluate.baselines import BgNbdGammaGamma
-    from ulv_spark.evaluate.benchmarks import (CDNOW_CUT, CDNOW_HORIZON, cdnow_orders, lifetimes_reference)
+    from bench.bench_accuracy import (CDNOW_CUT, CDNOW_HORIZON, cdnow_orders, lifetimes_reference)
     from ulv_spark.features.inputs import prepare_orders
     from ulv_spark.features.rfm import user_rfm
 

@@ -9,9 +9,10 @@ from pyspark.sql import functions as F
 from ulv_spark import lake
 from ulv_spark.context import JobContext
 from ulv_spark.config import load_config
-from ulv_spark.ingest import generate_job, job
-from ulv_spark.ingest.generator import (CATEGORY_NAMES, Simulation, raw_orders, truth_uplift_frame, truth_users_frame,
-                                        user_id)
+from ulv_spark.ingest import job
+from ulv_spark.synthetic import job as generate_job
+from ulv_spark.synthetic.generator import (CATEGORY_NAMES, Simulation, raw_orders, truth_uplift_frame,
+                                           truth_users_frame, user_id)
 
 pytestmark = pytest.mark.slow
 

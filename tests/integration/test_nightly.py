@@ -138,7 +138,7 @@ def test_notebook_runs_against_the_lakehouse(night, spark):
 
 
 def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, spark, capsys):
-    from ulv_spark import demo
+    from tools import demo
 
     cfg = load_config(night)
     if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:

@@ -50,3 +50,11 @@ def test_registering_a_name_twice_or_an_unknown_group_fails():
         catalog.table("nope")
     with pytest.raises(ValueError, match="unknown table group"):
         catalog.names("silver")
+
+
+def test_the_simulator_writes_catalog_tables():
+    from ulv_spark.synthetic.generator import TABLES
+    from ulv_spark.synthetic.job import RAW_TABLES
+
+    assert RAW_TABLES == catalog.names(catalog.BRONZE)
+    assert set(TABLES) == set(catalog.names(catalog.BRONZE, catalog.TRUTH))

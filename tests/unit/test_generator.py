@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ulv_spark.config import GenerateConf
-from ulv_spark.ingest.generator import (GeneratorParams, Simulation, partition_users, raw_events, raw_exposures,
-                                        raw_orders, truth_uplift_frame, truth_users_frame)
+from ulv_spark.synthetic.generator import (GeneratorParams, Simulation, partition_users, raw_events,
+                                           raw_exposures, raw_orders, truth_uplift_frame, truth_users_frame)
 
 D = dt.date(2025, 10, 1)
 H = 90

@@ -19,7 +19,7 @@ from ulv_spark.cli import main as cli_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ulv_spark.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="conf/local.yaml")
     parser.add_argument("--as-of", default=None, help="run date (default: run.as_of in the conf)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the backtest and report")

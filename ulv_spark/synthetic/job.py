@@ -13,13 +13,14 @@ import datetime as dt
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from ulv_spark import lake
+from ulv_spark import catalog, lake
 from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
-from ulv_spark.ingest.generator import RAW_TABLES, GeneratorParams, generated_table
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.catalog import TRUTH_UPLIFT, TRUTH_USERS
 from ulv_spark.schemas import AS_OF_DATE
+from ulv_spark.synthetic.generator import TABLES, GeneratorParams, generated_table
+
+RAW_TABLES = tuple(name for name in catalog.names(catalog.BRONZE) if name in TABLES)  # the inputs it simulates
 
 
 def params_for(cfg, as_of: dt.date) -> GeneratorParams:
@@ -47,7 +48,7 @@ def run_generate(ctx: JobContext) -> Summary:
         with stage(f"generate {table}", log) as info:
             generated_table(spark, params, table).write.mode("overwrite").parquet(path)
             info["rows"] = summary["rows"][table] = spark.read.parquet(path).count()
-    for contract in (TRUTH_USERS, TRUTH_UPLIFT):
+    for contract in (t.contract for t in catalog.tables(catalog.TRUTH)):
         ref = lake.table_ref(cfg.lakehouse, contract.name)
         with stage(f"generate {contract.name}", log) as info:
             truth = generated_table(spark, params, contract.name).persist(StorageLevel.MEMORY_AND_DISK)

@@ -622,7 +622,8 @@ def finish_truth(df, params: GeneratorParams):
     return df.select(_user_id().alias("user_id"), *[F.col(c) for c in df.columns if c != "user"])
 
 
-# table name -> (pandas builder, schema of its codes, Spark finisher)
+# table name -> (pandas builder, schema of its codes, Spark finisher): raw inputs named as the bronze
+# tables they feed (catalog group bronze) and the truth tables (catalog group truth)
 TABLES: dict[str, tuple[Callable, str, Callable]] = {
     "orders": (raw_orders, "user long, seq int, ordered_at timestamp, order_total double, items int, category int, "
                            "discount_total double, is_cancellation boolean", finish_orders),
@@ -639,8 +640,6 @@ TABLES: dict[str, tuple[Callable, str, Callable]] = {
                                          "true_uplift_conversion double, true_uplift_value double, "
                                          "response_window_days int", finish_truth),
 }
-RAW_TABLES = ("orders", "events", "campaign_exposures", "user_attributes")
-TRUTH_TABLES = ("truth_users", "truth_uplift")
 
 
 def partition_frames(params: GeneratorParams, table: str, partitions: Sequence[int]) -> Iterator[pd.DataFrame]:
