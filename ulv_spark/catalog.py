@@ -24,8 +24,8 @@ from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPEC
                              VALUE_P10, VALUE_P90)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
                                LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION,
-                               ORIGIN_DATE, REJECT_REASON, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID, Col,
-                               TableContract)
+                               ORIGIN_DATE, REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID,
+                               VALUE_DECILE, Col, TableContract)
 
 # Groups, in the order their tables are listed.
 BRONZE = "bronze"            # ingest's MERGE targets, one per input source (sources.<name>)
@@ -340,7 +340,7 @@ USER_VALUE = register(SCORES, TableContract(
         _c(P_PURCHASE, "DOUBLE", "Probability of at least one purchase in the horizon", False),
         _c(VALUE_P10, "DOUBLE", "10th percentile of spend in the horizon", False),
         _c(VALUE_P90, "DOUBLE", "90th percentile of spend in the horizon", False),
-        _c("value_decile", "INT", "Decile of expected_value among users of the date (1 = top)", False),
+        _c(VALUE_DECILE, "INT", "Decile of expected_value among users of the date (1 = top)", False),
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
@@ -355,7 +355,7 @@ USER_CHURN = register(SCORES, TableContract(
         _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
         _c(HORIZON_DAYS, "INT", "Horizon in days, starting at as_of_date", False),
         _c(CHURN_PROBABILITY, "DOUBLE", "Probability of no purchase in the horizon", False),
-        _c("risk_tier", "STRING", "low / medium / high, by the cut points in conf (score.risk_tiers)", False),
+        _c(RISK_TIER, "STRING", "low / medium / high, by the cut points in conf (score.risk_tiers)", False),
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),

@@ -19,7 +19,9 @@ from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
 STAGES = ("ingest", "features", "train", "score", "evaluate")
-SUMMARY_GROUPS = (catalog.BRONZE, catalog.FEATURES, catalog.SCORES)  # tables whose versions the summary lists
+# tables whose Delta versions the summary lists: the order log, the training inputs and the outputs
+SUMMARY_TABLES = (catalog.ORDERS.name, catalog.USER_FEATURES.name, catalog.TRAINING_EXAMPLES.name,
+                  *catalog.names(catalog.SCORES))
 log = get_logger("ulv_spark.nightly")
 
 
@@ -202,7 +204,7 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
 def _table_versions(ctx) -> dict:
     out = {}
     spark = ctx.spark
-    for name in catalog.names(*SUMMARY_GROUPS):
+    for name in SUMMARY_TABLES:
         ref = lake.table_ref(ctx.cfg.lakehouse, name)
         try:
             version = lake.current_version(spark, ref)

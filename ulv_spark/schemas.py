@@ -30,6 +30,10 @@ IS_CONTROL = "is_control"            # true when `arm` is the campaign's control
 LABEL_CONVERTED = "label_converted"  # 1/0 purchase in the campaign's response window (null: no exposure)
 LABEL_RESPONSE_VALUE = "label_response_value"  # spend in the response window (null: no exposure)
 
+# score table columns derived from the predictions (score/tables.py writes them)
+VALUE_DECILE = "value_decile"        # user_value: 1 = top decile of expected_value
+RISK_TIER = "risk_tier"              # user_churn: low / medium / high
+
 # Columns of user_features / training_examples that are not tabular model inputs. Every other
 # numeric column is a tabular feature (see feature_columns), so joined user attributes and new
 # features reach the model without code changes; the model stores the list it was trained on.
