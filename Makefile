@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 demo: setup
-	$(BIN)/python -m ulv_spark.demo --conf $(CONF)
+	$(BIN)/python -m tools.demo --conf $(CONF)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ empty lakehouse. Then, one after the other on the same machine:
 
 * ``local[2]``: ``ulv-spark nightly --conf <local conf>``: one JVM with 2 task threads, training
   in TorchDistributor local mode (2 processes on the driver);
-* ``cluster``: ``python -m ulv_spark.cluster start --workers 2 --cores 1`` and README's
+* ``cluster``: ``python -m tools.cluster start --workers 2 --cores 1`` and README's
   ``spark-submit --master spark://... --packages <delta> --py-files <wheel> jobs/nightly.py``
   with conf/standalone.yaml: a driver JVM, a master, 2 worker JVMs and 2 executor JVMs with
   1 core each; training in barrier mode with one rank per executor.
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
 
-    from ulv_spark import cluster
+    from tools import cluster
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     env = cluster.submit_env()

@@ -8,7 +8,7 @@ like on a noisy machine:
   ``--repeats``), plus normalised Gini, decile MAPE, ECE, Qini and AUUC;
 * report: rendering the HTML (5 embedded PNG plots) for a backtest of four methods.
 
-The accuracy benchmarks (CDNOW, synthetic) are ``python -m ulv_spark.evaluate.benchmarks``.
+The accuracy benchmarks (CDNOW, synthetic) are ``python -m bench.bench_accuracy``.
 
 Run: ``.venv/bin/python -m bench.bench_evaluate [--users 1000000] [--repeats 3]``.
 Prints and writes ``bench/results/evaluate_speed.json``.

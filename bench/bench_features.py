@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     from ulv_spark.features.inputs import prepare_orders
     from ulv_spark.features.job import write_feature_tables
     from ulv_spark.features.rfm import user_rfm
-    from ulv_spark.schemas import EVENTS, ORDERS
+    from ulv_spark.catalog import EVENTS, ORDERS
     from ulv_spark.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench_features_"))

@@ -34,11 +34,12 @@ AS_OF = dt.date(2025, 10, 1)
 
 
 def _numpy_rows(params) -> tuple[float, dict]:
-    from ulv_spark.ingest.generator import RAW_TABLES, TABLES, Simulation
+    from ulv_spark.synthetic.generator import TABLES, Simulation
+    from ulv_spark.synthetic.job import RAW_TABLES
 
     rows = dict.fromkeys(RAW_TABLES, 0)
     start = time.perf_counter()
-    for part in range(params.partitions):
+    for part in range(params.gen.partitions):
         sim = Simulation(params, part)
         for table in RAW_TABLES:
             rows[table] += len(TABLES[table][0](sim))
@@ -48,7 +49,7 @@ def _numpy_rows(params) -> tuple[float, dict]:
 def _generate(spark, work: Path, users: int, partitions: int, tag: str) -> tuple[float, dict]:
     from ulv_spark.context import JobContext
     from ulv_spark.config import load_config
-    from ulv_spark.ingest import generate_job
+    from ulv_spark.synthetic import job as generate_job
 
     root = work / f"lh_{tag}"
     conf = {"lakehouse": {"root": str(root), "schema": f"bench_{tag}", "shared_dir": str(root / "_shared")},
@@ -69,8 +70,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "generate.json"))
     args = parser.parse_args(argv)
 
-    from ulv_spark.config import LakehouseConf, SparkConf
-    from ulv_spark.ingest.generator import GeneratorParams
+    from ulv_spark.config import GenerateConf, LakehouseConf, SparkConf
+    from ulv_spark.synthetic.generator import GeneratorParams
     from ulv_spark.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench_generate_"))
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
         for size in [int(s) for s in args.sizes.split(",")]:
             users = max(100, int(size / ORDERS_PER_USER))
             partitions = max(4, users // 50_000)
-            params = GeneratorParams(users=users, partitions=partitions, seed=1,
+            params = GeneratorParams(GenerateConf(users=users, partitions=partitions, seed=1),
                                      truth_dates=(dt.date(2025, 7, 3), dt.date(2025, 10, 1)))
             np_seconds, np_rows = _numpy_rows(params)
             seconds, rows = _generate(spark, work, users, partitions, f"s{size}")

@@ -61,12 +61,12 @@ def _validate_only(spark, conf: dict) -> int:
     from ulv_spark.config import SourceConf
     from ulv_spark.ingest.job import read_source
     from ulv_spark.ingest.mapping import map_columns, resolve_columns
-    from ulv_spark.ingest.validate import SourceRules, prepare, reject_counts
+    from ulv_spark.ingest.validate import prepare, reject_counts
 
     src = SourceConf(**conf["sources"]["orders"])
     raw, src = read_source(spark, "orders", src)
     columns, _ = resolve_columns("orders", src.columns, raw.columns)
-    prep = prepare("orders", map_columns(raw, "orders", columns), rules=SourceRules.from_source(src), as_of=AS_OF,
+    prep = prepare("orders", map_columns(raw, "orders", columns), rules=src, as_of=AS_OF,
                    run_id="bench", rejected_at=dt.datetime(2025, 10, 1))
     return sum(r["rows"] for r in reject_counts(prep.labelled).collect())
 
@@ -79,8 +79,8 @@ def main(argv=None) -> dict:
 
     from pyspark.sql import functions as F
 
-    from ulv_spark.config import LakehouseConf, SparkConf
-    from ulv_spark.ingest.generator import GeneratorParams, generated_table
+    from ulv_spark.config import GenerateConf, LakehouseConf, SparkConf
+    from ulv_spark.synthetic.generator import GeneratorParams, generated_table
     from ulv_spark.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
             users = max(100, int(size / ORDERS_PER_USER))
-            params = GeneratorParams(users=users, partitions=4, seed=1, truth_dates=())
+            params = GeneratorParams(GenerateConf(users=users, partitions=4, seed=1), truth_dates=())
             orders = work / f"orders_{size}"
             generated_table(spark, params, "orders").write.mode("overwrite").parquet(str(orders))
             rows = spark.read.parquet(str(orders)).count()

@@ -18,7 +18,7 @@ from ulv_spark.config import ConfigError, load_config, to_dict
 from ulv_spark.context import JobContext
 from ulv_spark.errors import EXIT_FAILED, EXIT_USAGE, JobFailed
 from ulv_spark.nightly import STAGES
-from ulv_spark.runtime import get_logger, new_run_id
+from ulv_spark.runtime import get_logger, new_run_id, stdout_to_stderr
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "generate": Command("ulv_spark.ingest.generate_job:run_generate", "write a synthetic order log with known truth"),
+    "generate": Command("ulv_spark.synthetic.job:run_generate", "write a synthetic order log with known truth"),
     "ingest": Command("ulv_spark.ingest.job:run_ingest",
                       "load the order log and optional inputs into bronze Delta tables"),
     "features": Command("ulv_spark.features.job:run_features",
@@ -119,7 +119,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     log.debug("resolved conf: %s", json.dumps(to_dict(cfg), default=str))
     command = COMMANDS[args.command]
     try:
-        summary = command.load()(ctx, **stage_options(command, args)) or {}
+        with stdout_to_stderr():  # stdout carries the summary alone: library and worker output goes to stderr
+            summary = command.load()(ctx, **stage_options(command, args)) or {}
     except JobFailed as exc:
         print(f"ulv-spark {args.command}: FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -2,7 +2,8 @@
 
 Table and column names of the Delta tables live with their contracts (``schemas`` / ``catalog``);
 this module holds the names that are not table columns of one table: token ids of the event
-sequences, the model's prediction outputs and the training tasks.
+sequences, the model's prediction outputs, the training tasks, and the feature columns that
+code outside ``features/`` reads by name (the baselines' RFM inputs).
 """
 from __future__ import annotations
 
@@ -27,3 +28,11 @@ ARM_OUTPUTS = (ARM_CONVERSION, ARM_VALUE)
 
 # ---- training tasks (loss parts, loss weights in train.loss_weights, validation losses) -------
 TASKS = ("value", "churn", "uplift", "propensity")
+
+# ---- feature columns read by name outside features/ (declared in features.rfm / features.build) --
+FREQUENCY = "frequency"              # lifetimes definitions, in days
+RECENCY = "recency"
+T_AGE = "T"
+MONETARY = "monetary_value"
+RFM_COLUMNS = (FREQUENCY, RECENCY, T_AGE, MONETARY)
+HAS_PURCHASE = "has_purchase"        # 1 when the user bought before the as-of date, else 0

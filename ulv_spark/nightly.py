@@ -13,13 +13,15 @@ import datetime as dt
 import time
 from typing import Callable, Optional
 
-from ulv_spark import gates, lake
+from ulv_spark import catalog, gates, lake
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
 STAGES = ("ingest", "features", "train", "score", "evaluate")
-OUTPUT_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
+# tables whose Delta versions the summary lists: the order log, the training inputs and the outputs
+SUMMARY_TABLES = (catalog.ORDERS.name, catalog.USER_FEATURES.name, catalog.TRAINING_EXAMPLES.name,
+                  *catalog.names(catalog.SCORES))
 log = get_logger("ulv_spark.nightly")
 
 
@@ -30,7 +32,7 @@ def stage_ingest(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
     result = run_ingest(ctx)
     for table, counts in _reject_counts(result).items():
-        gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.gates.max_reject_share)
+        gate = gates.reject_share_gate(counts["rejected"], counts["total"], ctx.cfg.ingest.max_reject_share)
         _record_gate(report, gate, f"ingest.{table}")
     return result
 
@@ -50,7 +52,7 @@ def stage_features(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
     result = run_features(ctx)
     spark, cfg = ctx.spark, ctx.cfg
-    ref = lake.table_ref(cfg.lakehouse, "user_features")
+    ref = lake.table_ref(cfg.lakehouse, catalog.USER_FEATURES.name)
     features = lake.read_table(spark, ref)
     current = features.filter(features.as_of_date == ctx.as_of)
     previous_date = (features.filter(features.as_of_date < ctx.as_of)
@@ -110,7 +112,7 @@ def stage_score(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 def score_shift_gate(ctx, predictions) -> gates.GateResult:
     """PSI of tonight's expected_value vs the previous night's, over the previous night's deciles."""
     spark, cfg = ctx.spark, ctx.cfg
-    ref = lake.table_ref(cfg.lakehouse, "user_value")
+    ref = lake.table_ref(cfg.lakehouse, catalog.USER_VALUE.name)
     limit = cfg.gates.max_score_psi
     if not lake.is_delta(spark, ref):
         return gates.psi_gate(None, [], limit)
@@ -202,7 +204,7 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
 def _table_versions(ctx) -> dict:
     out = {}
     spark = ctx.spark
-    for name in ("orders", "user_features", "training_examples", *OUTPUT_TABLES):
+    for name in SUMMARY_TABLES:
         ref = lake.table_ref(ctx.cfg.lakehouse, name)
         try:
             version = lake.current_version(spark, ref)

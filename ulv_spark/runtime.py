@@ -1,8 +1,9 @@
-"""Run ids, logging and stage timing shared by every job."""
+"""Run ids, logging, stage timing and the stdout guard shared by every job."""
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import time
 import uuid
@@ -46,3 +47,27 @@ def stage(name: str, log: logging.Logger | None = None) -> Iterator[dict]:
     info["seconds"] = round(time.perf_counter() - start, 2)
     facts = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("stage", "seconds"))
     log.info("%s: done in %.1fs%s", name, info["seconds"], f" ({facts})" if facts else "")
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever the block writes to stdout to stderr (print the command's summary after it).
+
+    Python prints (lifetimes / scipy on a fit that does not converge, TorchDistributor relaying
+    its ranks' lines) follow ``sys.stdout``; native code and child processes (torch's launcher,
+    a Spark JVM started inside the block and the Python workers it forks) write to file
+    descriptor 1. Both are pointed at stderr until the block ends, so a command's stdout can
+    carry its JSON summary alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_stdout, saved_fd = sys.stdout, os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved_stdout

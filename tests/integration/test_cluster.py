@@ -1,6 +1,6 @@
 """The nightly job on a real Spark standalone cluster (master + 2 workers, 1 core each), issue 9.
 
-The cluster is started from the pip-installed PySpark by :mod:`ulv_spark.cluster` and stopped by
+The cluster is started from the pip-installed PySpark by :mod:`tools.cluster` and stopped by
 process id. Every night is submitted exactly as README documents it: ``spark-submit --master
 spark://... --packages <delta> --py-files <wheel> jobs/nightly.py``, so the driver, the executors
 and the two TorchDistributor ranks are separate processes. Then the fault drills: a worker killed
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from ulv_spark import cli, lake
-from ulv_spark import cluster as spark_cluster
+from tools import cluster as spark_cluster
 from ulv_spark.config import load_config
 from ulv_spark.train import checkpoints as ckpt
 
@@ -125,17 +125,31 @@ def _versions(spark, cfg):
     return {n: lake.current_version(spark, lake.table_ref(cfg.lakehouse, n)) for n in OUTPUTS}
 
 
+def _users_seen_before(spark, cfg, date):
+    """Customers of the generated raw files with an order or an event strictly before `date`."""
+    from pyspark.sql import functions as F
+
+    raw = Path(cfg.generate.output_dir)
+    orders = spark.read.parquet(str(raw / "orders")).select(
+        "customer_id", F.to_timestamp("ordered_at", "yyyy-MM-dd'T'HH:mm:ss").alias("ts"))
+    events = spark.read.parquet(str(raw / "events")).select("customer_id", F.col("event_time").cast("timestamp")
+                                                             .alias("ts"))
+    before = orders.unionByName(events).filter(F.col("ts") < F.lit(date).cast("timestamp"))
+    return before.select("customer_id").distinct().count()
+
+
 def _stage(summary, name):
     return next(s for s in summary["stages"] if s["stage"] == name)
 
 
-def _need_first_night(spark, night):
-    if lake.current_version(spark, lake.table_ref(night.cfg.lakehouse, "user_value")) is None:
-        pytest.skip("needs the first night on the cluster (test_spark_submit_runs_the_nightly_on_both_workers)")
+@pytest.fixture(scope="module")
+def first_night(night):
+    """(exit code, summary) of the first night submitted to the cluster; the later drills build on it."""
+    return _finish(_submit(night, "night1"))
 
 
-def test_spark_submit_runs_the_nightly_on_both_workers(night, spark):
-    code, summary = _finish(_submit(night, "night1"))
+def test_spark_submit_runs_the_nightly_on_both_workers(night, first_night, spark):
+    code, summary = first_night
     assert code == 0, summary
     assert [s["stage"] for s in summary["stages"]] == ["ingest", "features", "train", "score"]
     assert all(s["status"] == "ok" for s in summary["stages"])
@@ -146,22 +160,21 @@ def test_spark_submit_runs_the_nightly_on_both_workers(night, spark):
 
     cfg = night.cfg
     users = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_features"), as_of_date=D).count()
-    assert users > 500
+    assert users == _users_seen_before(spark, cfg, D)
     for name in ("user_value", "user_churn", "user_segments"):
         df = lake.read_table(spark, lake.table_ref(cfg.lakehouse, name), as_of_date=D)
         assert df.count() == users and df.select("user_id").distinct().count() == users, name
         assert {r[0] for r in df.select("model_version").distinct().collect()} == {train["model_version"]}
     uplift = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "promo_uplift"), as_of_date=D)
-    arms = uplift.select("arm").distinct().count()
-    assert arms >= 2 and uplift.count() == users * arms
+    arms = sorted(r[0] for r in uplift.select("arm").distinct().collect())
+    assert arms == ["coupon_10", "free_shipping"] and uplift.count() == users * len(arms)
 
     # the application's executors ran on both workers (each keeps a work dir per application)
     apps = [{p.name for p in Path(night.cluster.state_dir, f"worker{i}").glob("app-*")} for i in (0, 1)]
     assert apps[0] & apps[1], apps
 
 
-def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, spark):
-    _need_first_night(spark, night)
+def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, first_night, spark):
     tables = (*OUTPUTS, "user_features", "training_examples")
     before = _snapshot(spark, night.cfg, tables)
     run = _submit(night, "features_fault")
@@ -175,8 +188,7 @@ def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, 
     assert _snapshot(spark, night.cfg, tables) == before
 
 
-def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night, spark):
-    _need_first_night(spark, night)
+def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night, first_night, spark):
     cfg = night.cfg
     versions, before = _versions(spark, cfg), _snapshot(spark, cfg)
     models_before = sorted(p.name for p in Path(cfg.train.model_dir).iterdir())

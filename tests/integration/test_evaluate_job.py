@@ -88,7 +88,7 @@ def simulate_bronze(n: int = 400, seed: int = 0):
 
 
 def write_bronze(spark, lakehouse_cfg, frames) -> None:
-    from ulv_spark.schemas import CAMPAIGN_EXPOSURES, ORDERS, TRUTH_UPLIFT, TRUTH_USERS
+    from ulv_spark.catalog import CAMPAIGN_EXPOSURES, ORDERS, TRUTH_UPLIFT, TRUTH_USERS
 
     for frame, contract in zip(frames, (ORDERS, CAMPAIGN_EXPOSURES, TRUTH_USERS, TRUTH_UPLIFT)):
         if "run_id" in contract.column_names:
@@ -231,7 +231,7 @@ def test_truth_at_origins_pivots_arms_exactly(spark):
 def test_cdnow_rfm_from_the_features_code_gives_lifetimes_bgnbd_figures(spark):
     """The pipeline's RFM (features team's user_rfm on CDNOW) through BgNbdGammaGamma = lifetimes direct."""
     from ulv_spark.evaluate.baselines import BgNbdGammaGamma
-    from ulv_spark.evaluate.benchmarks import (CDNOW_CUT, CDNOW_HORIZON, cdnow_orders, lifetimes_reference)
+    from bench.bench_accuracy import (CDNOW_CUT, CDNOW_HORIZON, cdnow_orders, lifetimes_reference)
     from ulv_spark.features.inputs import prepare_orders
     from ulv_spark.features.rfm import user_rfm
 

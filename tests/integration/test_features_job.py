@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from ulv_spark import cli, lake
 from ulv_spark.config import load_config
 from ulv_spark.features import vocab_size, vocabulary_fingerprint
-from ulv_spark.schemas import EVENTS, ORDERS, USER_ATTRIBUTES, training_examples_contract, user_features_contract
+from ulv_spark.catalog import EVENTS, ORDERS, USER_ATTRIBUTES, training_examples_contract, user_features_contract
 
 pytestmark = pytest.mark.slow
 

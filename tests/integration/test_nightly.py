@@ -1,12 +1,16 @@
 """The nightly job end to end on generated data, as the scheduler runs it (issue: nightly job).
 
-One lakehouse for the module: generate, then nights D, D again, D + 1, and broken nights.
-Runs in-process through the CLI entry point (the shared Spark session is reused).
+One lakehouse for the module: generate, then nights D, D again, D + 1 (the ``nights`` fixture, which
+every test that reads scored nights depends on), and broken nights. Runs in-process through the
+CLI entry point (the shared Spark session is reused).
 """
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,6 +49,14 @@ def _run(conf, capsys, *args):
     return code, json.loads(out[out.index("{"):])
 
 
+def _run_json(conf, *args):
+    """(exit code, summary) of an in-process nightly; stdout is the summary alone."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli.main(["nightly", "--conf", str(conf), *args])
+    return code, json.loads(buffer.getvalue())
+
+
 def _snapshot(spark, cfg):
     """Output tables as sorted rows without run_id (a new run id is the only thing a re-run may change)."""
     snap = {}
@@ -58,44 +70,60 @@ def _versions(spark, cfg):
     return {n: lake.current_version(spark, lake.table_ref(cfg.lakehouse, n)) for n in OUTPUTS}
 
 
-def test_nightly_end_to_end_then_rerun_then_next_day(night, spark, capsys):
+@pytest.fixture(scope="module")
+def nights(night, spark):
+    """Nights D, D again and D + 1 on the module's lakehouse, with what the first test checks after each.
+
+    Every test that needs scored nights depends on this fixture, so it runs them whichever test
+    comes first (``-k`` included) instead of skipping.
+    """
     cfg = load_config(night)
-    code, first = _run(night, capsys, "--as-of", D.isoformat())
+    schema = cfg.lakehouse.schema
+    out = SimpleNamespace(cfg=cfg)
+    out.first = _run_json(night, "--as-of", D.isoformat())
+    out.users = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_features"), as_of_date=D).count()
+    out.latest_counts = {name: spark.sql(f"SELECT count(*) FROM {schema}.latest_{name}").first()[0]
+                         for name in ("user_value", "user_churn", "user_segments")}
+    out.arms = sorted(r[0] for r in spark.sql(f"SELECT DISTINCT arm FROM {schema}.promo_uplift").collect())
+    out.uplift_rows = spark.sql(f"SELECT count(*) FROM {schema}.promo_uplift WHERE as_of_date = DATE'{D}'").first()[0]
+    out.deciles = tuple(spark.sql(f"SELECT min(value_decile), max(value_decile) FROM {schema}.latest_user_value")
+                        .first())
+    out.before_again = _snapshot(spark, cfg)
+    out.again = _run_json(night, "--as-of", D.isoformat())
+    out.after_again = _snapshot(spark, cfg)
+    out.next_day = _run_json(night, "--as-of", (D + dt.timedelta(days=1)).isoformat())
+    out.dates = [r[0] for r in spark.sql(f"SELECT DISTINCT as_of_date FROM {schema}.user_value ORDER BY 1").collect()]
+    out.models = {r[0] for r in spark.sql(f"SELECT DISTINCT model_version FROM {schema}.user_value").collect()}
+    return out
+
+
+def test_nightly_end_to_end_then_rerun_then_next_day(nights):
+    code, first = nights.first
     assert code == 0, first
     assert [s["stage"] for s in first["stages"]] == ["ingest", "features", "train", "score"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert first["stages"][2]["trained"] is True
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
 
-    users = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_features"), as_of_date=D).count()
-    schema = cfg.lakehouse.schema
-    for name in ("user_value", "user_churn", "user_segments"):
-        assert spark.sql(f"SELECT count(*) FROM {schema}.latest_{name}").first()[0] == users
-    arms = spark.sql(f"SELECT count(DISTINCT arm) FROM {schema}.promo_uplift").first()[0]
-    assert arms >= 2
-    assert spark.sql(f"SELECT count(*) FROM {schema}.promo_uplift WHERE as_of_date = DATE'{D}'").first()[0] == users * arms
-    top = spark.sql(f"SELECT min(value_decile), max(value_decile) FROM {schema}.latest_user_value").first()
-    assert tuple(top) == (1, 10)
+    users = nights.users
+    assert nights.latest_counts == {"user_value": users, "user_churn": users, "user_segments": users}
+    assert nights.arms == ["coupon_10", "free_shipping"]  # generate.campaign_arms less the control
+    assert nights.uplift_rows == users * len(nights.arms)
+    assert nights.deciles == (1, 10)
 
-    before = _snapshot(spark, cfg)
-    code, again = _run(night, capsys, "--as-of", D.isoformat())
+    code, again = nights.again
     assert code == 0 and again["stages"][2]["trained"] is False
-    assert _snapshot(spark, cfg) == before
+    assert nights.after_again == nights.before_again
 
-    nxt = D + dt.timedelta(days=1)
-    code, next_day = _run(night, capsys, "--as-of", nxt.isoformat())
+    code, next_day = nights.next_day
     assert code == 0, next_day
     assert next_day["stages"][2]["trained"] is False
-    dates = [r[0] for r in spark.sql(f"SELECT DISTINCT as_of_date FROM {schema}.user_value ORDER BY 1").collect()]
-    assert dates == [D, nxt]
-    models = {r[0] for r in spark.sql(f"SELECT DISTINCT model_version FROM {schema}.user_value").collect()}
-    assert len(models) == 1
+    assert nights.dates == [D, D + dt.timedelta(days=1)]
+    assert len(nights.models) == 1
 
 
-def test_broken_input_fails_the_night_and_leaves_outputs_untouched(night, spark, capsys):
-    cfg = load_config(night)
-    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
-        pytest.skip("needs the first test's nights")
+def test_broken_input_fails_the_night_and_leaves_outputs_untouched(night, nights, spark, capsys):
+    cfg = nights.cfg
     before, versions = _snapshot(spark, cfg), _versions(spark, cfg)
     # every amount unparsable: the reject-share gate stops the night in ingest
     code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=2)).isoformat(),
@@ -105,10 +133,8 @@ def test_broken_input_fails_the_night_and_leaves_outputs_untouched(night, spark,
     assert _versions(spark, cfg) == versions and _snapshot(spark, cfg) == before
 
 
-def test_score_shift_gate_stops_before_outputs_are_replaced(night, spark, capsys):
-    cfg = load_config(night)
-    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
-        pytest.skip("needs the first test's nights")
+def test_score_shift_gate_stops_before_outputs_are_replaced(night, nights, spark, capsys):
+    cfg = nights.cfg
     versions = _versions(spark, cfg)
     code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=3)).isoformat(),
                         "--set", "gates.max_score_psi=-1")
@@ -118,13 +144,10 @@ def test_score_shift_gate_stops_before_outputs_are_replaced(night, spark, capsys
     assert _versions(spark, cfg) == versions
 
 
-def test_notebook_runs_against_the_lakehouse(night, spark):
+def test_notebook_runs_against_the_lakehouse(night, nights, spark):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
-    cfg = load_config(night)
-    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
-        pytest.skip("needs the first test's nights")
     nb = nbformat.read(REPO / "notebooks" / "explore_output_tables.ipynb", as_version=4)
     os.environ["ULV_SPARK_CONF"] = str(night)
     try:
@@ -134,15 +157,13 @@ def test_notebook_runs_against_the_lakehouse(night, spark):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3
+    assert len(images) == 4  # segments, deciles (one figure), churn tiers, uplift per arm
 
 
-def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, spark, capsys):
-    from ulv_spark import demo
+def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, nights, spark, capsys):
+    from tools import demo
 
-    cfg = load_config(night)
-    if lake.current_version(spark, lake.table_ref(cfg.lakehouse, "user_value")) is None:
-        pytest.skip("needs the nightly run of test_nightly_end_to_end_then_rerun_then_next_day")
+    cfg = nights.cfg
     capsys.readouterr()
     assert demo.summarize(str(night)) == 0
     out = capsys.readouterr().out

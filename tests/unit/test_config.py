@@ -39,6 +39,15 @@ def test_unknown_key_names_key_and_file(write_conf):
         load_config(path)
 
 
+def test_the_removed_gate_reject_threshold_says_what_to_use(write_conf):
+    with pytest.raises(ConfigError, match=r"conf\.yaml: 'gates\.max_reject_share' was removed: use "
+                                          r"ingest\.max_reject_share \(one reject threshold"):
+        load_config(write_conf("gates:\n  max_reject_share: 0.1\n  max_score_psi: 0.3\n"))
+    with pytest.raises(ConfigError, match=r"\(with --set overrides\): 'gates\.max_reject_share' was removed"):
+        load_config(write_conf("{}\n", "empty.yaml"), ["gates.max_reject_share=0.1"])
+    assert load_config(write_conf("ingest:\n  max_reject_share: 0.1\n", "ok.yaml")).ingest.max_reject_share == 0.1
+
+
 def test_wrong_type_names_key(write_conf):
     path = write_conf("train:\n  epochs: three\n")
     with pytest.raises(ConfigError, match=r"'train\.epochs' must be an integer, got 'three'"):

@@ -7,8 +7,8 @@ from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features import build_user_features
-from ulv_spark.schemas import (RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_FEATURES, feature_columns,
-                               user_features_contract)
+from ulv_spark.catalog import USER_FEATURES, user_features_contract
+from ulv_spark.schemas import RUN_ID, SEQ_MASK, SEQ_TOKENS, feature_columns
 
 D = dt.date(2024, 4, 1)   # windows start 7d: 03-25, 30d: 03-02, 90d: 01-02, 180d: 2023-10-04
 CFG = FeaturesConf(attribute_onehot={"tier": ["gold", "silver"]})

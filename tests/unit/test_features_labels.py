@@ -8,7 +8,8 @@ from ulv_spark.config import FeaturesConf
 from ulv_spark.features import build_training_examples, origins
 from ulv_spark.features.inputs import prepare_exposures, prepare_orders
 from ulv_spark.features.labels import campaign_labels, exposure_outcomes, window_labels
-from ulv_spark.schemas import RUN_ID, training_examples_contract
+from ulv_spark.catalog import training_examples_contract
+from ulv_spark.schemas import RUN_ID
 
 A, B = dt.date(2024, 2, 1), dt.date(2024, 1, 25)  # H = 10: [02-01, 02-11) and [01-25, 02-04)
 ORDER_DDL = "user_id string, order_id string, order_ts string, amount double, is_return boolean"

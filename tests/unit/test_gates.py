@@ -58,3 +58,23 @@ def test_spark_null_shares_and_bins(spark):
     df = spark.createDataFrame([(1.0, None), (float("nan"), 2.0), (3.0, 3.0), (4.0, 4.0)], "a double, b double")
     assert gates.null_shares(df, ["a", "b"]) == {"a": 0.25, "b": 0.25}
     assert gates.bin_counts(df.na.drop(), "a", [2.0, 3.5]) == [0, 1, 1]
+
+
+def test_the_nightly_reject_gate_uses_the_ingest_threshold(monkeypatch, write_conf):
+    import datetime as dt
+
+    from ulv_spark import nightly
+    from ulv_spark.config import load_config
+    from ulv_spark.context import JobContext
+    from ulv_spark.errors import GateFailed
+    from ulv_spark.ingest import job
+
+    cfg = load_config(write_conf("ingest:\n  max_reject_share: 0.1\n"))
+    summary = {"tables": {"orders": {"rows_read": 10, "source_rows": 10, "rejected": 2}}}
+    monkeypatch.setattr(job, "run_ingest", lambda ctx: summary)
+    report = {"gates": []}
+    ctx = JobContext(cfg=cfg, as_of=dt.date(2025, 10, 1), run_id="r", command="nightly")
+    with pytest.raises(GateFailed, match=r"gate reject_share \(ingest\.orders\) failed: 2 of 10 source rows"):
+        nightly.stage_ingest(ctx, False, report)
+    assert [(g["gate"], g["value"], g["threshold"], g["passed"]) for g in report["gates"]] == [
+        ("reject_share", 0.2, 0.1, False)]

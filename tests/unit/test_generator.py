@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ulv_spark.config import GenerateConf
-from ulv_spark.ingest.generator import (GeneratorParams, Simulation, partition_users, raw_events, raw_exposures,
-                                        raw_orders, truth_uplift_frame, truth_users_frame)
+from ulv_spark.synthetic.generator import (GeneratorParams, Simulation, partition_users, raw_events,
+                                           raw_exposures, raw_orders, truth_uplift_frame, truth_users_frame)
 
 D = dt.date(2025, 10, 1)
 H = 90
@@ -22,7 +22,7 @@ H = 90
 @pytest.fixture(scope="module")
 def population():
     """60k users with the default campaigns, one partition."""
-    params = GeneratorParams(users=60_000, partitions=1, seed=11, truth_dates=(D,))
+    params = GeneratorParams(GenerateConf(users=60_000, partitions=1, seed=11), truth_dates=(D,))
     return Simulation(params, 0)
 
 
@@ -37,14 +37,14 @@ def test_partitions_split_users_exactly():
 
 
 def test_simulation_is_deterministic_for_seed_and_partition():
-    params = GeneratorParams(users=400, partitions=2, seed=3)
+    params = GeneratorParams(GenerateConf(users=400, partitions=2, seed=3))
     a, b = Simulation(params, 1), Simulation(params, 1)
     for build in (raw_orders, raw_events, raw_exposures, truth_users_frame, truth_uplift_frame):
         assert build(a).equals(build(b)), build.__name__
     other = Simulation(params, 0)
     assert other.user_index[0] == 0 and a.user_index[0] == 200
     assert not np.array_equal(other.lam, a.lam)
-    reseeded = Simulation(dataclasses.replace(params, seed=4), 1)
+    reseeded = Simulation(dataclasses.replace(params, gen=dataclasses.replace(params.gen, seed=4)), 1)
     assert not np.array_equal(reseeded.lam, a.lam)
 
 
@@ -55,7 +55,7 @@ def test_params_from_conf_validate_truth_dates_and_arms():
     with pytest.raises(ValueError, match="truth date 2025-12-01 needs"):
         GeneratorParams(truth_dates=(dt.date(2025, 12, 1),))
     with pytest.raises(ValueError, match=r"unknown to the generator"):
-        GeneratorParams(campaign_arms=("control", "sms_blast"))
+        GeneratorParams(GenerateConf(campaign_arms=["control", "sms_blast"]))
 
 
 def test_raw_tables_are_consistent(population):
@@ -112,7 +112,7 @@ def test_bgnbd_fit_recovers_the_true_parameters():
     """
     from lifetimes import BetaGeoFitter
 
-    params = GeneratorParams(users=50_000, partitions=1, seed=5, campaign_every_days=0, truth_dates=())
+    params = GeneratorParams(GenerateConf(users=50_000, partitions=1, seed=5, campaign_every_days=0), truth_dates=())
     sim = Simulation(params, 0)
     end = float(params.span_days)
     frequency = np.bincount(sim.p_user, minlength=sim.n) - 1
@@ -120,7 +120,7 @@ def test_bgnbd_fit_recovers_the_true_parameters():
     np.maximum.at(last, sim.p_user, sim.p_t)
     fitter = BetaGeoFitter().fit(frequency, last - sim.t0, end - sim.t0)
     summary = fitter.summary
-    for name, true in (("r", params.r), ("alpha", params.alpha), ("a", params.a), ("b", params.b)):
+    for name, true in (("r", params.gen.r), ("alpha", params.gen.alpha), ("a", params.gen.a), ("b", params.gen.b)):
         estimate, se = summary.loc[name, "coef"], summary.loc[name, "se(coef)"]
         assert abs(estimate - true) <= 4 * se, (name, estimate, se, true)
         assert abs(estimate - true) <= 0.15 * true, (name, estimate, true)
@@ -162,7 +162,7 @@ def test_truth_uplift_matches_randomised_waves(population):
     """For real waves, P(convert) and spend in the window per arm match the truth computed at the
     send time (pooled over waves; 4 standard errors), and arms differ as the effects say."""
     sim = population
-    window = sim.params.response_window_days
+    window = sim.params.gen.response_window_days
     orders = sim.order_details()
     net = np.where(orders["cancel_t"].isna(), orders["amount"], 0.0)
     t, owner = orders["t"].to_numpy(), orders["user"].to_numpy()

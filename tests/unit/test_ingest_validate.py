@@ -2,8 +2,9 @@
 import datetime as dt
 import json
 
+from ulv_spark.config import SourceConf
 from ulv_spark.ingest.mapping import map_columns
-from ulv_spark.ingest.validate import REASONS, Outcome, SourceRules, prepare, reject_counts
+from ulv_spark.ingest.validate import REASONS, Outcome, prepare, reject_counts
 
 AS_OF = dt.date(2024, 2, 1)
 RUN = "ingest-test"
@@ -13,7 +14,7 @@ TS = dt.datetime
 
 def _prepare(spark, table, rows, schema, columns, **rules):
     raw = spark.createDataFrame(rows, schema)
-    return prepare(table, map_columns(raw, table, columns), rules=SourceRules(**rules), as_of=AS_OF, run_id=RUN,
+    return prepare(table, map_columns(raw, table, columns), rules=SourceConf(path="<test>", **rules), as_of=AS_OF, run_id=RUN,
                    rejected_at=AT)
 
 

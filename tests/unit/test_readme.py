@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from ulv_spark import confdoc
+from tools import confdoc
 from ulv_spark.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -11,7 +11,7 @@ README = (REPO / "README.md").read_text()
 
 def test_conf_reference_matches_the_code():
     block = README.split("<!-- confdoc:start -->")[1].split("<!-- confdoc:end -->")[0].strip()
-    assert block == confdoc.markdown(), "README conf reference is stale: run python -m ulv_spark.confdoc"
+    assert block == confdoc.markdown(), "README conf reference is stale: run python -m tools.confdoc"
 
 
 def test_every_command_is_documented_and_has_a_job_file():
@@ -30,10 +30,10 @@ def test_the_two_commands_are_make_targets():
 
 
 def test_readme_spark_submit_command_is_the_one_the_cluster_test_runs():
-    """README's spark-submit block = ulv_spark.cluster.submit_command (what test_cluster submits)."""
+    """README's spark-submit block = tools.cluster.submit_command (what test_cluster submits)."""
     import shlex
 
-    from ulv_spark.cluster import submit_command
+    from tools.cluster import submit_command
 
     block = README.split("pip wheel --no-deps --no-build-isolation -w dist .\n")[1].split("```")[0]
     documented = shlex.split(block.replace("\\\n", " "), comments=False)

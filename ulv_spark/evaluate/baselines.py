@@ -21,19 +21,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+# RFM columns of user_features (lifetimes definitions, in days) and the prediction columns
+# every method may return.
+from ulv_spark.names import (CHURN_PROBABILITY, EXPECTED_VALUE, FREQUENCY, HAS_PURCHASE,  # noqa: F401
+                             MONETARY, P_PURCHASE, RECENCY, RFM_COLUMNS, T_AGE)
 from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_RESPONSE_VALUE,
                                LABEL_VALUE, NON_FEATURE_COLUMNS, USER_ID)
 
-# RFM columns of user_features (lifetimes definitions, in days).
-FREQUENCY = "frequency"
-RECENCY = "recency"
-T_AGE = "T"
-MONETARY = "monetary_value"
-RFM_COLUMNS = (FREQUENCY, RECENCY, T_AGE, MONETARY)
-HAS_PURCHASE = "has_purchase"  # user_features: 1 when the user bought before the origin, else 0
-
-# Prediction columns every method may return.
-from ulv_spark.names import CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE  # noqa: E402,F401
 EXPECTED_PURCHASES = "expected_purchases"
 P_ALIVE = "p_alive"
 UPLIFT_KINDS = ("conversion", "value")

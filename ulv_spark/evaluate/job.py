@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ulv_spark import catalog
 from ulv_spark.context import JobContext, Summary
 
-# pipeline input -> logical lakehouse table; only orders is required
-INPUT_TABLES = {"orders": "orders", "events": "events", "exposures": "campaign_exposures",
-                "attributes": "user_attributes", "truth_users": "truth_users", "truth_uplift": "truth_uplift"}
+# EvaluationInputs field -> table: the bronze inputs and the truth tables; only orders is required
+_FIELD_NAMES = {catalog.CAMPAIGN_EXPOSURES.name: "exposures", catalog.USER_ATTRIBUTES.name: "attributes"}
+INPUT_TABLES = {_FIELD_NAMES.get(name, name): name for name in catalog.names(catalog.BRONZE, catalog.TRUTH)}
 
 
 def read_inputs(spark, lake_cfg):
@@ -34,21 +35,21 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     from ulv_spark.errors import JobFailed
     from ulv_spark.evaluate import pipeline
     from ulv_spark.evaluate.report import write_report
-    from ulv_spark.schemas import EVALUATION_METRICS
 
     cfg, spark = ctx.cfg, ctx.spark
     dataset = dataset or cfg.evaluate.dataset
     inputs = read_inputs(spark, cfg.lakehouse)
     if inputs.orders is None:
-        raise JobFailed(f"{lake.table_ref(cfg.lakehouse, 'orders').name} does not exist: run `ulv-spark ingest` first")
+        raise JobFailed(f"{lake.table_ref(cfg.lakehouse, catalog.ORDERS.name).name} does not exist: "
+                        "run `ulv-spark ingest` first")
     splits = pipeline.splits_from_conf(ctx.as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
     try:
         result, facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset=dataset)
     except ValueError as exc:
         raise JobFailed(str(exc).splitlines()[0]) from None
-    ref = lake.table_ref(cfg.lakehouse, EVALUATION_METRICS.name)
+    ref = lake.table_ref(cfg.lakehouse, catalog.EVALUATION_METRICS.name)
     lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=ctx.as_of, run_id=ctx.run_id), ref,
-                EVALUATION_METRICS)
+                catalog.EVALUATION_METRICS)
     path = report or str(Path(cfg.evaluate.report_dir) / f"evaluation_{dataset}_{ctx.as_of}_{ctx.run_id}.html")
     write_report(result, path, title=f"ulv_spark backtest: {dataset}",
                  facts={**facts, "as_of": ctx.as_of, "run_id": ctx.run_id})

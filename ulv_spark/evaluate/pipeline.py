@@ -222,7 +222,7 @@ def train_split_models(spark, examples, frame: pd.DataFrame, splits: Sequence[Sp
 
 def metrics_frame(spark, metrics: pd.DataFrame, *, as_of: dt.date, run_id: str):
     """The evaluation_metrics rows (Spark) of a backtest's long metrics table."""
-    from ulv_spark.schemas import EVALUATION_METRICS
+    from ulv_spark.catalog import EVALUATION_METRICS
 
     rows = metrics.assign(**{AS_OF_DATE: as_of, "run_id": run_id})[EVALUATION_METRICS.column_names]
     return spark.createDataFrame(rows.astype({"value": float}), EVALUATION_METRICS.ddl())

@@ -22,12 +22,13 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from ulv_spark.config import EVALUATE_METHODS
 from ulv_spark.evaluate import metrics as M
 from ulv_spark.evaluate.backtest import UPLIFT_OUTCOME, BacktestResult, SplitResult
 from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLIFT_KINDS
 from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
 
-METHOD_ORDER = ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm")
+METHOD_ORDER = EVALUATE_METHODS
 COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
           "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd"}
 LOWER_IS_BETTER = ("mape", "ece")

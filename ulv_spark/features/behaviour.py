@@ -3,8 +3,8 @@
 Every function takes histories keyed by as_of_date (inputs.history: only rows strictly
 before the date) and returns one row per (user_id, as_of_date) that has the relevant rows;
 `build.build_user_features` merges them onto the user population and fills the documented
-defaults (0, with has_* indicators). Column meanings are the comments of
-`schemas.feature_table_columns`; the inter-purchase gaps live in rfm.purchase_periods.
+defaults (0, with has_* indicators). Each block of columns is declared (declare.py) next to the
+function that computes it; the inter-purchase gaps live in rfm.purchase_periods.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ulv_spark.features.declare import (ATTRIBUTE_PREFIX, EVENTS, EXPOSURES, Feature, block, slug,
+                                        trend_pairs)
 from ulv_spark.features.inputs import days_before_key, exact_sum, ratio
-from ulv_spark.schemas import AS_OF_DATE, ATTRIBUTE_PREFIX, USER_ID, Col, event_count_column, slug, trend_pairs
+from ulv_spark.schemas import AS_OF_DATE, USER_ID, Col
 
+ATTR_MISSING = f"{ATTRIBUTE_PREFIX}missing"  # the attribute features' own indicator (default 1: no row)
 _NUMERIC_ATTRIBUTE_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
                             T.DecimalType, T.BooleanType)
 _ATTRIBUTE_SKIP = {"user_id", "run_id"}
@@ -33,6 +36,30 @@ def _count_if(condition: Column) -> Column:
 
 def _sum_if(condition: Column, value: Column) -> Column:
     return exact_sum(F.when(condition, value).otherwise(F.lit(0.0)))
+
+
+# Columns of user_features computed by order_activity (see declare.py), in table order.
+ORDER_TOTALS = block(
+    Feature("orders_total", "Purchase orders (returns excluded) before as_of_date"),
+    Feature("spend_total", "Net spend before as_of_date: purchases minus returns"),
+    Feature("days_since_last_order", "as_of_date minus the last purchase day (0 without purchases)"),
+)
+ORDER_WINDOWS = block(
+    Feature("orders_{w}d", "Purchase orders in [as_of_date - {w} days, as_of_date)"),
+    Feature("spend_{w}d", "Net spend (purchases minus returns) in [as_of_date - {w} days, as_of_date)"),
+    per="window",
+)
+BASKET = block(
+    Feature("avg_order_value", "Mean amount of the purchase orders (first included; 0 without purchases)"),
+    Feature("avg_basket_quantity", "Mean units per purchase order, over orders with a quantity (0 when none)"),
+)
+RETURNS_AND_DISCOUNTS = block(
+    Feature("returns_total", "Return / cancellation orders before as_of_date"),
+    Feature("return_rate", "Returns over all orders (purchases + returns); 0 when none"),
+    Feature("return_value_share", "Returned value over purchased value; 0 when nothing was purchased"),
+    Feature("discount_share", "Discount granted over list value (amount + discount) of the purchases; 0 when none"),
+    Feature("discounted_order_share", "Share of purchase orders with a discount > 0"),
+)
 
 
 def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
@@ -52,8 +79,8 @@ def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> 
     windows = []
     for w in windows_days:
         recent = day >= _since(w)
-        windows += [_count_if(recent & purchase).alias(f"orders_{w}d"),
-                    _sum_if(recent, F.col("amount")).alias(f"spend_{w}d")]
+        orders_w, spend_w = ORDER_WINDOWS.names(w)
+        windows += [_count_if(recent & purchase).alias(orders_w), _sum_if(recent, F.col("amount")).alias(spend_w)]
     stats = (order_history.groupBy(*KEYS)
              .agg(F.min(day).alias("first_order_day"),
                   F.max(F.when(purchase, day)).alias("last_purchase_day"),
@@ -67,7 +94,7 @@ def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> 
                   _sum_if(purchase, F.coalesce(F.col("discount"), F.lit(0.0))).alias("discount_amount"),
                   _count_if(purchase & (F.col("discount") > 0)).alias("discounted_orders"),
                   *windows))
-    window_cols = [c for w in windows_days for c in (f"orders_{w}d", f"spend_{w}d")]
+    window_cols = [c for w in windows_days for c in ORDER_WINDOWS.names(w)]
     list_value = F.col("purchase_amount") + F.col("discount_amount")
     return stats.select(
         *KEYS, "first_order_day", "orders_total", "spend_total",
@@ -84,6 +111,15 @@ def order_activity(order_history: DataFrame, *, windows_days: Sequence[int]) -> 
     )
 
 
+TRENDS = block(
+    Feature("orders_trend_{a}_{b}d", "Daily purchase-order rate of the last {a} days over that of the last {b} days "
+                                     "(1 = steady); 0 when orders_{b}d = 0"),
+    Feature("spend_trend_{a}_{b}d", "Daily net-spend rate of the last {a} days over that of the last {b} days; 0 "
+                                    "when spend_{b}d <= 0"),
+    per="trend_pair",
+)
+
+
 def trend_ratios(df: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
     """Add orders_trend_<a>_<b>d and spend_trend_<a>_<b>d for consecutive windows a < b.
 
@@ -94,9 +130,18 @@ def trend_ratios(df: DataFrame, *, windows_days: Sequence[int]) -> DataFrame:
     trends = []
     for a, b in trend_pairs(windows_days):
         scale = F.lit(b / a)
-        trends += [ratio(F.col(f"orders_{a}d") * scale, F.col(f"orders_{b}d")).alias(f"orders_trend_{a}_{b}d"),
-                   ratio(F.col(f"spend_{a}d") * scale, F.col(f"spend_{b}d")).alias(f"spend_trend_{a}_{b}d")]
+        (orders_a, spend_a), (orders_b, spend_b) = ORDER_WINDOWS.names(a), ORDER_WINDOWS.names(b)
+        orders_trend, spend_trend = TRENDS.names((a, b))
+        trends += [ratio(F.col(orders_a) * scale, F.col(orders_b)).alias(orders_trend),
+                   ratio(F.col(spend_a) * scale, F.col(spend_b)).alias(spend_trend)]
     return df.select("*", *trends)
+
+
+CATEGORIES = block(
+    Feature("distinct_categories", "Distinct categories among the purchase orders"),
+    Feature("top_category_share", "Share of purchase orders (with a category) in the user's most frequent category; "
+                                  "0 when none"),
+)
 
 
 def category_stats(order_history: DataFrame) -> DataFrame:
@@ -120,6 +165,29 @@ def category_stats(order_history: DataFrame) -> DataFrame:
             .select(*KEYS, "distinct_categories", "top_category_share"))
 
 
+# Columns computed by event_activity and view_conversion, in table order.
+EVENT_TOTALS = block(
+    Feature("has_events", "1 when the user has a behaviour event before as_of_date, else 0"),
+    Feature("events_total", "Behaviour events before as_of_date"),
+    source=EVENTS,
+)
+EVENT_WINDOWS = block(Feature("events_{w}d", "Behaviour events in [as_of_date - {w} days, as_of_date)"),
+                      source=EVENTS, per="window")
+EVENT_TYPES = block(Feature("events_{type_slug}_total", "Events of type '{type}' before as_of_date"),
+                    source=EVENTS, per="event_type")
+EVENT_RECENCY = block(
+    Feature("days_since_last_event", "as_of_date minus the day of the last event (0 without events)"),
+    Feature("view_purchase_day_rate", "Share of days with a '{cfg.view_event_type}' event that also have a purchase "
+                                      "order (view -> purchase conversion); 0 without views"),
+    source=EVENTS,
+)
+
+
+def event_count_column(event_type: str) -> str:
+    """Column counting the events of `event_type` before as_of_date (e.g. events_view_total)."""
+    return EVENT_TYPES.names(event_type)[0]
+
+
 def event_activity(event_history: DataFrame, *, windows_days: Sequence[int], event_types: Iterable[str]) -> DataFrame:
     """Behaviour-event counts and recency.
 
@@ -132,13 +200,13 @@ def event_activity(event_history: DataFrame, *, windows_days: Sequence[int], eve
     day = F.to_date("event_ts")
     per_type = [_count_if(F.col("event_type") == F.lit(t.strip().lower())).alias(event_count_column(t))
                 for t in event_types]
-    per_window = [_count_if(day >= _since(w)).alias(f"events_{w}d") for w in windows_days]
+    per_window = [_count_if(day >= _since(w)).alias(EVENT_WINDOWS.names(w)[0]) for w in windows_days]
     counts = (event_history.groupBy(*KEYS)
               .agg(F.min(day).alias("first_event_day"), F.max(day).alias("last_event_day"),
                    F.count(F.lit(1)).cast("double").alias("events_total"), *per_window, *per_type))
     return counts.select(
         *KEYS, "first_event_day", F.lit(1.0).alias("has_events"), "events_total",
-        *[f"events_{w}d" for w in windows_days], *[event_count_column(t) for t in event_types],
+        *[EVENT_WINDOWS.names(w)[0] for w in windows_days], *[event_count_column(t) for t in event_types],
         days_before_key(F.col("last_event_day")).cast("double").alias("days_since_last_event"))
 
 
@@ -165,6 +233,21 @@ def view_conversion(event_history: DataFrame, order_history: DataFrame, *, view_
             .agg(_count_if(F.col("viewed") & F.col("purchased")).alias("both"), _count_if(F.col("viewed")).alias("views"))
             .filter(F.col("views") > 0)
             .select(*KEYS, ratio(F.col("both"), F.col("views")).alias("view_purchase_day_rate")))
+
+
+CAMPAIGNS = block(
+    Feature("has_exposures", "1 when the user was exposed to a campaign before as_of_date, else 0"),
+    Feature("campaign_exposures_total", "Campaign exposures (any arm) before as_of_date"),
+    Feature("campaign_treated_total", "Campaign exposures to a non-control arm before as_of_date"),
+    Feature("days_since_last_exposure", "as_of_date minus the day of the last exposure (0 without exposures)"),
+    Feature("campaign_responses_total", "Exposures whose response window ended by as_of_date and that converted "
+                                        "(observed_converted, else a purchase in the window)"),
+    Feature("campaign_response_rate", "campaign_responses_total over exposures whose response window ended by "
+                                      "as_of_date; 0 when none"),
+    Feature("campaign_response_value", "Spend in the response windows that ended by as_of_date (observed_value, "
+                                       "else net spend in the window floored at 0)"),
+    source=EXPOSURES,
+)
 
 
 def campaign_history(outcome_history: DataFrame) -> DataFrame:
@@ -210,16 +293,16 @@ def attribute_columns(attributes_schema: T.StructType, *, onehot: Mapping[str, S
         if f.name.lower() in _ATTRIBUTE_SKIP:
             continue
         if isinstance(f.dataType, _NUMERIC_ATTRIBUTE_TYPES):
-            cols.append(Col(f"{ATTRIBUTE_PREFIX}{slug(f.name)}", "DOUBLE", False,
+            cols.append(Col(f"{ATTRIBUTE_PREFIX}{slug(f.name)}", "DOUBLE", True,
                             f"User attribute {f.name} ({f.dataType.simpleString()}; null -> 0)"))
     for name, values in onehot.items():
         if name not in by_name:
             raise ValueError(f"features.attribute_onehot: user_attributes has no column {name!r}; "
                              f"got {sorted(by_name)}")
         for value in values:
-            cols.append(Col(f"{ATTRIBUTE_PREFIX}{slug(name)}_{slug(value)}", "DOUBLE", False,
+            cols.append(Col(f"{ATTRIBUTE_PREFIX}{slug(name)}_{slug(value)}", "DOUBLE", True,
                             f"1 when user attribute {name} = '{value}', else 0"))
-    cols.append(Col(f"{ATTRIBUTE_PREFIX}missing", "DOUBLE", False, "1 when the user has no user_attributes row"))
+    cols.append(Col(ATTR_MISSING, "DOUBLE", True, "1 when the user has no user_attributes row"))
     names = [c.name for c in cols]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

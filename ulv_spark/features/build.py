@@ -17,12 +17,40 @@ from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features import behaviour, labels, rfm, sequences
+from ulv_spark.features.behaviour import ATTR_MISSING
+from ulv_spark.features.declare import ATTRIBUTES, EVENTS, EXPOSURES, ORDERS, Declared, Feature, block, expand
 from ulv_spark.features.inputs import history, prepare_events, prepare_exposures, prepare_orders, with_dates
-from ulv_spark.schemas import (ARM, AS_OF_DATE, ATTRIBUTE_PREFIX, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL,
-                               LABEL_CHURNED, LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE,
-                               ORIGIN_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID, Col, feature_table_columns)
+from ulv_spark.names import FREQUENCY, HAS_PURCHASE
+from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
+                               LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE,
+                               SEQ_MASK, SEQ_TOKENS, USER_ID, Col)
 
-ATTR_MISSING = f"{ATTRIBUTE_PREFIX}missing"
+# Columns derived here from the merged parts (see _finish).
+PURCHASE_INDICATOR = block(
+    Feature(HAS_PURCHASE, "1 when the user has a purchase (non-return order) before as_of_date, else 0"))
+TENURE = block(Feature("tenure_days", "as_of_date minus the first day with any order or event"))
+
+# Every tabular feature block in table order: the user_features / training_examples columns
+# between the keys and the attr_* columns (catalog.user_features_contract).
+FEATURE_BLOCKS = (
+    rfm.RFM, PURCHASE_INDICATOR, behaviour.ORDER_TOTALS, TENURE, behaviour.ORDER_WINDOWS, behaviour.TRENDS,
+    rfm.GAPS, behaviour.BASKET, behaviour.CATEGORIES, behaviour.RETURNS_AND_DISCOUNTS, behaviour.EVENT_TOTALS,
+    behaviour.EVENT_WINDOWS, behaviour.EVENT_TYPES, behaviour.EVENT_RECENCY, behaviour.CAMPAIGNS,
+)
+
+
+def declared_features(features_cfg: Optional[FeaturesConf] = None) -> tuple[Declared, ...]:
+    """Every declared tabular feature for `features_cfg` (default conf without), in table order."""
+    return expand(FEATURE_BLOCKS, features_cfg or FeaturesConf())
+
+
+def feature_table_columns(features_cfg: Optional[FeaturesConf] = None) -> tuple[Col, ...]:
+    """The tabular feature columns (DOUBLE) for `features_cfg`, in table order.
+
+    Users without rows in a feature's source get its declared default (0, with the has_*
+    indicators saying so); user attributes come after these (catalog.user_features_contract).
+    """
+    return tuple(d.column() for d in declared_features(features_cfg))
 
 
 def attribute_feature_columns(attributes: Optional[DataFrame], features_cfg: FeaturesConf) -> tuple[Col, ...]:
@@ -32,15 +60,22 @@ def attribute_feature_columns(attributes: Optional[DataFrame], features_cfg: Fea
     return behaviour.attribute_columns(attributes.schema, onehot=features_cfg.attribute_onehot)
 
 
-def _stack(parts: list[DataFrame], keys: Sequence[str]) -> DataFrame:
+def _stack(parts: list[DataFrame], keys: Sequence[str]) -> tuple[DataFrame, dict[str, str]]:
     """Merge per-key parts (disjoint columns, at most one row per key each) into one row per key.
 
     A union plus one aggregation instead of a chain of joins: one shuffle, no sort per join,
-    and the same plan whatever the sizes (no broadcast decisions).
+    and the same plan whatever the sizes (no broadcast decisions). Each part adds a marker
+    column (true where the part has a row for the key), so a null can be told apart from a
+    missing row. Returns the merged frame and, per value column, its part's marker column.
     """
-    stacked = reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), parts)
+    marked, producer = [], {}
+    for i, part in enumerate(parts):
+        marker = f"_part_{i}"
+        producer.update({c: marker for c in part.columns if c not in keys})
+        marked.append(part.select("*", F.lit(True).alias(marker)))
+    stacked = reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), marked)
     values = [c for c in stacked.columns if c not in keys]
-    return stacked.groupBy(*keys).agg(*[F.max(c).alias(c) for c in values])
+    return stacked.groupBy(*keys).agg(*[F.max(c).alias(c) for c in values]), producer
 
 
 def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Optional[DataFrame],
@@ -68,25 +103,55 @@ def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Opt
     return parts
 
 
-def _finish(merged: DataFrame, *, features_cfg: FeaturesConf, attr_cols: tuple[Col, ...]) -> tuple[DataFrame, list]:
-    """Keep the users seen before their date and fill every feature's default.
+def _sources(events, outcomes, attributes) -> set[str]:
+    """The feature sources present (orders always)."""
+    present = {ORDERS: True, EVENTS: events is not None, EXPOSURES: outcomes is not None,
+               ATTRIBUTES: attributes is not None}
+    return {source for source, there in present.items() if there}
+
+
+def _with_default(name: str, default: float, producer: dict[str, str]) -> Column:
+    """Column `name`, or `default` where the part producing it has no row for the user (its nulls stay)."""
+    marker = producer.get(name)
+    value = F.col(name)
+    return value if marker is None else F.when(F.col(marker).isNull(), F.lit(default)).otherwise(value)
+
+
+def _finish(merged: DataFrame, producer: dict[str, str], *, features_cfg: FeaturesConf, attr_cols: tuple[Col, ...],
+            sources: set[str]) -> tuple[DataFrame, list]:
+    """Keep the users seen before their date, derive the last features, apply the declared defaults.
+
+    A default fills only users without rows in the feature's part (or all users when its source
+    is absent); a null a part produced stays null, for the null-feature gate to see.
+
+    Raises:
+        ValueError: a declared feature whose source is present is produced by no builder.
 
     Returns the frame and the feature + sequence columns (as Column expressions, in order).
     """
     windows = features_cfg.windows_days
     seen_days = [F.col(c) for c in ("first_order_day", "first_event_day") if c in merged.columns]
     first_seen = F.least(*seen_days) if len(seen_days) > 1 else seen_days[0]
+    (has_purchase,), (tenure,) = PURCHASE_INDICATOR.names(), TENURE.names()
+    window_cols = [c for w in windows for c in behaviour.ORDER_WINDOWS.names(w)]
     derived = merged.filter(first_seen.isNotNull()).select(
-        "*",
-        F.when(F.col("frequency").isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias("has_purchase"),
-        F.datediff(F.col(AS_OF_DATE), first_seen).cast("double").alias("tenure_days"))
-    window_cols = [f"{kind}_{w}d" for w in windows for kind in ("orders", "spend")]
-    derived = behaviour.trend_ratios(derived.fillna(0.0, subset=window_cols), windows_days=windows)
+        *[c for c in merged.columns if c not in window_cols],
+        *[_with_default(c, 0.0, producer).alias(c) for c in window_cols if c in merged.columns],
+        F.when(F.col(FREQUENCY).isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias(has_purchase),
+        F.datediff(F.col(AS_OF_DATE), first_seen).cast("double").alias(tenure))
+    derived = behaviour.trend_ratios(derived, windows_days=windows)
+    attributes = tuple(Declared(c.name, c.comment, 1.0 if c.name == ATTR_MISSING else 0.0, ATTRIBUTES)
+                       for c in attr_cols)
     features: list[Column] = []
-    for col in feature_table_columns(features_cfg) + tuple(attr_cols):
-        value = F.col(col.name) if col.name in derived.columns else F.lit(None)
-        default = 1.0 if col.name == ATTR_MISSING else 0.0
-        features.append(F.coalesce(value.cast("double"), F.lit(default)).alias(col.name))
+    for feature in declared_features(features_cfg) + attributes:
+        if feature.name in derived.columns:
+            value = _with_default(feature.name, feature.default, producer)
+        elif feature.source not in sources:
+            value = F.lit(feature.default)
+        else:
+            raise ValueError(f"feature {feature.name!r} is declared (source {feature.source}) but no builder "
+                             f"produces it")
+        features.append(value.cast("double").alias(feature.name))
     return derived, features + [F.col(SEQ_TOKENS), F.col(SEQ_MASK)]
 
 
@@ -108,8 +173,8 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
     Grain: one row per user_id with an order or event strictly before `as_of`. Only rows
     strictly before `as_of` of orders, events and exposures are used (campaign responses only
     from response windows that ended by `as_of`; user attributes are a snapshot and joined as
-    they are). Missing optional inputs give 0 features, so the schema only depends on
-    `features_cfg` and the attribute columns.
+    they are). Missing optional inputs give the declared defaults (0), so the schema only
+    depends on `features_cfg` and the attribute columns.
 
     Args:
         orders: bronze orders (or any frame with user_id, order_ts, amount; see inputs.prepare_orders).
@@ -120,13 +185,16 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
         features_cfg: the features conf section.
 
     Returns:
-        user_id, as_of_date, the feature columns of schemas.feature_table_columns(features_cfg)
-        (DOUBLE, never null), attr_* columns when `attributes` is given, seq_tokens, seq_mask.
+        user_id, as_of_date, the feature columns of feature_table_columns(features_cfg) (DOUBLE;
+        null only where a builder produced null for a user with rows in its source), attr_*
+        columns when `attributes` is given, seq_tokens, seq_mask.
     """
     orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
     parts = _feature_parts(orders, events, outcomes, attributes, dates=[as_of], features_cfg=features_cfg)
-    derived, features = _finish(_stack(parts, [USER_ID, AS_OF_DATE]), features_cfg=features_cfg,
-                                attr_cols=attribute_feature_columns(attributes, features_cfg))
+    merged, producer = _stack(parts, [USER_ID, AS_OF_DATE])
+    derived, features = _finish(merged, producer, features_cfg=features_cfg,
+                                attr_cols=attribute_feature_columns(attributes, features_cfg),
+                                sources=_sources(events, outcomes, attributes))
     return derived.select(USER_ID, AS_OF_DATE, *features)
 
 
@@ -160,9 +228,11 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
     if outcomes is not None:
         parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))
     # _finish computes relative to the as_of_date column: here that is the origin
-    merged = _stack(parts, [USER_ID, ORIGIN_DATE]).withColumnRenamed(ORIGIN_DATE, AS_OF_DATE)
-    derived, features = _finish(merged, features_cfg=features_cfg,
-                                attr_cols=attribute_feature_columns(attributes, features_cfg))
+    merged, producer = _stack(parts, [USER_ID, ORIGIN_DATE])
+    derived, features = _finish(merged.withColumnRenamed(ORIGIN_DATE, AS_OF_DATE), producer,
+                                features_cfg=features_cfg,
+                                attr_cols=attribute_feature_columns(attributes, features_cfg),
+                                sources=_sources(events, outcomes, attributes))
 
     def label(name: str, type_: str, default=None) -> Column:
         value = (F.col(name) if name in derived.columns else F.lit(None)).cast(type_)

@@ -9,28 +9,26 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
-from ulv_spark import lake
+from ulv_spark import catalog, lake
 from ulv_spark.config import Config
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.features.build import attribute_feature_columns, build_training_examples, build_user_features, origins
 from ulv_spark.features.sequences import build_token_vocabulary, vocab_size, vocabulary_fingerprint
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.schemas import (RUN_ID, TOKEN_VOCABULARY, TableContract, training_examples_contract,
-                               user_features_contract)
+from ulv_spark.schemas import RUN_ID, TableContract
 
-OPTIONAL_INPUTS = ("events", "campaign_exposures", "user_attributes")
-OUTPUT_TABLES = ("user_features", "training_examples", "token_vocabulary")
+OUTPUT_TABLES = catalog.names(catalog.FEATURES)
 
 
 def read_inputs(spark, cfg: Config) -> dict:
     """The bronze inputs as DataFrames: orders (must exist) and the optional ones (None when absent)."""
     from ulv_spark.errors import JobFailed
 
-    orders_ref = lake.table_ref(cfg.lakehouse, "orders")
+    orders_ref = lake.table_ref(cfg.lakehouse, catalog.ORDERS.name)
     if not lake.is_delta(spark, orders_ref):
         raise JobFailed(f"table {orders_ref.name} does not exist (at {orders_ref.path}); run `ulv-spark ingest` first")
-    inputs = {"orders": lake.read_table(spark, orders_ref)}
-    for name in OPTIONAL_INPUTS:
+    inputs = {}
+    for name in catalog.names(catalog.BRONZE):
         ref = lake.table_ref(cfg.lakehouse, name)
         inputs[name] = lake.read_table(spark, ref) if lake.is_delta(spark, ref) else None
     return inputs
@@ -60,9 +58,7 @@ def write_feature_tables(spark, cfg: Config, *, as_of: dt.date, run_id: str, inp
     feats = cfg.features
     frames = (inputs["orders"], inputs["events"], inputs["campaign_exposures"], inputs["user_attributes"])
     attr_cols = attribute_feature_columns(inputs["user_attributes"], feats)
-    contracts = {"user_features": user_features_contract(feats, attr_cols),
-                 "training_examples": training_examples_contract(feats, attr_cols),
-                 "token_vocabulary": TOKEN_VOCABULARY}
+    contracts = {name: catalog.contract(name, feats, attr_cols) for name in OUTPUT_TABLES}
     refs = {name: lake.table_ref(cfg.lakehouse, name) for name in OUTPUT_TABLES}
     for name in OUTPUT_TABLES:
         _check_columns(spark, refs[name], contracts[name])
@@ -73,10 +69,10 @@ def write_feature_tables(spark, cfg: Config, *, as_of: dt.date, run_id: str, inp
                "vocab_size": vocab_size(feats), "vocabulary_fingerprint": vocabulary_fingerprint(feats),
                "rows": {}, "seconds": {}}
     builds = {
-        "user_features": lambda: build_user_features(*frames, as_of=as_of, features_cfg=feats),
-        "training_examples": lambda: build_training_examples(*frames, as_of=as_of, horizon_days=cfg.run.horizon_days,
-                                                             features_cfg=feats),
-        "token_vocabulary": lambda: build_token_vocabulary(spark, feats, as_of=as_of),
+        catalog.USER_FEATURES.name: lambda: build_user_features(*frames, as_of=as_of, features_cfg=feats),
+        catalog.TRAINING_EXAMPLES.name: lambda: build_training_examples(
+            *frames, as_of=as_of, horizon_days=cfg.run.horizon_days, features_cfg=feats),
+        catalog.TOKEN_VOCABULARY.name: lambda: build_token_vocabulary(spark, feats, as_of=as_of),
     }
     for name in OUTPUT_TABLES:
         with stage(f"features: write {name} for {as_of}", log) as info:
@@ -85,7 +81,9 @@ def write_feature_tables(spark, cfg: Config, *, as_of: dt.date, run_id: str, inp
             info["rows"] = lake.read_table(spark, refs[name], as_of_date=as_of).count()
         summary["rows"][name] = info["rows"]
         summary["seconds"][name] = info["seconds"]
-    lake.create_latest_view(spark, refs["user_features"])
+    for name in OUTPUT_TABLES:
+        if catalog.table(name).latest_view:
+            lake.create_latest_view(spark, refs[name])
     summary["tables"] = {name: refs[name].name for name in OUTPUT_TABLES}
     return summary
 

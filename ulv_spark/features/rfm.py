@@ -17,11 +17,27 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from ulv_spark.features.declare import Feature, block
 from ulv_spark.features.inputs import exact_std_pop, exact_sum, history
+from ulv_spark.names import FREQUENCY, MONETARY, RECENCY, T_AGE
 from ulv_spark.schemas import AS_OF_DATE, USER_ID
 
-RFM_COLUMNS = ("frequency", "recency", "T", "monetary_value")
 KEYS = (USER_ID, AS_OF_DATE)
+
+# Columns of user_features (see declare.py); computed by purchase_periods.
+RFM = block(
+    Feature(FREQUENCY, "lifetimes frequency: distinct purchase days before as_of_date minus 1 (0 without purchases)"),
+    Feature(RECENCY, "lifetimes recency: days from the first to the last purchase day (0 without purchases)"),
+    Feature(T_AGE, "lifetimes T: days from the first purchase day to as_of_date - 1 day (0 without purchases)"),
+    Feature(MONETARY, "lifetimes monetary_value: mean per-day purchase amount over the repeat purchase "
+                      "days (first purchase day excluded); 0 when frequency = 0"),
+)
+GAPS = block(
+    Feature("gap_mean_days", "Mean days between consecutive purchase days (= recency / frequency; 0 when frequency "
+                             "= 0)"),
+    Feature("gap_std_days", "Population standard deviation of the days between purchase days (0 when frequency = 0)"),
+    Feature("gap_last_days", "Days between the last two purchase days (0 when frequency = 0)"),
+)
 
 
 def purchase_days(order_history: DataFrame) -> DataFrame:
@@ -52,7 +68,7 @@ def purchase_periods(order_history: DataFrame) -> DataFrame:
 
     Returns:
         user_id, as_of_date, frequency, recency, T, monetary_value, gap_mean_days,
-        gap_std_days (population), gap_last_days (DOUBLE; the gaps are null when frequency = 0).
+        gap_std_days (population), gap_last_days (DOUBLE; the gaps are 0 when frequency = 0).
     """
     # lag() has its own fixed frame (the previous row); Spark rejects any other frame for it
     by_day = Window.partitionBy(*KEYS).orderBy("order_day")
@@ -73,14 +89,14 @@ def purchase_periods(order_history: DataFrame) -> DataFrame:
     recency = F.datediff("last_day", "first_day").cast("double")
     return per_user.select(
         *KEYS,
-        frequency.alias("frequency"),
-        recency.alias("recency"),
-        F.datediff(F.date_sub(F.col(AS_OF_DATE), 1), "first_day").cast("double").alias("T"),
+        frequency.alias(FREQUENCY),
+        recency.alias(RECENCY),
+        F.datediff(F.date_sub(F.col(AS_OF_DATE), 1), "first_day").cast("double").alias(T_AGE),
         # lifetimes fills 0 for customers without repeat purchases
-        F.coalesce(F.col("repeat_mean"), F.lit(0.0)).alias("monetary_value"),
-        F.when(frequency > 0, recency / frequency).alias("gap_mean_days"),
-        F.when(frequency > 0, F.col("gap_std_days")).alias("gap_std_days"),
-        F.when(frequency > 0, F.col("gap_last_days")).alias("gap_last_days"),
+        F.coalesce(F.col("repeat_mean"), F.lit(0.0)).alias(MONETARY),
+        F.when(frequency > 0, recency / frequency).otherwise(F.lit(0.0)).alias("gap_mean_days"),
+        F.when(frequency > 0, F.col("gap_std_days")).otherwise(F.lit(0.0)).alias("gap_std_days"),
+        F.when(frequency > 0, F.col("gap_last_days")).otherwise(F.lit(0.0)).alias("gap_last_days"),
     )
 
 
@@ -96,4 +112,4 @@ def user_rfm(orders: DataFrame, *, as_of: dt.date) -> DataFrame:
     Returns:
         user_id, frequency, recency, T, monetary_value (DOUBLE; days, order currency).
     """
-    return purchase_periods(history(orders, "order_ts", [as_of])).select(USER_ID, *RFM_COLUMNS)
+    return purchase_periods(history(orders, "order_ts", [as_of])).select(USER_ID, *RFM.names())

@@ -29,10 +29,12 @@ from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features.inputs import days_between
+from ulv_spark.names import CLS_ID, FIRST_EVENT_ID, MASK_ID, PAD_ID, RESERVED_TOKENS, UNK_ID
 from ulv_spark.schemas import AS_OF_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID
 
-from ulv_spark.names import CLS_ID, MASK_ID, PAD_ID, RESERVED_TOKENS, UNK_ID  # noqa: E402,F401
-from ulv_spark.names import FIRST_EVENT_ID as _FIRST_ID  # noqa: E402
+__all__ = ["CLS_ID", "MASK_ID", "PAD_ID", "UNK_ID", "token_types", "bucket_counts", "vocab_size",
+           "vocabulary_fingerprint", "encode_token", "category_slot", "sequence_events", "token_expr",
+           "user_sequences", "build_token_vocabulary"]
 
 _SCHEME_VERSION = 1  # bump when the token layout below changes
 
@@ -51,7 +53,7 @@ def bucket_counts(features_cfg: FeaturesConf) -> tuple[int, int, int, int]:
 def vocab_size(features_cfg: FeaturesConf) -> int:
     """Number of token ids (reserved ids included): embeddings need exactly this many rows."""
     n_types, n_amount, n_gap, n_cat = bucket_counts(features_cfg)
-    return _FIRST_ID + n_types * n_amount * n_gap * n_cat
+    return FIRST_EVENT_ID + n_types * n_amount * n_gap * n_cat
 
 
 def vocabulary_fingerprint(features_cfg: FeaturesConf) -> str:
@@ -81,7 +83,7 @@ def encode_token(features_cfg: FeaturesConf, event_type: str, amount_bucket: int
                               ("category_slot", category_slot, n_cat)):
         if not 0 <= value < size:
             raise ValueError(f"{name} must be in [0, {size}), got {value}")
-    return _FIRST_ID + ((types.index(event_type) * n_amount + amount_bucket) * n_gap + gap_bucket) * n_cat + category_slot
+    return FIRST_EVENT_ID + ((types.index(event_type) * n_amount + amount_bucket) * n_gap + gap_bucket) * n_cat + category_slot
 
 
 def _cuts_reached(value: Column, cuts) -> Column:
@@ -131,7 +133,7 @@ def token_expr(features_cfg: FeaturesConf, *, event_type: Column, amount: Column
         F.lit(1) + _cuts_reached(F.abs(amount), features_cfg.amount_buckets))
     gap_bucket = F.when(gap_days.isNull(), F.lit(0)).otherwise(
         F.lit(1) + _cuts_reached(gap_days, features_cfg.gap_buckets_days))
-    token = (F.lit(_FIRST_ID)
+    token = (F.lit(FIRST_EVENT_ID)
              + ((type_index * F.lit(n_amount) + amount_bucket) * F.lit(n_gap) + gap_bucket) * F.lit(n_cat)
              + category_slot(category, features_cfg.max_categories))
     return F.when(type_index.isNull(), F.lit(UNK_ID)).otherwise(token).cast("int")
@@ -184,8 +186,8 @@ def build_token_vocabulary(spark, features_cfg: FeaturesConf, *, as_of: dt.date)
     """
     _, n_amount, n_gap, n_cat = bucket_counts(features_cfg)
     types = token_types(features_cfg)
-    offset = F.col("id") - F.lit(_FIRST_ID)
-    reserved = F.col("id") < F.lit(_FIRST_ID)
+    offset = F.col("id") - F.lit(FIRST_EVENT_ID)
+    reserved = F.col("id") < F.lit(FIRST_EVENT_ID)
 
     def part(divisor: int, modulus: Optional[int]) -> Column:
         value = F.floor(offset / F.lit(divisor)).cast("int")

@@ -13,19 +13,18 @@ import datetime as dt
 
 from pyspark import StorageLevel
 
-from ulv_spark import lake
-from ulv_spark.errors import JobFailed
+from ulv_spark import catalog, lake
 from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
+from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
-from ulv_spark.ingest.validate import Outcome, SourceRules, prepare, reject_counts
+from ulv_spark.ingest.validate import Outcome, prepare, reject_counts
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.schemas import (CAMPAIGN_EXPOSURES, EVENTS, ORDERS, USER_ATTRIBUTES, Col, TableContract,
-                               rejects_contract)
+from ulv_spark.schemas import Col, TableContract
 
-CONTRACTS = {"orders": ORDERS, "events": EVENTS, "campaign_exposures": CAMPAIGN_EXPOSURES,
-             "user_attributes": USER_ATTRIBUTES}
+# bronze table -> its contract: one source per bronze table (sources.<name> in conf)
+CONTRACTS = {t.name: t.contract for t in catalog.tables(catalog.BRONZE)}
 
 
 def read_source(spark, table: str, src):
@@ -43,7 +42,7 @@ def read_source(spark, table: str, src):
 
 
 def _map_sources(spark, cfg) -> dict:
-    """table -> (mapped DataFrame, SourceRules); fails on the first source that cannot be mapped."""
+    """table -> (mapped DataFrame, effective SourceConf); fails on the first source that cannot be mapped."""
     if cfg.sources.orders is None:
         raise ConfigError("sources.orders is required (the order log to ingest)")
     out = {}
@@ -64,7 +63,7 @@ def _map_sources(spark, cfg) -> dict:
         if missing:
             raise JobFailed(f"sources.{table}: mapped column(s) {', '.join(missing)} not found in {src.path} "
                             f"(its columns: {', '.join(raw.columns)})")
-        out[table] = (map_columns(raw, table, columns), SourceRules.from_source(src))
+        out[table] = (map_columns(raw, table, columns), src)
     return out
 
 
@@ -133,10 +132,11 @@ def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
         lake.append(spark, prep.good, ref, with_attribute_columns(contract, prep.good))
         written = lake.last_operation_metrics(spark, ref)
         metrics = {"numTargetRowsInserted": written.get("numOutputRows", 0)}
-    rejects_ref = lake.table_ref(lake_cfg, f"{table}_rejects")
+    rejects = catalog.rejects_contract(contract)
+    rejects_ref = lake.table_ref(lake_cfg, rejects.name)
     if outcome.rejected_total:
-        lake.append(spark, prep.rejects, rejects_ref, rejects_contract(contract))
+        lake.append(spark, prep.rejects, rejects_ref, rejects)
     else:
-        lake.ensure_table(spark, rejects_ref, rejects_contract(contract))
+        lake.ensure_table(spark, rejects_ref, rejects)
     return {"table": ref.name, "inserted": int(metrics.get("numTargetRowsInserted", 0)),
             "updated": int(metrics.get("numTargetRowsUpdated", 0))}

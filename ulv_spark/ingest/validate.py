@@ -42,6 +42,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ulv_spark.config import SourceConf
 from ulv_spark.ingest.mapping import (SOURCE_STRUCT, attribute_columns, is_blank, parse_flag, parse_id, parse_int,
                                       parse_number, parse_timestamp)
 from ulv_spark.schemas import AS_OF_DATE, REJECT_REASON, RUN_ID, USER_ID
@@ -74,28 +75,6 @@ REASONS = (NULL_USER_ID, NULL_ORDER_ID, NULL_EVENT_ID, NULL_CAMPAIGN_ID, NULL_AR
            BAD_OBSERVED_VALUE, AFTER_RUN_DATE, DUPLICATE_KEY, CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
 
 RETURN_SUFFIX = "-R"  # order id of the return lines of a line-level order that also has purchase lines
-
-
-@dataclass(frozen=True)
-class SourceRules:
-    """How to read the values of one source (plain values taken from its SourceConf)."""
-
-    timestamp_format: Optional[str] = None
-    timezone: Optional[str] = None
-    line_level: bool = False
-    return_id_prefix: Optional[str] = None
-    derive_order_id: bool = False
-    control_arm: str = "control"
-    true_values: tuple[str, ...] = ("true", "t", "1", "y", "yes")
-    false_values: tuple[str, ...] = ("false", "f", "0", "n", "no", "")
-    future_rows: str = "reject"  # "reject" | "defer"
-
-    @classmethod
-    def from_source(cls, src) -> "SourceRules":
-        return cls(timestamp_format=src.timestamp_format, timezone=src.timezone, line_level=src.line_level,
-                   return_id_prefix=src.return_id_prefix, derive_order_id=src.derive_order_id,
-                   control_arm=src.control_arm, true_values=tuple(src.true_values),
-                   false_values=tuple(src.false_values), future_rows=src.future_rows)
 
 
 class Prepared(NamedTuple):
@@ -159,7 +138,7 @@ def flag_duplicates(df: DataFrame, keys: Sequence[str], order_by: Sequence[str],
 
 
 # -------------------------------------------------------------------- orders
-def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
     """Parse and check mapped order rows (one per order, or per line when rules.line_level).
 
     Grain: one row per source row. Columns: _src, user_id, order_id, order_ts, amount,
@@ -303,7 +282,7 @@ def orders_bronze(labelled: DataFrame, *, line_level: bool, run_id: str) -> Data
 
 
 # -------------------------------------------------------------------- events
-def label_events(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+def label_events(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
     """Parse and check mapped events; duplicates of event_id are rejected.
 
     Grain: one row per source row. Columns: _src, event_id (the source's, or a hash of user,
@@ -345,7 +324,7 @@ def events_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
 
 
 # -------------------------------------------------------------------- campaign exposures
-def label_exposures(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+def label_exposures(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
     """Parse and check mapped campaign exposures; duplicates of (user_id, campaign_id) are rejected.
 
     Grain: one row per source row. Columns: _src, user_id, campaign_id, arm, is_control (the
@@ -395,7 +374,7 @@ def exposures_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
 
 
 # -------------------------------------------------------------------- user attributes
-def label_user_attributes(mapped: DataFrame, *, as_of: dt.date, rules: SourceRules) -> DataFrame:
+def label_user_attributes(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
     """Check mapped user attributes; duplicates of user_id are rejected.
 
     Grain: one row per source row. Columns: _src, user_id, the attribute columns, _reason,
@@ -433,7 +412,7 @@ LABELLERS = {"orders": label_orders, "events": label_events, "campaign_exposures
              "user_attributes": label_user_attributes}
 
 
-def prepare(table: str, mapped: DataFrame, *, rules: SourceRules, as_of: dt.date, run_id: str,
+def prepare(table: str, mapped: DataFrame, *, rules: SourceConf, as_of: dt.date, run_id: str,
             rejected_at: dt.datetime) -> Prepared:
     """Validate the mapped rows of source `table`: labelled rows, bronze rows and reject rows."""
     with_source = LABELLERS[table](mapped, as_of=as_of, rules=rules)

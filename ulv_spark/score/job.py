@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from ulv_spark import lake, schemas
+from ulv_spark import catalog, lake
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
+from ulv_spark.names import ARM_CONVERSION, ARM_VALUE, EXPECTED_VALUE, SCALAR_OUTPUTS
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE, MODEL_VERSION, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID
 from ulv_spark.score import tables, udf
-from ulv_spark.score.predict import (ARM_CONVERSION, ARM_VALUE, EXPECTED_VALUE, SCALAR_OUTPUTS,
-                                     compatibility_problems)
+from ulv_spark.score.predict import compatibility_problems
 
-SCORE_TABLES = ("user_value", "user_churn", "promo_uplift", "user_segments")
+SCORE_TABLES = catalog.names(catalog.SCORES)  # written in this order, one Delta transaction each
 log = get_logger("ulv_spark.score")
 
 
@@ -126,7 +126,7 @@ def _vocabulary_fingerprint(features_cfg) -> str:
 
 
 def _read_features(spark, lake_cfg, as_of):
-    ref = lake.table_ref(lake_cfg, "user_features")
+    ref = lake.table_ref(lake_cfg, catalog.USER_FEATURES.name)
     if not lake.is_delta(spark, ref):
         raise JobFailed(f"table {ref.name} does not exist: run `ulv-spark features --as-of {as_of}` first")
     return lake.read_table(spark, ref, as_of_date=as_of)
@@ -163,7 +163,7 @@ def _mismatch(meta, as_of, problems) -> str:
 def _predict(ctx, features, model_dir, meta, users: int):
     """Score into the staging table; return (its rows for the date at the written version, version, cut points)."""
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
-    ref = lake.table_ref(cfg.lakehouse, schemas.SCORE_PREDICTIONS.name)
+    ref = lake.table_ref(cfg.lakehouse, catalog.SCORE_PREDICTIONS.name)
     with stage("score.predict", log) as info:
         scored = udf.score_users(features, model_dir=model_dir, feature_columns=list(meta.feature_columns),
                                  use_gpu=cfg.score.use_gpu, partitions=cfg.score.partitions)
@@ -171,7 +171,7 @@ def _predict(ctx, features, model_dir, meta, users: int):
                                F.lit(ctx.run_id).alias(RUN_ID))
         try:
             with udf.arrow_batch_size(spark, cfg.score.batch_size):
-                lake.write_partition(spark, staged, ref, schemas.SCORE_PREDICTIONS, as_of=as_of)
+                lake.write_partition(spark, staged, ref, catalog.SCORE_PREDICTIONS, as_of=as_of)
         except Exception as exc:
             raise JobFailed(f"scoring failed while writing {ref.name} ({_first_line(exc)}); "
                             f"no score table was written") from exc
@@ -219,16 +219,15 @@ def _write_tables(ctx, predictions, meta, cuts) -> dict:
 
 
 def _table_frames(cfg, predictions, scored, meta) -> dict:
-    """Table name -> (DataFrame, contract) of the four score tables (lazy)."""
+    """Table name -> DataFrame of the four score tables (lazy)."""
     horizon, tiers = meta.horizon_days, cfg.score.risk_tiers
     return {
-        "user_value": (tables.user_value_table(scored, horizon_days=horizon), schemas.USER_VALUE),
-        "user_churn": (tables.user_churn_table(predictions, horizon_days=horizon, risk_tiers=tiers),
-                       schemas.USER_CHURN),
-        "promo_uplift": (tables.promo_uplift_table(predictions, arms=meta.arms, arm_campaigns=meta.arm_campaigns,
-                                                   margin=cfg.score.margin, arm_costs=cfg.score.arm_costs),
-                         schemas.PROMO_UPLIFT),
-        "user_segments": (tables.user_segments_table(scored, risk_tiers=tiers), schemas.USER_SEGMENTS),
+        catalog.USER_VALUE.name: tables.user_value_table(scored, horizon_days=horizon),
+        catalog.USER_CHURN.name: tables.user_churn_table(predictions, horizon_days=horizon, risk_tiers=tiers),
+        catalog.PROMO_UPLIFT.name: tables.promo_uplift_table(predictions, arms=meta.arms,
+                                                             arm_campaigns=meta.arm_campaigns,
+                                                             margin=cfg.score.margin, arm_costs=cfg.score.arm_costs),
+        catalog.USER_SEGMENTS.name: tables.user_segments_table(scored, risk_tiers=tiers),
     }
 
 
@@ -237,7 +236,7 @@ def _write_each(ctx, frames: dict) -> dict:
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     written: dict = {}
     for name in SCORE_TABLES:
-        df, contract = frames[name]
+        df, contract = frames[name], catalog.contract(name)
         ref = lake.table_ref(cfg.lakehouse, name)
         try:
             with stage(f"score.write.{name}", log) as info:

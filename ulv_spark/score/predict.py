@@ -15,12 +15,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ulv_spark.names import ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, SCALAR_OUTPUTS
 from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
 
 # Columns the model adds per user (the staging table `score_predictions` holds them).
-from ulv_spark.names import (ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, CHURN_PROBABILITY,  # noqa: E402,F401
-                             EXPECTED_VALUE, P_PURCHASE, SCALAR_OUTPUTS, VALUE_P10, VALUE_P90)
-
 PREDICTION_SCHEMA = (f"{USER_ID} STRING, " + ", ".join(f"{c} DOUBLE" for c in SCALAR_OUTPUTS)
                      + ", " + ", ".join(f"{c} ARRAY<DOUBLE>" for c in ARM_OUTPUTS))
 _NUMERIC_PREFIXES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "boolean")

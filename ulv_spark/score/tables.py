@@ -18,12 +18,10 @@ from typing import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from ulv_spark.schemas import AS_OF_DATE, HORIZON_DAYS, MODEL_VERSION, RUN_ID, USER_ID
-from ulv_spark.score.predict import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE,
-                                     P_PURCHASE, VALUE_P10, VALUE_P90)
+from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
+                             VALUE_P90)
+from ulv_spark.schemas import AS_OF_DATE, HORIZON_DAYS, MODEL_VERSION, RISK_TIER, RUN_ID, USER_ID, VALUE_DECILE
 
-VALUE_DECILE = "value_decile"
-RISK_TIER = "risk_tier"
 RISK_TIER_NAMES = ("low", "medium", "high")
 VALUE_BANDS = (("high", 1, 2), ("mid", 3, 6), ("low", 7, 10))  # band, first decile, last decile
 # value band x churn band -> segment (the names in the USER_SEGMENTS contract comment)

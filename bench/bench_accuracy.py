@@ -2,8 +2,8 @@
 
 Run::
 
-    .venv/bin/python -m ulv_spark.evaluate.benchmarks cdnow [--model train|none]
-    .venv/bin/python -m ulv_spark.evaluate.benchmarks synthetic [--users 200000] [--model train|none]
+    .venv/bin/python -m bench.bench_accuracy cdnow [--model train|none]
+    .venv/bin/python -m bench.bench_accuracy synthetic [--users 200000] [--model train|none]
 
 Each writes ``bench/results/evaluate_<name>.json`` (metrics per method, checks, timings,
 machine), the HTML report ``bench/results/evaluate_<name>.html``, and appends its metrics to
@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CDNOW_CUT = dt.date(1997, 10, 1)
 CDNOW_END = dt.date(1998, 6, 30)
@@ -169,7 +169,7 @@ def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: di
     from ulv_spark import lake
     from ulv_spark.evaluate import pipeline
     from ulv_spark.evaluate.report import write_report
-    from ulv_spark.schemas import EVALUATION_METRICS
+    from ulv_spark.catalog import EVALUATION_METRICS
 
     ref = lake.table_ref(cfg.lakehouse, EVALUATION_METRICS.name)
     lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=as_of, run_id=run_id), ref,
@@ -287,7 +287,7 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ulv_spark.evaluate.benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=["cdnow", "synthetic"])
     parser.add_argument("--model", choices=["train", "none"], default="train",
                         help="train the model on the benchmark's training rows, or leave it out")

@@ -19,7 +19,7 @@ from ulv_spark.cli import main as cli_main
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ulv_spark.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="conf/local.yaml")
     parser.add_argument("--as-of", default=None, help="run date (default: run.as_of in the conf)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the backtest and report")
@@ -41,25 +41,25 @@ def main(argv=None) -> int:
 
 def summarize(conf_path: str) -> int:
     """Print the output tables (with row counts), the SQL to read them and the newest report."""
-    from ulv_spark import lake
+    from ulv_spark import catalog, lake
     from ulv_spark.config import load_config
     from ulv_spark.spark import get_spark
-    from ulv_spark.tables_cmd import KNOWN_TABLES, SCORE_TABLES
 
     cfg = load_config(conf_path)
     spark = get_spark(cfg.spark, cfg.lakehouse)
-    lake.attach(spark, cfg.lakehouse, KNOWN_TABLES, views_for=SCORE_TABLES)
+    lake.attach(spark, cfg.lakehouse, catalog.names(), views_for=catalog.latest_views())
     print("\n=== demo done ===")
     print(f"lakehouse: {cfg.lakehouse.root}")
-    for name in (*SCORE_TABLES, "user_features", "training_examples", "evaluation_metrics"):
+    shown = [n for group in (catalog.SCORES, catalog.FEATURES, catalog.EVALUATION) for n in catalog.names(group)]
+    for name in (n for n in shown if n != catalog.TOKEN_VOCABULARY.name):
         ref = lake.table_ref(cfg.lakehouse, name)
         if lake.is_delta(spark, ref):
             rows = spark.table(ref.name).count()
             print(f"  {ref.name:<28} {rows:>9} rows  {ref.path}")
-    schema = lake.table_ref(cfg.lakehouse, "user_value").schema_name
+    schema = lake.table_ref(cfg.lakehouse, catalog.USER_VALUE.name).schema_name
     query = (f"SELECT segment, count(*) AS users FROM {schema}.latest_user_segments "
              "GROUP BY segment ORDER BY users DESC")
-    if lake.is_delta(spark, lake.table_ref(cfg.lakehouse, "user_segments")):
+    if lake.is_delta(spark, lake.table_ref(cfg.lakehouse, catalog.USER_SEGMENTS.name)):
         print(f"read them with Spark SQL, e.g.:\n  {query}")
         for row in spark.sql(query).collect():  # one row per segment
             print(f"    {row['segment']:<22} {row['users']:>9}")

@@ -4,9 +4,9 @@ The closest thing to multi-node one machine offers: separate master, worker and 
 and executor Python processes. Started processes are recorded (pid file in the state dir) and
 ``stop`` ends exactly those, by process id.
 
-    python -m ulv_spark.cluster start [--workers 2 --cores 1 --memory 3g --state-dir .cluster]
-    python -m ulv_spark.cluster stop  [--state-dir .cluster]
-    python -m ulv_spark.cluster kill-worker|restart-worker --index 1   (fault drills)
+    python -m tools.cluster start [--workers 2 --cores 1 --memory 3g --state-dir .cluster]
+    python -m tools.cluster stop  [--state-dir .cluster]
+    python -m tools.cluster kill-worker|restart-worker --index 1   (fault drills)
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def stop(state_dir: str = ".cluster") -> list[int]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ulv_spark.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.cluster", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status", "kill-worker", "restart-worker"])
     parser.add_argument("--index", type=int, default=1, help="worker number for kill-worker / restart-worker")
     parser.add_argument("--workers", type=int, default=2)

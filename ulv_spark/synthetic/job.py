@@ -13,12 +13,14 @@ import datetime as dt
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from ulv_spark import lake
+from ulv_spark import catalog, lake
 from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
-from ulv_spark.ingest.generator import RAW_TABLES, GeneratorParams, generated_table
 from ulv_spark.runtime import get_logger, stage
-from ulv_spark.schemas import AS_OF_DATE, TRUTH_UPLIFT, TRUTH_USERS
+from ulv_spark.schemas import AS_OF_DATE
+from ulv_spark.synthetic.generator import TABLES, GeneratorParams, generated_table
+
+RAW_TABLES = tuple(name for name in catalog.names(catalog.BRONZE) if name in TABLES)  # the inputs it simulates
 
 
 def params_for(cfg, as_of: dt.date) -> GeneratorParams:
@@ -39,14 +41,14 @@ def run_generate(ctx: JobContext) -> Summary:
     """The `generate` command: raw Parquet inputs in the shop's column names + truth tables."""
     cfg, spark, log = ctx.cfg, ctx.spark, get_logger("ulv_spark.generate")
     params = params_for(cfg, ctx.as_of)
-    summary = {"output_dir": cfg.generate.output_dir, "users": params.users, "partitions": params.partitions,
-               "seed": params.seed, "truth_dates": [d.isoformat() for d in params.truth_dates], "rows": {}}
+    summary = {"output_dir": cfg.generate.output_dir, "users": params.gen.users, "partitions": params.gen.partitions,
+               "seed": params.gen.seed, "truth_dates": [d.isoformat() for d in params.truth_dates], "rows": {}}
     for table in RAW_TABLES:
         path = raw_path(cfg.generate.output_dir, table)
         with stage(f"generate {table}", log) as info:
             generated_table(spark, params, table).write.mode("overwrite").parquet(path)
             info["rows"] = summary["rows"][table] = spark.read.parquet(path).count()
-    for contract in (TRUTH_USERS, TRUTH_UPLIFT):
+    for contract in (t.contract for t in catalog.tables(catalog.TRUTH)):
         ref = lake.table_ref(cfg.lakehouse, contract.name)
         with stage(f"generate {contract.name}", log) as info:
             truth = generated_table(spark, params, contract.name).persist(StorageLevel.MEMORY_AND_DISK)

@@ -1,8 +1,8 @@
-"""The conf reference (every key, its default and meaning) generated from config.py.
+"""The conf reference (every key, its default and meaning) generated from ulv_spark/config/sections.py.
 
-    python -m ulv_spark.confdoc     # prints the markdown table used in README.md
+    python -m tools.confdoc     # prints the markdown table used in README.md
 
-The meaning of a key is the comment on its line in config.py (or the comment block just
+The meaning of a key is the comment on its line in sections.py (or the comment block just
 above it), so the README and the code cannot drift apart: a test compares them.
 """
 from __future__ import annotations
@@ -62,7 +62,8 @@ def rows(cls=config.Config, prefix: str = "") -> list[tuple[str, str, str]]:
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         target = inner[0] if dataclasses.is_dataclass(inner[0]) else (tp if dataclasses.is_dataclass(tp) else None)
-        if target is not None and f.name not in ("orders", "events", "campaign_exposures", "user_attributes"):
+        sources = {s.name for s in dataclasses.fields(config.SourcesConf)}
+        if target is not None and not (cls is config.SourcesConf and f.name in sources):
             out.extend(rows(target, f"{prefix}{f.name}."))
             continue
         if target is not None:  # sources.<table>: one line, the per-source keys follow once

@@ -27,14 +27,15 @@ each arm sent at D vs the control.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ulv_spark.config import GenerateConf
 
 SEND_HOUR = 8                 # campaign waves are sent at 08:00 UTC
 MIN_RATE = 1e-12              # Gamma(r < 1) draws can underflow to 0
@@ -79,79 +80,57 @@ ARM_EFFECTS = {
 
 @dataclass(frozen=True)
 class GeneratorParams:
-    """Plain parameters of one simulation (see GenerateConf for their meaning)."""
+    """One simulation: the ``generate`` conf section, the horizon and the as-of dates of the truth tables."""
 
-    users: int = 20000
-    partitions: int = 4
-    seed: int = 7
-    start_date: dt.date = dt.date(2024, 1, 1)
-    end_date: dt.date = dt.date(2025, 12, 31)
-    r: float = 0.6
-    alpha: float = 40.0
-    a: float = 0.8
-    b: float = 3.0
-    gg_p: float = 6.0
-    gg_q: float = 4.0
-    gg_gamma: float = 20.0
-    categories: int = 8
-    views_per_purchase: float = 3.0
-    browse_sessions_per_purchase: float = 1.0
-    cancel_rate: float = 0.03
-    campaign_every_days: int = 60
-    first_campaign_date: Optional[dt.date] = None
-    campaign_arms: tuple[str, ...] = ("control", "coupon_10", "free_shipping")
-    response_window_days: int = 30
-    campaign_effect_scale: float = 1.0
-    truth_dates: tuple[dt.date, ...] = (dt.date(2025, 7, 3), dt.date(2025, 10, 1))
+    gen: GenerateConf = field(default_factory=GenerateConf)
+    truth_dates: Optional[tuple[dt.date, ...]] = None  # None: gen.truth_dates
     horizon_days: int = 90
 
     def __post_init__(self):
-        unknown = [a for a in self.campaign_arms if a not in ARM_EFFECTS]
+        if self.truth_dates is None:
+            object.__setattr__(self, "truth_dates", tuple(self.gen.truth_dates))
+        gen = self.gen
+        unknown = [a for a in gen.campaign_arms if a not in ARM_EFFECTS]
         if unknown:
             raise ValueError(f"campaign arm(s) {unknown} unknown to the generator (known: {sorted(ARM_EFFECTS)})")
-        if "control" not in self.campaign_arms or len(self.campaign_arms) < 2:
-            raise ValueError(f"campaign_arms must include 'control' and a treatment, got {list(self.campaign_arms)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.campaign_every_days and self.campaign_every_days < self.response_window_days:
-            raise ValueError("campaign_every_days must be 0 or >= response_window_days (windows never overlap)")
+        if gen.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {gen.seed}")
         for d in self.truth_dates:
             horizon_end = d + dt.timedelta(days=self.horizon_days)
-            if not self.start_date < d or horizon_end > self.end_date + dt.timedelta(days=1):
+            if not gen.start_date < d or horizon_end > gen.end_date + dt.timedelta(days=1):
                 raise ValueError(f"truth date {d} needs start_date < D and D + {self.horizon_days} days <= "
-                                 f"end_date + 1 day ({self.start_date} .. {self.end_date})")
+                                 f"end_date + 1 day ({gen.start_date} .. {gen.end_date})")
 
     @classmethod
-    def from_conf(cls, gen, horizon_days: int, extra_truth_dates: Sequence[dt.date] = ()) -> "GeneratorParams":
-        """Parameters from a GenerateConf; extra truth dates are added only where they are valid."""
-        values = {f.name: getattr(gen, f.name) for f in dataclasses.fields(cls)
-                  if hasattr(gen, f.name) and f.name not in ("campaign_arms", "truth_dates")}
+    def from_conf(cls, gen: GenerateConf, horizon_days: int,
+                  extra_truth_dates: Sequence[dt.date] = ()) -> "GeneratorParams":
+        """The simulation of a GenerateConf; extra truth dates are added only where they are valid."""
         dates = set(gen.truth_dates)
         last = gen.end_date + dt.timedelta(days=1) - dt.timedelta(days=horizon_days)
         dates |= {d for d in extra_truth_dates if gen.start_date < d <= last}
-        return cls(**values, campaign_arms=tuple(gen.campaign_arms), truth_dates=tuple(sorted(dates)),
-                   horizon_days=horizon_days)
+        return cls(gen, truth_dates=tuple(sorted(dates)), horizon_days=horizon_days)
 
     @property
     def span_days(self) -> int:
         """Length of the simulated period in days (end_date inclusive)."""
-        return (self.end_date - self.start_date).days + 1
+        return (self.gen.end_date - self.gen.start_date).days + 1
 
     def day(self, date: dt.date) -> float:
         """`date` 00:00 UTC in days since start_date."""
-        return float((date - self.start_date).days)
+        return float((date - self.gen.start_date).days)
 
     def wave_days(self) -> np.ndarray:
         """Send times of the campaign waves inside the period, in days (08:00 UTC)."""
-        if not self.campaign_every_days:
+        if not self.gen.campaign_every_days:
             return np.zeros(0)
-        first = self.first_campaign_date or self.start_date + dt.timedelta(days=self.campaign_every_days)
-        starts = np.arange(self.day(first), self.span_days, self.campaign_every_days, dtype=float)
+        every = self.gen.campaign_every_days
+        first = self.gen.first_campaign_date or self.gen.start_date + dt.timedelta(days=every)
+        starts = np.arange(self.day(first), self.span_days, every, dtype=float)
         sends = starts + SEND_HOUR / 24.0
         return sends[sends < self.span_days]
 
     def wave_ids(self) -> list[str]:
-        return [campaign_id(self.start_date + dt.timedelta(days=int(w))) for w in self.wave_days()]
+        return [campaign_id(self.gen.start_date + dt.timedelta(days=int(w))) for w in self.wave_days()]
 
 
 def campaign_id(date: dt.date) -> str:
@@ -175,8 +154,8 @@ class Simulation:
     def __init__(self, params: GeneratorParams, partition: int):
         self.params = params
         self.partition = partition
-        self.first_user, self.n = partition_users(params.users, params.partitions, partition)
-        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([params.seed, partition]).spawn(8)]
+        self.first_user, self.n = partition_users(params.gen.users, params.gen.partitions, partition)
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([params.gen.seed, partition]).spawn(8)]
         self._rng_details, self._rng_cancel, self._rng_events = rngs[4], rngs[5], rngs[6]
         self._draw_users(rngs[0])
         self._assign_campaigns(rngs[1])
@@ -189,25 +168,25 @@ class Simulation:
         p, n = self.params, self.n
         self.user_index = self.first_user + np.arange(n, dtype=np.int64)
         self.t0 = rng.uniform(0.0, p.span_days, n)
-        self.lam = np.maximum(rng.gamma(p.r, 1.0 / p.alpha, n), MIN_RATE)
-        self.p_drop = np.clip(rng.beta(p.a, p.b, n), MIN_RATE, 1.0 - 1e-9)
-        self.nu = rng.gamma(p.gg_q, 1.0 / p.gg_gamma, n)
+        self.lam = np.maximum(rng.gamma(p.gen.r, 1.0 / p.gen.alpha, n), MIN_RATE)
+        self.p_drop = np.clip(rng.beta(p.gen.a, p.gen.b, n), MIN_RATE, 1.0 - 1e-9)
+        self.nu = rng.gamma(p.gen.gg_q, 1.0 / p.gen.gg_gamma, n)
         self.price_sensitivity = rng.beta(2.0, 2.0, n)
         # Traits tilt with the purchase rate, so attributes carry signal without changing
         # lambda's Gamma marginal (which the BG/NBD recovery test relies on).
-        log_rel_rate = np.log(self.lam * p.alpha / p.r)
+        log_rel_rate = np.log(self.lam * p.gen.alpha / p.gen.r)
         self.is_app = rng.random(n) < expit(-1.0 + 0.7 * log_rel_rate)
         self.channel = np.where(self.is_app, 0, np.where(rng.random(n) < 0.6, 1, 2))
         self.is_loyal = rng.random(n) < expit(-1.2 + 0.8 * log_rel_rate)
         self.region = rng.integers(0, len(REGIONS), n)
-        self.category_cdf = np.cumsum(rng.dirichlet(np.full(p.categories, 0.5), n), axis=1)
+        self.category_cdf = np.cumsum(rng.dirichlet(np.full(p.gen.categories, 0.5), n), axis=1)
 
     def _assign_campaigns(self, rng: np.random.Generator) -> None:
         p = self.params
         self.waves = p.wave_days()
-        self.arms = list(p.campaign_arms)
+        self.arms = list(p.gen.campaign_arms)
         effects = [ARM_EFFECTS[a] for a in self.arms]
-        self.arm_mult = np.stack([1.0 + p.campaign_effect_scale * e.lift(self.price_sensitivity, self.is_app,
+        self.arm_mult = np.stack([1.0 + p.gen.campaign_effect_scale * e.lift(self.price_sensitivity, self.is_app,
                                                                          self.is_loyal) for e in effects], axis=1)
         self.arm_discount = np.array([e.discount for e in effects])
         assign = rng.integers(0, len(self.arms), (self.n, self.waves.size))
@@ -221,7 +200,7 @@ class Simulation:
         """Index of the wave whose response window contains time t, else -1."""
         if self.waves.size == 0:
             return np.full(t.shape, -1)
-        every, window = self.params.campaign_every_days, self.params.response_window_days
+        every, window = self.params.gen.campaign_every_days, self.params.gen.response_window_days
         w = np.floor((t - self.waves[0]) / every).astype(np.int64)
         inside = (w >= 0) & (w < self.waves.size)
         w_safe = np.clip(w, 0, self.waves.size - 1)
@@ -276,7 +255,7 @@ class Simulation:
         """Browse-only sessions: Poisson(beta * lambda) on (t0, end of activity)."""
         active_end = np.minimum(self.death_t, self.params.span_days)
         duration = active_end - self.t0
-        counts = rng.poisson(self.params.browse_sessions_per_purchase * self.lam * duration)
+        counts = rng.poisson(self.params.gen.browse_sessions_per_purchase * self.lam * duration)
         user = np.repeat(np.arange(self.n), counts)
         time = self.t0[user] + rng.random(user.size) * duration[user]
         order = np.lexsort((time, user))
@@ -290,15 +269,15 @@ class Simulation:
             return self._details
         rng, p = self._rng_details, self.params
         user, t = self.p_user, self.p_t
-        gross = rng.gamma(p.gg_p, 1.0 / self.nu[user])
+        gross = rng.gamma(p.gen.gg_p, 1.0 / self.nu[user])
         _, discount_rate = self.multiplier_at(user, t)
         discount = np.round(gross * discount_rate, 2)
         amount = np.round(gross, 2) - discount
         quantity = 1 + rng.poisson(0.8, user.size)
         category = (rng.random(user.size)[:, None] > self.category_cdf[user]).sum(axis=1)
-        category = np.minimum(category, p.categories - 1)
+        category = np.minimum(category, p.gen.categories - 1)
         crng = self._rng_cancel
-        cancelled = crng.random(user.size) < p.cancel_rate
+        cancelled = crng.random(user.size) < p.gen.cancel_rate
         cancel_t = t + crng.uniform(0.02, 1.0, user.size)
         cancel_t = np.where(cancelled & (cancel_t < p.span_days), cancel_t, np.nan)
         self._details = pd.DataFrame({"user": user, "t": t, "seq": self.p_seq, "amount": amount,
@@ -332,15 +311,15 @@ class Simulation:
         # followed the last purchase; otherwise weigh "last purchase was fatal" (p) against
         # "survived it and stayed quiet since" ((1 - p) * P(no purchase, no browse)).
         quiet = lam * (self._integrated_multiplier(users, last_buy, d)
-                       + p.browse_sessions_per_purchase * (d - last_buy))
+                       + p.gen.browse_sessions_per_purchase * (d - last_buy))
         logit_dead = np.log(drop) - np.log1p(-drop) + quiet
         p_alive = np.where((n_before <= 1) | (last_browse > last_buy), 1.0, expit(-logit_dead))
 
-        mean_order = p.gg_p / self.nu[users] * (1.0 - p.cancel_rate)
+        mean_order = p.gen.gg_p / self.nu[users] * (1.0 - p.gen.cancel_rate)
         purchases, spend = self._horizon_expectation(users, d, float(horizon_days))
         out = {"user": users, "p_alive": p_alive, "expected_purchases": p_alive * purchases,
                "expected_spend": p_alive * spend * mean_order, "is_alive": self.death_t[users] > d}
-        window = float(p.response_window_days)
+        window = float(p.gen.response_window_days)
         for k, arm in enumerate(self.arms):
             rate = lam * self.arm_mult[users, k]
             out[f"conversion:{arm}"] = p_alive * -np.expm1(-rate * window)
@@ -352,7 +331,7 @@ class Simulation:
         """Integral over (since, d) of the actual campaign rate multiplier of each user."""
         total = d - since
         if self.waves.size:
-            ends = self.waves + self.params.response_window_days
+            ends = self.waves + self.params.gen.response_window_days
             overlap = np.clip(np.minimum(ends[None, :], d) - np.maximum(self.waves[None, :], since[:, None]), 0, None)
             total = total + ((self.wave_mult[users] - 1.0) * overlap).sum(axis=1)
         return total
@@ -364,7 +343,7 @@ class Simulation:
         piece j, E[N] = sum_j exp(-p Lambda_<j) (1 - exp(-p Lambda_j)) / p; waves sent in the
         horizon have not been assigned yet, so every arm combination is weighed equally.
         """
-        window = self.params.response_window_days
+        window = self.params.gen.response_window_days
         edges = {d, d + horizon}
         for w in self.waves:
             edges |= {x for x in (w, w + window) if d < x < d + horizon}
@@ -413,7 +392,7 @@ def category_names(k: int) -> list[str]:
 
 def _timestamps(params: GeneratorParams, t: np.ndarray) -> pd.Series:
     micros = np.round(np.asarray(t, dtype=float) * 86_400_000_000).astype(np.int64)
-    stamps = np.datetime64(params.start_date, "us") + micros.astype("timedelta64[us]")
+    stamps = np.datetime64(params.gen.start_date, "us") + micros.astype("timedelta64[us]")
     return pd.Series(pd.to_datetime(stamps)).dt.tz_localize("UTC")
 
 
@@ -448,7 +427,7 @@ def raw_events(sim: Simulation) -> pd.DataFrame:
     # purchase sessions: views, then add_to_cart 1-5 minutes before the purchase
     buy_user, buy_t, buy_cat = det["user"].to_numpy(), det["t"].to_numpy(), det["category"].to_numpy()
     cart_t = buy_t - rng.uniform(1, 5, buy_t.size) * minute
-    n_views = 1 + rng.poisson(p.views_per_purchase - 1.0, buy_t.size)
+    n_views = 1 + rng.poisson(p.gen.views_per_purchase - 1.0, buy_t.size)
     v_sess = np.repeat(np.arange(buy_t.size), n_views)
     v_t = cart_t[v_sess] - rng.uniform(0.5, 40, v_sess.size) * minute
     v_cat = np.where(rng.random(v_sess.size) < 0.7, buy_cat[v_sess], _pick_category(sim, buy_user[v_sess], rng))
@@ -505,7 +484,7 @@ def raw_events(sim: Simulation) -> pd.DataFrame:
 
 def _pick_category(sim: Simulation, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     picked = (rng.random(users.size)[:, None] > sim.category_cdf[users]).sum(axis=1)
-    return np.minimum(picked, sim.params.categories - 1)
+    return np.minimum(picked, sim.params.gen.categories - 1)
 
 
 def _cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -524,7 +503,7 @@ def raw_exposures(sim: Simulation) -> pd.DataFrame:
     return pd.DataFrame({
         "user": sim.user_index[users], "wave": waves.astype(np.int32),
         "arm": sim.assign[users, waves].astype(np.int32), "sent_at": _timestamps(sim.params, sim.waves[waves]),
-        "window_days": np.full(users.size, sim.params.response_window_days, dtype=np.int32)})
+        "window_days": np.full(users.size, sim.params.gen.response_window_days, dtype=np.int32)})
 
 
 def raw_user_attributes(sim: Simulation) -> pd.DataFrame:
@@ -536,7 +515,7 @@ def raw_user_attributes(sim: Simulation) -> pd.DataFrame:
 
 
 def truth_users_frame(sim: Simulation) -> pd.DataFrame:
-    """truth_users rows (user as index) for every truth date (see schemas.TRUTH_USERS)."""
+    """truth_users rows (user as index) for every truth date (see catalog.TRUTH_USERS)."""
     p = sim.params
     frames = []
     for date in p.truth_dates:
@@ -561,7 +540,7 @@ def truth_uplift_frame(sim: Simulation) -> pd.DataFrame:
                 "user": sim.user_index[truth["user"]], "as_of_date": date, "campaign_id": campaign_id(date),
                 "arm": arm, "true_uplift_conversion": truth[f"conversion:{arm}"] - truth["conversion:control"],
                 "true_uplift_value": truth[f"value:{arm}"] - truth["value:control"],
-                "response_window_days": np.int32(p.response_window_days)}))
+                "response_window_days": np.int32(p.gen.response_window_days)}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -593,7 +572,7 @@ def finish_orders(df, params: GeneratorParams):
         _user_id().alias("customer_id"),
         F.when(F.col("is_cancellation"), F.concat(F.lit("C"), number)).otherwise(number).alias("order_no"),
         F.date_format("ordered_at", "yyyy-MM-dd'T'HH:mm:ss").alias("ordered_at"),
-        "order_total", "items", _name(category_names(params.categories), "category").alias("main_category"),
+        "order_total", "items", _name(category_names(params.gen.categories), "category").alias("main_category"),
         "discount_total", "is_cancellation")
 
 
@@ -605,7 +584,7 @@ def finish_events(df, params: GeneratorParams):
     """
     from pyspark.sql import functions as F
 
-    category = _name(category_names(params.categories), "category")
+    category = _name(category_names(params.gen.categories), "category")
     product = F.concat(category, F.lit("-"), F.lpad(F.col("product").cast("string"), 3, "0"))
     return df.select(
         F.concat(_user_id(), F.lit("-e"), F.lpad(F.col("seq").cast("string"), 5, "0")).alias("event_uid"),
@@ -623,7 +602,7 @@ def finish_exposures(df, params: GeneratorParams):
     """
     ids = params.wave_ids() or ["none"]
     return df.select(_user_id().alias("customer_id"), _name(ids, "wave").alias("campaign"),
-                     _name(params.campaign_arms, "arm").alias("variant"), "sent_at", "window_days")
+                     _name(params.gen.campaign_arms, "arm").alias("variant"), "sent_at", "window_days")
 
 
 def finish_user_attributes(df, params: GeneratorParams):
@@ -643,7 +622,8 @@ def finish_truth(df, params: GeneratorParams):
     return df.select(_user_id().alias("user_id"), *[F.col(c) for c in df.columns if c != "user"])
 
 
-# table name -> (pandas builder, schema of its codes, Spark finisher)
+# table name -> (pandas builder, schema of its codes, Spark finisher): raw inputs named as the bronze
+# tables they feed (catalog group bronze) and the truth tables (catalog group truth)
 TABLES: dict[str, tuple[Callable, str, Callable]] = {
     "orders": (raw_orders, "user long, seq int, ordered_at timestamp, order_total double, items int, category int, "
                            "discount_total double, is_cancellation boolean", finish_orders),
@@ -660,8 +640,6 @@ TABLES: dict[str, tuple[Callable, str, Callable]] = {
                                          "true_uplift_conversion double, true_uplift_value double, "
                                          "response_window_days int", finish_truth),
 }
-RAW_TABLES = ("orders", "events", "campaign_exposures", "user_attributes")
-TRUTH_TABLES = ("truth_users", "truth_uplift")
 
 
 def partition_frames(params: GeneratorParams, table: str, partitions: Sequence[int]) -> Iterator[pd.DataFrame]:
@@ -685,5 +663,5 @@ def generated_table(spark, params: GeneratorParams, table: str):
         for batch in batches:
             yield from partition_frames(params, table, batch["id"].tolist())
 
-    coded = spark.range(0, params.partitions, 1, params.partitions).mapInPandas(simulate, schema)
+    coded = spark.range(0, params.gen.partitions, 1, params.gen.partitions).mapInPandas(simulate, schema)
     return finish(coded, params)

@@ -1,26 +1,17 @@
-"""Typed, frozen configuration loaded once from YAML.
+"""The conf sections: typed, frozen dataclasses, one per top-level YAML key, with their checks.
 
-The YAML for an environment is parsed into the frozen dataclasses below. Unknown keys,
-missing required keys and wrong types fail at load time with a :class:`ConfigError` that
-names the key and the file. A file may start from another with ``extends: base.yaml``
-(resolved next to it, deep-merged). Command-line overrides use dotted keys
-(``--set train.epochs=2``) and are checked exactly like the file.
-
-Relative paths (lakehouse root, source paths, model and cache dirs) are resolved against the
-current working directory at load time so that every executor sees the same absolute path.
+Each field is one conf key; its default and the comment on its line are the conf reference
+(README's table is generated from them by ``tools/confdoc.py``). A section's ``__post_init__``
+checks the values that depend on each other and raises :class:`ConfigError` naming the key.
+Reading YAML is ``loader``'s job, making paths absolute ``paths``'s.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
+from ulv_spark.names import TASKS
 
 
 class ConfigError(ValueError):
@@ -90,7 +81,8 @@ class SourcesConf:
 
 @dataclass(frozen=True)
 class IngestConf:
-    max_reject_share: float = 0.05  # fail (write nothing) when more rows than this are rejected (per table)
+    # fail (write nothing) when more rows than this are rejected (per table); also the nightly's reject_share gate
+    max_reject_share: float = 0.05
 
     def __post_init__(self):
         if not 0.0 <= self.max_reject_share <= 1.0:
@@ -254,8 +246,8 @@ class TrainConf:
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, "stop_after_epochs",
              f"must be >= 1 when set, got {self.stop_after_epochs}")
-        unknown = sorted(set(self.loss_weights) - {"value", "churn", "uplift", "propensity"})
-        need(not unknown, "loss_weights", f"has unknown task(s) {unknown} (known: value, churn, uplift, propensity)")
+        unknown = sorted(set(self.loss_weights) - set(TASKS))
+        need(not unknown, "loss_weights", f"has unknown task(s) {unknown} (known: {', '.join(TASKS)})")
         need(self.encoder.hidden_size % self.encoder.num_heads == 0, "encoder.hidden_size",
              f"must be a multiple of encoder.num_heads ({self.encoder.hidden_size} vs {self.encoder.num_heads})")
 
@@ -338,7 +330,8 @@ class EvaluateConf:
 
 @dataclass(frozen=True)
 class GatesConf:
-    max_reject_share: float = 0.05
+    """Thresholds of the nightly's quality gates; the reject_share gate uses ingest.max_reject_share."""
+
     max_user_count_change: float = 0.5    # relative change vs the previous night
     max_null_feature_share: float = 0.2
     max_score_psi: float = 0.25
@@ -375,226 +368,3 @@ class Config:
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:
         """The run date: the explicit one, else ``run.as_of``, else today (UTC)."""
         return as_of or self.run.as_of or dt.datetime.now(dt.timezone.utc).date()
-
-
-# Keys whose values are filesystem paths and get resolved to absolute paths at load time.
-_PATH_KEYS = {
-    ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
-    ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"), ("train", "parquet_dir"),
-    ("evaluate", "report_dir"), ("evaluate", "model_dir"),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-def load_config(path: str | os.PathLike | None = None, overrides: Optional[list[str] | dict[str, Any]] = None) -> Config:
-    """Load ``path`` (default ``conf/local.yaml``), apply dotted ``overrides``, validate.
-
-    Args:
-        path: the YAML file.
-        overrides: ``["train.epochs=2", ...]`` or ``{"train.epochs": 2}``.
-
-    Raises:
-        ConfigError: missing file, bad YAML, unknown key, missing required key, wrong type.
-    """
-    path = Path(path or os.environ.get("ULV_SPARK_CONF", "conf/local.yaml"))
-    raw = _read_yaml(path, seen=())
-    parsed = _parse_overrides(overrides)
-    where = str(path) + (" (with --set overrides)" if parsed else "")
-    for key, value in parsed.items():
-        _set_dotted(raw, key, value, where="--set " + key)
-    cfg = _build(Config, raw, prefix="", where=where)
-    cfg = _resolve_paths(cfg)
-    return dataclasses.replace(cfg, source_file=str(path.resolve()))
-
-
-def _read_yaml(path: Path, seen: tuple) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'extends' loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    base_name = data.pop("extends", None)
-    if base_name is None:
-        return data
-    base = _read_yaml((path.parent / base_name), seen + (path.resolve(),))
-    return _deep_merge(base, data)
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _parse_overrides(overrides) -> dict[str, Any]:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, _, text = item.partition("=")
-        parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
-    return parsed
-
-
-def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{where}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls, raw: Any, prefix: str, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_file"}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known keys here: {known})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = prefix + name
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], key, where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required key '{key}'")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:  # a section's own cross-field checks (__post_init__)
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _coerce(tp, value: Any, key: str, where: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key, where)
-    if value is None:
-        raise ConfigError(f"{where}: '{key}' must not be empty")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: '{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
-        return [_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}", where) for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
-        return str(value)
-    if tp is dt.date:
-        if isinstance(value, dt.datetime):
-            return value.date()
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(str(value))
-        except ValueError:
-            raise ConfigError(f"{where}: '{key}' must be a date YYYY-MM-DD, got {value!r}") from None
-    raise ConfigError(f"{where}: '{key}' has an unsupported type {tp}")  # pragma: no cover
-
-
-def _abs(path: Optional[str]) -> Optional[str]:
-    if path is None or "://" in path or path.startswith("dbfs:") or path.startswith("/Volumes"):
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def _rebase(path: Optional[str], root: Optional[str], shared: Optional[str]) -> Optional[str]:
-    """Paths written under the default ``lakehouse/`` follow ``lakehouse.root`` / ``shared_dir``.
-
-    So moving the lakehouse (``--set lakehouse.root=/data/lh``) moves the shared dir, the
-    model, checkpoint, cache and report dirs and the generated raw files with it.
-    """
-    if path is None or Path(path).is_absolute() or "://" in path:
-        return path
-    parts = Path(path).parts
-    if parts[:2] == ("lakehouse", "_shared") and shared is not None:
-        return str(Path(shared, *parts[2:]))
-    if parts[:1] == ("lakehouse",) and root is not None and "://" not in root:
-        return str(Path(root, *parts[1:]))
-    return path
-
-
-def _resolve_paths(cfg: Config) -> Config:
-    root = _abs(cfg.lakehouse.root)
-    shared = _abs(_rebase(cfg.lakehouse.shared_dir, root, None))
-    sections = {}
-    for section, key in _PATH_KEYS:
-        value = getattr(getattr(cfg, section), key)
-        if (section, key) == ("lakehouse", "root"):
-            resolved = root
-        elif (section, key) == ("lakehouse", "shared_dir"):
-            resolved = shared
-        else:
-            resolved = _abs(_rebase(value, root, shared))
-        sections.setdefault(section, {})[key] = resolved
-    replaced = {s: dataclasses.replace(getattr(cfg, s), **vals) for s, vals in sections.items()}
-    sources = {}
-    for name in ("orders", "events", "campaign_exposures", "user_attributes"):
-        src = getattr(cfg.sources, name)
-        if src is not None and src.path and src.format not in ("table",):
-            sources[name] = dataclasses.replace(src, path=_abs(_rebase(src.path, root, shared)))
-    replaced["sources"] = dataclasses.replace(cfg.sources, **sources)
-    return dataclasses.replace(cfg, **replaced)
-
-
-def to_dict(cfg: Config) -> dict:
-    """The resolved config as plain data (logged at job start, saved with each model)."""
-    def plain(value):
-        if isinstance(value, dt.date):
-            return value.isoformat()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
-    return plain(dataclasses.asdict(cfg))

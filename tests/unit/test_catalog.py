@@ -1,0 +1,60 @@
+"""The catalog: every table registered once, by group; the lists the commands use come from it."""
+import dataclasses
+
+import pytest
+
+from ulv_spark import catalog
+from ulv_spark.config import FeaturesConf, SourcesConf
+from ulv_spark.schemas import Col, TableContract
+
+
+def test_every_table_is_registered_once_in_group_order():
+    assert catalog.names() == (
+        "orders", "orders_rejects", "events", "events_rejects", "campaign_exposures", "campaign_exposures_rejects",
+        "user_attributes", "user_attributes_rejects", "user_features", "training_examples", "token_vocabulary",
+        "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "evaluation_metrics",
+        "truth_users", "truth_uplift")
+    assert catalog.names(catalog.SCORES) == ("user_value", "user_churn", "promo_uplift", "user_segments")
+    assert catalog.names(catalog.FEATURES) == ("user_features", "training_examples", "token_vocabulary")
+    assert catalog.latest_views() == ("user_features", "user_value", "user_churn", "promo_uplift", "user_segments")
+
+
+def test_each_bronze_table_brings_its_rejects_table():
+    bronze = catalog.names(catalog.BRONZE)
+    assert catalog.names(catalog.REJECTS) == tuple(f"{name}_rejects" for name in bronze)
+    for name in bronze:
+        rejects = catalog.contract(f"{name}_rejects")
+        assert rejects.column_names == ["raw", "user_id", "reject_reason", "run_id", "rejected_at", "as_of_date"]
+
+
+def test_each_bronze_table_is_a_source_in_conf():
+    assert tuple(f.name for f in dataclasses.fields(SourcesConf)) == catalog.names(catalog.BRONZE)
+
+
+def test_feature_tables_follow_the_features_conf():
+    short = FeaturesConf(windows_days=[7, 30], event_types=["view"])
+    attr = (Col("attr_age", "DOUBLE", True, "age"),)
+    contract = catalog.contract("user_features", short, attr)
+    assert "orders_30d" in contract.column_names and "orders_90d" not in contract.column_names
+    assert contract.column_names.index("attr_age") == contract.column_names.index("seq_tokens") - 1
+    assert catalog.contract("user_features") is catalog.USER_FEATURES
+    assert catalog.contract("token_vocabulary", short) is catalog.TOKEN_VOCABULARY  # conf-independent
+
+
+def test_registering_a_name_twice_or_an_unknown_group_fails():
+    with pytest.raises(ValueError, match="registered twice"):
+        catalog.register(catalog.SCORES, catalog.USER_VALUE)
+    with pytest.raises(ValueError, match="unknown table group"):
+        catalog.register("silver", TableContract("x", "", ()))
+    with pytest.raises(KeyError, match="no table 'nope' in the catalog"):
+        catalog.table("nope")
+    with pytest.raises(ValueError, match="unknown table group"):
+        catalog.names("silver")
+
+
+def test_the_simulator_writes_catalog_tables():
+    from ulv_spark.synthetic.generator import TABLES
+    from ulv_spark.synthetic.job import RAW_TABLES
+
+    assert RAW_TABLES == catalog.names(catalog.BRONZE)
+    assert set(TABLES) == set(catalog.names(catalog.BRONZE, catalog.TRUTH))

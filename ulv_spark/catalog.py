@@ -1,0 +1,470 @@
+"""The lakehouse's tables: every table contract registered once, by name and group.
+
+Each ``register(group, contract)`` below is the one definition of a table: its columns,
+types, nullability, comments, partitioning and key (see ``schemas.TableContract``), the group
+it belongs to and whether a ``latest_<name>`` view goes with it. Every command takes its
+table lists from here (``names(group)``, ``tables(group)``, ``latest_views()``): ingest its
+bronze inputs, features and score their outputs, the nightly its summary, ``ulv-spark
+tables``, the demo and the notebook what to attach. Adding a table is one registration.
+
+A bronze table registers its quarantine table ``<name>_rejects`` (group ``rejects``) with it.
+The feature tables' columns depend on the features conf and on the user attributes present,
+so they register a ``build(features_cfg, attribute_columns)`` function beside the contract
+for the default conf; their tabular columns are generated from the feature declarations
+(``features.build.FEATURE_BLOCKS``, see ``features/declare.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ulv_spark.config import FeaturesConf
+from ulv_spark.features.build import feature_table_columns
+from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE,
+                             VALUE_P10, VALUE_P90)
+from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
+                               LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION,
+                               ORIGIN_DATE, REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID,
+                               VALUE_DECILE, Col, TableContract)
+
+# Groups, in the order their tables are listed.
+BRONZE = "bronze"            # ingest's MERGE targets, one per input source (sources.<name>)
+REJECTS = "rejects"          # <bronze>_rejects: quarantined source rows with a reason
+FEATURES = "features"        # gold features written by the features job
+STAGING = "staging"          # intermediate results of a job (raw model outputs)
+SCORES = "scores"            # what SQL consumers read, each with a latest_<name> view
+EVALUATION = "evaluation"    # backtest metrics
+TRUTH = "truth"              # ground truth of generated data (written by `ulv-spark generate`)
+GROUPS = (BRONZE, REJECTS, FEATURES, STAGING, SCORES, EVALUATION, TRUTH)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One registered table: its contract, group and what goes with it."""
+
+    contract: TableContract
+    group: str
+    latest_view: bool = False      # a latest_<name> view over the newest as_of_date
+    build: Optional[Callable[..., TableContract]] = None  # (features_cfg, attribute_columns) -> contract
+
+    @property
+    def name(self) -> str:
+        return self.contract.name
+
+
+_TABLES: dict[str, Table] = {}
+
+
+def register(group: str, contract: TableContract, *, latest_view: bool = False,
+             build: Optional[Callable[..., TableContract]] = None) -> TableContract:
+    """Add `contract` to the catalog under `group` (a bronze table also adds its rejects); returns it."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown table group {group!r}; groups: {', '.join(GROUPS)}")
+    if contract.name in _TABLES:
+        raise ValueError(f"table {contract.name!r} is registered twice")
+    _TABLES[contract.name] = Table(contract, group, latest_view, build)
+    if group == BRONZE:
+        register(REJECTS, rejects_contract(contract))
+    return contract
+
+
+def table(name: str) -> Table:
+    """The registered table `name` (KeyError naming the known tables otherwise)."""
+    try:
+        return _TABLES[name]
+    except KeyError:
+        raise KeyError(f"no table {name!r} in the catalog; known: {', '.join(_TABLES)}") from None
+
+
+def contract(name: str, features_cfg: Optional[FeaturesConf] = None,
+             attribute_columns: tuple[Col, ...] = ()) -> TableContract:
+    """The contract of table `name`; for a feature table, the one for `features_cfg` and `attribute_columns`."""
+    entry = table(name)
+    if entry.build is not None and (features_cfg is not None or attribute_columns):
+        return entry.build(features_cfg, attribute_columns)
+    return entry.contract
+
+
+def tables(*groups: str) -> tuple[Table, ...]:
+    """The registered tables of `groups` (every table without), in registration order."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown table group(s) {unknown}; groups: {', '.join(GROUPS)}")
+    return tuple(t for t in _TABLES.values() if not groups or t.group in groups)
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    """Names of the registered tables of `groups` (every table without), in registration order."""
+    return tuple(t.name for t in tables(*groups))
+
+
+def latest_views() -> tuple[str, ...]:
+    """Names of the tables that have a latest_<name> view."""
+    return tuple(t.name for t in _TABLES.values() if t.latest_view)
+
+
+def _c(name: str, type_: str, comment: str, nullable: bool = True) -> Col:
+    return Col(name, type_, nullable, comment)
+
+
+def _run_cols() -> tuple[Col, ...]:
+    return (_c(MODEL_VERSION, "STRING", "Version of the model directory that produced the row", False),
+            _c(RUN_ID, "STRING", "Id of the job run that wrote the row", False))
+
+
+def rejects_contract(table: TableContract) -> TableContract:
+    """Quarantine table `<table>_rejects`: the offending row as text plus why and when."""
+    return TableContract(
+        name=f"{table.name}_rejects",
+        comment=(f"Rows of the {table.name} source that broke its contract. Grain: one row per "
+                 f"rejected source row and run. Written by jobs/ingest.py (append)."),
+        columns=(
+            _c("raw", "STRING", "The source row as JSON, with the source's own column names", False),
+            _c(USER_ID, "STRING", "Mapped user id as text (may be null: that can be the reason)"),
+            _c(REJECT_REASON, "STRING", "Why the row was rejected (e.g. null_user_id, bad_timestamp)", False),
+            _c(RUN_ID, "STRING", "Id of the ingest run", False),
+            _c("rejected_at", "TIMESTAMP", "When the row was rejected (UTC)", False),
+            _c(AS_OF_DATE, "DATE", "Run date of the ingest run"),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Bronze: what ingest writes
+# --------------------------------------------------------------------------------------------
+ORDERS = register(BRONZE, TableContract(
+    name="orders",
+    comment=("Bronze order log. Grain: one row per order (order lines aggregated); returns and "
+             "cancellations are their own rows with is_return = true and negative amount. "
+             "Key: order_id. Written by jobs/ingest.py with MERGE on order_id."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id as given by the source", False),
+        _c("order_id", "STRING", "Order id (unique); for line-level sources the invoice id", False),
+        _c("order_ts", "TIMESTAMP", "Order time (UTC)", False),
+        _c("order_date", "DATE", "Calendar date of order_ts (UTC)", False),
+        _c("amount", "DOUBLE", "Net order value in the source currency; negative for returns", False),
+        _c("quantity", "DOUBLE", "Total units in the order; negative for returns"),
+        _c("n_lines", "INT", "Number of source lines aggregated into this order", False),
+        _c("category", "STRING", "Main category of the order (category of the largest line)"),
+        _c("discount", "DOUBLE", "Discount granted on the order, same currency as amount"),
+        _c("is_return", "BOOLEAN", "True for returns and cancellations", False),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("order_id",),
+))
+
+EVENTS = register(BRONZE, TableContract(
+    name="events",
+    comment=("Bronze behaviour events (views, carts, searches...). Grain: one row per event. "
+             "Key: event_id (source id, or hash of user, time, type, product, session). Written by jobs/ingest.py "
+             "with MERGE."),
+    columns=(
+        _c("event_id", "STRING", "The source's event id when mapped, else a deterministic hash of user_id, "
+                                 "event_ts, event_type, product_id, session_id", False),
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c("event_ts", "TIMESTAMP", "Event time (UTC)", False),
+        _c("event_date", "DATE", "Calendar date of event_ts (UTC)", False),
+        _c("event_type", "STRING", "Event type, lower case (view, add_to_cart, search, ...)", False),
+        _c("product_id", "STRING", "Product involved, if any"),
+        _c("category", "STRING", "Category of the product, if known"),
+        _c("session_id", "STRING", "Session id, if known"),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("event_id",),
+))
+
+CAMPAIGN_EXPOSURES = register(BRONZE, TableContract(
+    name="campaign_exposures",
+    comment=("Bronze campaign exposures. Grain: one row per (user_id, campaign_id). The arm named "
+             "'control' (or flagged is_control) is the hold-out. Observed outcome columns, when "
+             "present, win over outcomes derived from orders. Written by jobs/ingest.py with MERGE."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(CAMPAIGN_ID, "STRING", "Campaign id", False),
+        _c(ARM, "STRING", "Arm the user was assigned to (one arm is the control)", False),
+        _c(IS_CONTROL, "BOOLEAN", "True for the hold-out arm", False),
+        _c("exposed_ts", "TIMESTAMP", "When the user was exposed / assigned (UTC)", False),
+        _c("response_window_days", "INT", "Days after exposure in which a response counts"),
+        _c("observed_converted", "BOOLEAN", "Observed conversion in the response window, if the source has it"),
+        _c("observed_value", "DOUBLE", "Observed spend in the response window, if the source has it"),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("user_id", "campaign_id"),
+))
+
+USER_ATTRIBUTES = register(BRONZE, TableContract(
+    name="user_attributes",
+    comment=("Bronze user attributes (CRM segment, channel, region ...). Grain: one row per user_id. "
+             "Columns beyond user_id come from the source. Written by jobs/ingest.py with MERGE."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=(USER_ID,),
+    extra_columns=True,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# Gold: features (written by jobs/features.py; read by train, score and evaluate)
+# --------------------------------------------------------------------------------------------
+_NULL_FEATURES = ("Feature columns are null only where a builder produced null for a user who has rows in the "
+                  "feature's source (the nightly null-feature gate watches the share); users without such rows get "
+                  "the declared default.")
+
+
+def _sequence_cols() -> tuple[Col, ...]:
+    return (
+        Col(SEQ_TOKENS, "ARRAY<INT>", False, "Token ids of the user's last L orders and events before the date, oldest "
+            "first, right-padded with 0 (PAD) to exactly L = features.sequence_length; see token_vocabulary"),
+        Col(SEQ_MASK, "ARRAY<INT>", False, "Attention mask for seq_tokens: 1 for an event, 0 for padding"),
+    )
+
+
+def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
+                           attribute_columns: tuple[Col, ...] = ()) -> TableContract:
+    """Contract of `user_features` for `features_cfg` plus joined `attribute_columns` (attr_*)."""
+    return TableContract(
+        name="user_features",
+        comment=("Point-in-time user features. Grain: one row per (user_id, as_of_date) for every user with an "
+                 "order or event strictly before as_of_date; only data strictly before as_of_date is used. RFM "
+                 "follows lifetimes (freq='D', observation end as_of_date - 1 day). " + _NULL_FEATURES + " Written "
+                 "by jobs/features.py (replaceWhere per as_of_date)."),
+        columns=(
+            _c(USER_ID, "STRING", "Customer id", False),
+            _c(AS_OF_DATE, "DATE", "Run date D; features use data strictly before it", False),
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+            _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+        ),
+        partition_by=(AS_OF_DATE,),
+        keys=(USER_ID, AS_OF_DATE),
+    )
+
+
+def training_examples_contract(features_cfg: Optional[FeaturesConf] = None,
+                               attribute_columns: tuple[Col, ...] = ()) -> TableContract:
+    """Contract of `training_examples` for `features_cfg` plus joined `attribute_columns` (attr_*)."""
+    return TableContract(
+        name="training_examples",
+        comment=("Training examples at rolling past origins origin_date = as_of_date - H - k * step. Grain: one row "
+                 "per (user_id, as_of_date, origin_date) for every user with an order or event before origin_date; "
+                 "features use data strictly before origin_date, labels only [origin_date, origin_date + "
+                 "horizon_days). " + _NULL_FEATURES + " Written by jobs/features.py (replaceWhere per as_of_date)."),
+        columns=(
+            _c(USER_ID, "STRING", "Customer id", False),
+            _c(AS_OF_DATE, "DATE", "Run date D of the features job that built the examples", False),
+            _c(ORIGIN_DATE, "DATE", "Past as-of date D_k of the example: features before it, labels from it on", False),
+            _c(HORIZON_DAYS, "INT", "Label window length H in days (run.horizon_days)", False),
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+            _c(LABEL_VALUE, "DOUBLE", "Net spend in [origin_date, origin_date + horizon_days), floored at 0", False),
+            _c(LABEL_PURCHASES, "INT", "Purchase orders in [origin_date, origin_date + horizon_days)", False),
+            _c(LABEL_CHURNED, "INT", "1 when no purchase order in [origin_date, origin_date + horizon_days), else 0", False),
+            _c(CAMPAIGN_ID, "STRING", "First campaign exposure in the label window whose response window ends inside "
+                                      "it (null: none)"),
+            _c(ARM, "STRING", "Arm of that exposure (null: none)"),
+            _c(IS_CONTROL, "BOOLEAN", "True when arm is the campaign's control (null: no exposure)"),
+            _c(LABEL_CONVERTED, "INT", "1/0: observed_converted, else a purchase in [exposed_ts, exposed_ts + "
+                                       "response_window_days) (null: no exposure)"),
+            _c(LABEL_RESPONSE_VALUE, "DOUBLE", "observed_value, else net spend in the response window floored at 0 "
+                                               "(null: no exposure)"),
+            _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+        ),
+        partition_by=(AS_OF_DATE,),
+        keys=(USER_ID, AS_OF_DATE, ORIGIN_DATE),
+    )
+
+
+USER_FEATURES = register(FEATURES, user_features_contract(), build=user_features_contract, latest_view=True)
+TRAINING_EXAMPLES = register(FEATURES, training_examples_contract(), build=training_examples_contract)
+
+TOKEN_VOCABULARY = register(FEATURES, TableContract(
+    name="token_vocabulary",
+    comment=("Event-token vocabulary of the sequences in user_features / training_examples. Grain: one row per "
+             "(as_of_date, token_id), ids 0..vocab_size-1; 0-3 are PAD, MASK, CLS, UNK. Deterministic from the "
+             "features conf (fingerprint). Written by jobs/features.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(AS_OF_DATE, "DATE", "Run date of the features job that wrote the vocabulary", False),
+        _c("token_id", "INT", "Token id as stored in seq_tokens", False),
+        _c("event_type", "STRING", "purchase, return, a behaviour event type, or [PAD]/[MASK]/[CLS]/[UNK]", False),
+        _c("amount_bucket", "INT", "0 = no amount (behaviour event); i >= 1: |amount| reaches exactly i - 1 of the "
+                                   "cut points features.amount_buckets (null for reserved tokens)"),
+        _c("gap_bucket", "INT", "0 = first event of the user; i >= 1: days since the previous event reach exactly "
+                                "i - 1 of the cut points features.gap_buckets_days (null for reserved tokens)"),
+        _c("category_slot", "INT", "0 = no category, else 1 + pmod(xxhash64(category), features.max_categories) "
+                                   "(null for reserved tokens)"),
+        _c("fingerprint", "STRING", "Hash of the vocabulary definition (sequences.vocabulary_fingerprint)", False),
+        _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(AS_OF_DATE, "token_id"),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# Staging: raw model outputs (written by jobs/score.py)
+# --------------------------------------------------------------------------------------------
+SCORE_PREDICTIONS = register(STAGING, TableContract(
+    name="score_predictions",
+    comment=("Staging: raw model outputs per user, computed once per run so the four score tables "
+             "derive from the same rows. Grain: one row per (user_id, as_of_date). arm_* arrays follow "
+             "the arms of model_version (control first). Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c(EXPECTED_VALUE, "DOUBLE", "Expected spend in the horizon", False),
+        _c(P_PURCHASE, "DOUBLE", "Probability of at least one purchase in the horizon", False),
+        _c(VALUE_P10, "DOUBLE", "10th percentile of spend in the horizon", False),
+        _c(VALUE_P90, "DOUBLE", "90th percentile of spend in the horizon", False),
+        _c(CHURN_PROBABILITY, "DOUBLE", "Probability of no purchase in the horizon", False),
+        _c(ARM_CONVERSION, "ARRAY<DOUBLE>", "P(convert | arm) per model arm, control first", False),
+        _c(ARM_VALUE, "ARRAY<DOUBLE>", "E[spend | arm] in the response window per model arm, control first", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# Gold: scores (what SQL consumers read)
+# --------------------------------------------------------------------------------------------
+USER_VALUE = register(SCORES, TableContract(
+    name="user_value",
+    comment=("Predicted customer value over the next horizon_days. Grain: one row per (user_id, "
+             "as_of_date); every user with features for the date. as_of_date: only data strictly "
+             "before it was used. Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c(HORIZON_DAYS, "INT", "Prediction horizon in days, starting at as_of_date", False),
+        _c(EXPECTED_VALUE, "DOUBLE", "Expected spend in [as_of_date, as_of_date + horizon_days)", False),
+        _c(P_PURCHASE, "DOUBLE", "Probability of at least one purchase in the horizon", False),
+        _c(VALUE_P10, "DOUBLE", "10th percentile of spend in the horizon", False),
+        _c(VALUE_P90, "DOUBLE", "90th percentile of spend in the horizon", False),
+        _c(VALUE_DECILE, "INT", "Decile of expected_value among users of the date (1 = top)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+), latest_view=True)
+
+USER_CHURN = register(SCORES, TableContract(
+    name="user_churn",
+    comment=("Churn risk: probability of no purchase in the next horizon_days. Grain: one row per "
+             "(user_id, as_of_date). Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c(HORIZON_DAYS, "INT", "Horizon in days, starting at as_of_date", False),
+        _c(CHURN_PROBABILITY, "DOUBLE", "Probability of no purchase in the horizon", False),
+        _c(RISK_TIER, "STRING", "low / medium / high, by the cut points in conf (score.risk_tiers)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+), latest_view=True)
+
+PROMO_UPLIFT = register(SCORES, TableContract(
+    name="promo_uplift",
+    comment=("Incremental effect of sending each campaign arm vs the control. Grain: one row per "
+             "(user_id, as_of_date, campaign_id, arm) for every non-control arm. Written nightly by "
+             "jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; predictions use data strictly before it", False),
+        _c(CAMPAIGN_ID, "STRING", "Campaign the arm belongs to", False),
+        _c(ARM, "STRING", "Treatment arm", False),
+        _c("uplift_conversion", "DOUBLE", "P(convert | arm) - P(convert | control) in the response window", False),
+        _c("uplift_value", "DOUBLE", "E[spend | arm] - E[spend | control] in the response window", False),
+        _c("expected_profit", "DOUBLE", "uplift_value * margin - cost of the arm (conf: score.margin, score.arm_costs)", False),
+        _c("recommended", "BOOLEAN", "True when this arm has the highest positive expected_profit for the user", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+), latest_view=True)
+
+USER_SEGMENTS = register(SCORES, TableContract(
+    name="user_segments",
+    comment=("Value x churn segment per user. Grain: one row per (user_id, as_of_date). Segments: "
+             "champion, at_risk_high_value, promising, needs_attention, hibernating, lost. "
+             "Written nightly by jobs/score.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date", False),
+        _c("segment", "STRING", "Segment name from the value x churn grid", False),
+        _c("value_band", "STRING", "high / mid / low expected value (deciles 1-2 / 3-6 / 7-10)", False),
+        _c("churn_band", "STRING", "Churn risk tier (low / medium / high)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+), latest_view=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+EVALUATION_METRICS = register(EVALUATION, TableContract(
+    name="evaluation_metrics",
+    comment=("Backtest metrics. Grain: one row per (run_id, dataset, split, method, metric); every "
+             "method of a split is scored on the same test users. Written by jobs/evaluate.py and the "
+             "reference benchmarks (append per run; a re-run adds rows under its own run_id)."),
+    columns=(
+        _c("dataset", "STRING", "Data set evaluated (e.g. cdnow, synthetic, lakehouse)", False),
+        _c("split", "STRING", "Backtest split: evaluation origin, horizon and, when only a share of the users "
+                              "is scored, that share, e.g. origin=1997-10-01/h=273/test=0.5", False),
+        _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, oracle", False),
+        _c("metric", "STRING", "Metric name: value_gini, value_decile_mape, value_spearman, value_total_ratio, "
+                               "churn_auc, churn_pr_auc, churn_ece, qini_<conversion|value>[<arm>] (without [arm]: "
+                               "mean over arms), auuc_*, uplift_at_k_*, *_truth_pearson / *_truth_spearman "
+                               "(synthetic: vs the true values), <metric>_share_of_oracle", False),
+        _c("value", "DOUBLE", "Metric value"),
+        _c(AS_OF_DATE, "DATE", "Run date of the evaluation", False),
+        _c(RUN_ID, "STRING", "Id of the evaluation run", False),
+    ),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# Truth: what the synthetic generator knows (written by jobs/generate.py, read by evaluate)
+# --------------------------------------------------------------------------------------------
+TRUTH_USERS = register(TRUTH, TableContract(
+    name="truth_users",
+    comment=("Ground truth of the synthetic data. Grain: one row per (user_id, as_of_date) for every user "
+             "whose first purchase is before as_of_date. Expectations are conditional on the user's true "
+             "latent parameters (purchase rate, dropout probability, spend scale) and on all activity "
+             "(orders and browsing) strictly before as_of_date, not on the hidden alive state; future "
+             "campaign waves in the horizon are averaged over their random arm assignment. Written by "
+             "jobs/generate.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "As-of date D: the truth uses the simulated history strictly before it", False),
+        _c(HORIZON_DAYS, "INT", "Horizon H in days (run.horizon_days), starting at as_of_date", False),
+        _c("p_alive", "DOUBLE", "True probability that the user is still active at as_of_date", False),
+        _c("expected_purchases", "DOUBLE", "True expected number of purchase orders placed in [D, D + H) "
+                                           "(later-cancelled ones included)", False),
+        _c("expected_spend", "DOUBLE", "True expected net spend (after discounts and cancellations) of the "
+                                       "orders placed in [D, D + H)", False),
+        _c("is_alive", "BOOLEAN", "The hidden simulated state: still active at as_of_date", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+))
+
+TRUTH_UPLIFT = register(TRUTH, TableContract(
+    name="truth_uplift",
+    comment=("True effect of sending each treatment arm at as_of_date vs the control arm, in the response "
+             "window [D, D + response_window_days) with no other campaign active. Grain: one row per "
+             "(user_id, as_of_date, campaign_id, arm) for every non-control arm and every user of "
+             "truth_users. campaign_id names the hypothetical wave sent at D (promo_<yyyymmdd>); join on "
+             "(user_id, as_of_date, arm). Written by jobs/generate.py (replaceWhere per as_of_date)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "As-of date D: the campaign is sent at D, the truth uses history before D", False),
+        _c(CAMPAIGN_ID, "STRING", "Hypothetical campaign wave sent at as_of_date (promo_<yyyymmdd>)", False),
+        _c(ARM, "STRING", "Treatment arm", False),
+        _c("true_uplift_conversion", "DOUBLE", "P(purchase in the window | arm) - P(purchase in the window | control)",
+           False),
+        _c("true_uplift_value", "DOUBLE", "E[net spend in the window | arm] - E[net spend in the window | control]",
+           False),
+        _c("response_window_days", "INT", "Length of the response window in days", False),
+    ),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+))
