@@ -171,3 +171,12 @@ def test_moving_the_lakehouse_moves_every_default_path(write_conf, tmp_path):
     assert cfg.sources.orders.path == str(tmp_path / "lh" / "raw" / "orders")
     explicit = load_config(write_conf("lakehouse: {root: /a}\ntrain: {model_dir: /b/models}\n"))
     assert explicit.train.model_dir == "/b/models" and explicit.lakehouse.shared_dir == "/a/_shared"
+
+
+def test_source_bounds_load_from_yaml_and_are_checked(write_conf):
+    cfg = load_config(write_conf("sources:\n  orders:\n    path: /x.csv\n    max_abs_amount: 1e6\n"
+                                 "    min_date: 2000-01-01\n"))
+    assert (cfg.sources.orders.max_abs_amount, cfg.sources.orders.min_date) == (1e6, dt.date(2000, 1, 1))
+    assert cfg.sources.orders.max_date == dt.date(2099, 12, 31)
+    with pytest.raises(ConfigError, match=r"min_date \(2100-01-01\) must be before its max_date"):
+        load_config(write_conf("sources:\n  orders:\n    path: /x.csv\n    min_date: 2100-01-01\n"))
