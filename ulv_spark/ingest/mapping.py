@@ -118,16 +118,28 @@ def map_columns(raw: DataFrame, table: str, columns: dict[str, str]) -> DataFram
     """
     spec = SPECS[table]
     fields = [(_quoted(columns[f]) if f in columns else F.lit(None)).alias(f) for f in spec.fields]
-    extras = []
-    if spec.keeps_other_columns:
-        named = {k: v for k, v in columns.items() if k not in spec.fields}
-        if named:
-            extras = [_quoted(src).alias(slug(name)) for name, src in named.items()]
-        else:
-            used = set(columns.values()) | {MALFORMED_COLUMN}
-            extras = [_quoted(c).alias(slug(c)) for c in raw.columns if c not in used]
+    named = {k: v for k, v in columns.items() if k not in spec.fields}
+    kept = attribute_source_columns(table, columns, raw.columns)
+    extras = [_quoted(src).alias(slug(name)) for name, src in named.items()] if named \
+        else [_quoted(c).alias(slug(c)) for c in kept]
     source = F.struct(*[_quoted(c) for c in raw.columns]).alias(SOURCE_STRUCT)
     return raw.select(source, *fields, *extras)
+
+
+def attribute_source_columns(table: str, columns: dict[str, str], source_columns: Sequence[str]) -> list[str]:
+    """The source columns a user_attributes source keeps as attributes (none for other tables).
+
+    The columns the mapping names besides user_id, or, when it names none, every source column
+    it does not map (MALFORMED_COLUMN never).
+    """
+    spec = SPECS[table]
+    if not spec.keeps_other_columns:
+        return []
+    named = [v for k, v in columns.items() if k not in spec.fields]
+    if named:
+        return named
+    used = set(columns.values()) | {MALFORMED_COLUMN}
+    return [c for c in source_columns if c not in used]
 
 
 def attribute_columns(mapped: DataFrame, table: str) -> list[str]:
