@@ -54,4 +54,5 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
                  facts={**facts, "as_of": ctx.as_of, "run_id": ctx.run_id})
     return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),
             "skipped": {s.split.name: s.skipped for s in result.splits if s.skipped},
+            "notes": {s.split.name: s.notes for s in result.splits if s.notes},
             "headline": pipeline.headline(result.metrics)}
