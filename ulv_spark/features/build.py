@@ -71,12 +71,22 @@ def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Opt
 def _finish(merged: DataFrame, *, features_cfg: FeaturesConf, attr_cols: tuple[Col, ...]) -> tuple[DataFrame, list]:
     """Keep the users seen before their date and fill every feature's default.
 
+    A user is seen through an order or an event before the date. A campaign export (exposures
+    with observed outcomes) also names its users: one exposed with an observed outcome before
+    the date is kept, and at a training origin one with an observed outcome in the label window
+    (labels.observed_exposure_examples). Tenure counts from the first order or event (0 without
+    one), and a user without orders or events gets an all-padding sequence.
+
     Returns the frame and the feature + sequence columns (as Column expressions, in order).
     """
     windows = features_cfg.windows_days
     seen_days = [F.col(c) for c in ("first_order_day", "first_event_day") if c in merged.columns]
     first_seen = F.least(*seen_days) if len(seen_days) > 1 else seen_days[0]
-    derived = merged.filter(first_seen.isNotNull()).select(
+    keep = first_seen.isNotNull()
+    for named in ("first_observed_exposure_day", labels.LABELLED_BY_EXPOSURE):
+        if named in merged.columns:
+            keep = keep | F.col(named).isNotNull()
+    derived = merged.filter(keep).select(
         "*",
         F.when(F.col("frequency").isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias("has_purchase"),
         F.datediff(F.col(AS_OF_DATE), first_seen).cast("double").alias("tenure_days"))
@@ -87,7 +97,11 @@ def _finish(merged: DataFrame, *, features_cfg: FeaturesConf, attr_cols: tuple[C
         value = F.col(col.name) if col.name in derived.columns else F.lit(None)
         default = 1.0 if col.name == ATTR_MISSING else 0.0
         features.append(F.coalesce(value.cast("double"), F.lit(default)).alias(col.name))
-    return derived, features + [F.col(SEQ_TOKENS), F.col(SEQ_MASK)]
+    length = features_cfg.sequence_length
+    padding = F.array_repeat(F.lit(sequences.PAD_ID), length).cast("array<int>")
+    no_events = F.array_repeat(F.lit(0), length).cast("array<int>")
+    return derived, features + [F.coalesce(F.col(SEQ_TOKENS), padding).alias(SEQ_TOKENS),
+                                F.coalesce(F.col(SEQ_MASK), no_events).alias(SEQ_MASK)]
 
 
 def _prepare(orders, events, exposures, features_cfg: FeaturesConf):
@@ -105,7 +119,8 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
                         features_cfg: FeaturesConf) -> DataFrame:
     """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
 
-    Grain: one row per user_id with an order or event strictly before `as_of`. Only rows
+    Grain: one row per user_id with an order or event (or a campaign exposure with an observed
+    outcome) strictly before `as_of`. Only rows
     strictly before `as_of` of orders, events and exposures are used (campaign responses only
     from response windows that ended by `as_of`; user attributes are a snapshot and joined as
     they are). Missing optional inputs give 0 features, so the schema only depends on
@@ -141,8 +156,9 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
                             as_of: dt.date, horizon_days: int, features_cfg: FeaturesConf) -> DataFrame:
     """Features at each rolling origin D_k joined with labels from [D_k, D_k + horizon_days).
 
-    Grain: one row per (user_id, origin_date) for every user with an order or event strictly
-    before origin_date. Features equal build_user_features(..., as_of=D_k); labels use only
+    Grain: one row per (user_id, origin_date) for every user with an order or event (or an
+    exposure with an observed outcome) strictly before origin_date, or with an observed campaign
+    outcome in the label window (a campaign export; see labels.observed_exposure_examples). Features equal build_user_features(..., as_of=D_k); labels use only
     orders and exposures in [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing
     on or after `as_of` is read.
 
@@ -159,6 +175,7 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
     parts.append(labels.window_labels(orders, origins=dates, horizon_days=horizon_days))
     if outcomes is not None:
         parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))
+        parts.append(labels.observed_exposure_examples(outcomes, origins=dates, horizon_days=horizon_days))
     # _finish computes relative to the as_of_date column: here that is the origin
     merged = _stack(parts, [USER_ID, ORIGIN_DATE]).withColumnRenamed(ORIGIN_DATE, AS_OF_DATE)
     derived, features = _finish(merged, features_cfg=features_cfg,
