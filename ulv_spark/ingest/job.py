@@ -220,7 +220,13 @@ def dry_run_ingest(ctx: JobContext, *, sample_rows: int = 1000) -> Summary:
 
 
 def _cell(value) -> str:
-    text = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else str(value)
+    if isinstance(value, dt.datetime):
+        text = value.isoformat(sep=" ")
+    elif isinstance(value, float):
+        text = f"{value:.10g}"  # 6 * 1.85 shows as 11.1, not 11.100000000000001
+        text = text + ".0" if text.lstrip("-").isdigit() else text
+    else:
+        text = str(value)
     return text if len(text) <= 24 else text[:21] + "..."
 
 
