@@ -92,7 +92,8 @@ def _map_sources(spark, cfg, *, sample_rows: int | None = None) -> dict:
         except (ValueError, FileNotFoundError) as exc:  # unknown preset, lifetimes not installed
             raise ConfigError(str(exc)) from None
         except Exception as exc:  # Spark's AnalysisException: path not found, no such table, ...
-            raise JobFailed(f"sources.{table}: cannot read {src.path}: {str(exc).splitlines()[0]}") from None
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise JobFailed(f"sources.{table}: cannot read {src.path}: {first}") from None
         try:
             columns, missing = resolve_columns(table, src.columns, _source_columns(raw),
                                                derive_order_id=src.derive_order_id)
