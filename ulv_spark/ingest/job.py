@@ -77,6 +77,16 @@ def _source_columns(raw) -> list[str]:
 OUTCOME_FIELDS = ("observed_converted", "observed_value")
 
 
+@dataclasses.dataclass(frozen=True)
+class MappedSource:
+    table: str
+    src: object          # the effective SourceConf (presets filled in)
+    raw: object          # the source as read
+    columns: dict        # contract field -> source column
+    mapped: object       # map_columns(raw, ...)
+    rules: SourceRules
+
+
 def _map_sources(spark, cfg, *, sample_rows: int | None = None) -> dict:
     """table -> MappedSource; fails on the first source that cannot be mapped.
 
@@ -108,16 +118,6 @@ def _map_sources(spark, cfg, *, sample_rows: int | None = None) -> dict:
                                   SourceRules.from_source(src))
     _check_sources(out)
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class MappedSource:
-    table: str
-    src: object          # the effective SourceConf (presets filled in)
-    raw: object          # the source as read
-    columns: dict        # contract field -> source column
-    mapped: object       # map_columns(raw, ...)
-    rules: SourceRules
 
 
 def _check_sources(sources: dict) -> None:
