@@ -120,8 +120,8 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
     """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
 
     Grain: one row per user_id with an order or event (or a campaign exposure with an observed
-    outcome) strictly before `as_of`. Only rows
-    strictly before `as_of` of orders, events and exposures are used (campaign responses only
+    outcome) strictly before `as_of`. Only rows strictly before `as_of` of orders, events and
+    exposures are used (campaign responses only
     from response windows that ended by `as_of`; user attributes are a snapshot and joined as
     they are). Missing optional inputs give 0 features, so the schema only depends on
     `features_cfg` and the attribute columns.
@@ -158,9 +158,9 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
 
     Grain: one row per (user_id, origin_date) for every user with an order or event (or an
     exposure with an observed outcome) strictly before origin_date, or with an observed campaign
-    outcome in the label window (a campaign export; see labels.observed_exposure_examples). Features equal build_user_features(..., as_of=D_k); labels use only
-    orders and exposures in [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing
-    on or after `as_of` is read.
+    outcome in the label window (a campaign export; see labels.observed_exposure_examples).
+    Features equal build_user_features(..., as_of=D_k); labels use only orders and exposures in
+    [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing on or after `as_of` is read.
 
     Returns:
         user_id, as_of_date (= as_of), origin_date, horizon_days, the features, attr_*,
