@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import machine, timed, write_results
+from bench._common import machine, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDERS_PER_USER = 4.1

@@ -227,9 +227,10 @@ def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
     return TableContract(
         name="user_features",
         comment=("Point-in-time user features. Grain: one row per (user_id, as_of_date) for every user with an "
-                 "order or event strictly before as_of_date; only data strictly before as_of_date is used. RFM "
-                 "follows lifetimes (freq='D', observation end as_of_date - 1 day). " + _NULL_FEATURES + " Written "
-                 "by jobs/features.py (replaceWhere per as_of_date)."),
+                 "order or event (or a campaign exposure with an observed outcome) strictly before as_of_date; "
+                 "only data strictly before as_of_date is used. RFM follows lifetimes (freq='D', observation end "
+                 "as_of_date - 1 day). " + _NULL_FEATURES + " Written by jobs/features.py (replaceWhere per "
+                 "as_of_date)."),
         columns=(
             _c(USER_ID, "STRING", "Customer id", False),
             _c(AS_OF_DATE, "DATE", "Run date D; features use data strictly before it", False),
@@ -247,8 +248,9 @@ def training_examples_contract(features_cfg: Optional[FeaturesConf] = None,
     return TableContract(
         name="training_examples",
         comment=("Training examples at rolling past origins origin_date = as_of_date - H - k * step. Grain: one row "
-                 "per (user_id, as_of_date, origin_date) for every user with an order or event before origin_date; "
-                 "features use data strictly before origin_date, labels only [origin_date, origin_date + "
+                 "per (user_id, as_of_date, origin_date) for every user with an order or event (or a campaign exposure "
+                 "with an observed outcome) before origin_date, or with an observed campaign outcome in the label "
+                 "window; features use data strictly before origin_date, labels only [origin_date, origin_date + "
                  "horizon_days). " + _NULL_FEATURES + " Written by jobs/features.py (replaceWhere per as_of_date)."),
         columns=(
             _c(USER_ID, "STRING", "Customer id", False),

@@ -48,7 +48,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "generate": Command("ulv_spark.synthetic.job:run_generate", "write a synthetic order log with known truth"),
     "ingest": Command("ulv_spark.ingest.job:run_ingest",
-                      "load the order log and optional inputs into bronze Delta tables"),
+                      "load the order log and optional inputs into bronze Delta tables", (
+        _flag("--dry-run", "dry_run", "read a sample of each source and print the mapping, parsed types, a few "
+                                      "parsed rows and the reject counts by reason; write nothing"),
+        Option(("--sample-rows",), "sample_rows", {"type": int, "default": 1000, "metavar": "N",
+                                                   "help": "rows read per source by --dry-run (default 1000)"}),
+    )),
     "features": Command("ulv_spark.features.job:run_features",
                         "build user_features and training_examples for --as-of"),
     "train": Command("ulv_spark.train.job:run_train", "train the model with TorchDistributor (Petastorm feed)", (

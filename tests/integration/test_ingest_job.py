@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from ulv_spark import lake
 from ulv_spark.context import JobContext
 from ulv_spark.errors import JobFailed
-from ulv_spark.config import SourceConf, load_config
+from ulv_spark.config import ConfigError, SourceConf, load_config
 from ulv_spark.ingest import job
 from ulv_spark.ingest.job import read_source
 
@@ -134,3 +134,81 @@ def test_every_source_format_reads_and_maps(spark, lakehouse, tmp_path):
         raw, _ = read_source(spark, "orders", src)
         got = raw.select("cust", "oid", "ts", F.col("amt").cast("double")).collect()
         assert [tuple(r) for r in got] == rows, fmt
+
+
+def test_csv_rows_with_extra_or_missing_fields_are_rejected_as_malformed(spark, lakehouse, write_conf, tmp_path):
+    path = tmp_path / "orders.csv"
+    path.write_text('u,o,t,a\nu1,o1,2024-01-01,1\nu2,o2,2024-01-01,2,surplus\nu3,o3,2024-01-01\n'
+                    'u4,"o4,quoted",2024-01-01,4\n', encoding="utf-8")
+    body = f"  orders:\n    path: {path}\n    columns: {{user_id: u, order_id: o, order_ts: t, amount: a}}\n"
+    summary = _run(_conf(write_conf, lakehouse, body, "ingest:\n  max_reject_share: 0.6\n"), dt.date(2024, 2, 1), "run-mal")
+    assert summary["tables"]["orders"]["reject_reasons"] == {"malformed_row": 2}
+    assert _rows(_table(spark, lakehouse, "orders").select("user_id", "order_id", "amount")) == [
+        ("u1", "o1", 1.0), ("u4", "o4,quoted", 4.0)]
+    raws = sorted(json.loads(r["raw"])["_corrupt_record"] for r in _table(spark, lakehouse, "orders_rejects").collect())
+    assert raws == ["u2,o2,2024-01-01,2,surplus", "u3,o3,2024-01-01"]
+
+
+def test_an_amount_of_1e308_is_rejected_and_the_features_job_runs(spark, lakehouse, write_conf, tmp_path):
+    from ulv_spark.features.job import run_features
+
+    path = tmp_path / "orders.csv"
+    path.write_text("u,o,t,a,q\nu1,o1,2024-01-01,1e308,1\nu1,o2,2024-01-02,5,1e300\nu1,o3,2024-01-03,5,1\n"
+                    "u2,o4,2024-01-04,7,1\n", encoding="utf-8")
+    body = f"  orders:\n    path: {path}\n    columns: {{user_id: u, order_id: o, order_ts: t, amount: a, quantity: q}}\n"
+    conf = _conf(write_conf, lakehouse, body, "ingest:\n  max_reject_share: 0.6\n")
+    summary = _run(conf, dt.date(2024, 2, 1), "run-big")
+    assert summary["tables"]["orders"]["reject_reasons"] == {"quantity_out_of_range": 1, "amount_out_of_range": 1}
+    ctx = JobContext(cfg=load_config(conf), as_of=dt.date(2024, 2, 1), run_id="features-big", command="features")
+    assert run_features(ctx)["rows"]["user_features"] == 2
+    spend = {r["user_id"]: r["spend_total"] for r in _table(spark, lakehouse, "user_features").collect()}
+    assert spend == {"u1": 5.0, "u2": 7.0}
+
+
+def test_dry_run_reports_mapping_types_rows_and_rejects_and_writes_nothing(spark, lakehouse, write_conf, tmp_path,
+                                                                           capsys):
+    path = tmp_path / "orders.csv"
+    path.write_text("Kunde;Beleg;Datum;Betrag\n17850.0;B1;02.01.2024 10:00;10,5\n17850.0;B2;03.01.2024 11:30;20\n"
+                    ";B3;04.01.2024 09:15;7\nk4;B4;05.01.2024 09:15;1;x\nk5;B5;06.01.2024 09:15;3\n", encoding="utf-8")
+    body = (f"  orders:\n    path: {path}\n    options: {{sep: ';'}}\n"
+            "    columns: {user_id: Kunde, order_id: Beleg, order_ts: Datum, amount: Betrag}\n"
+            "    timestamp_format: 'dd.MM.yyyy HH:mm'\n")
+    cfg = load_config(_conf(write_conf, lakehouse, body))
+    summary = job.run_ingest(JobContext(cfg=cfg, as_of=dt.date(2024, 2, 1), run_id="dry", command="ingest"),
+                             dry_run=True, sample_rows=4)
+    orders = summary["tables"]["orders"]
+    assert summary["dry_run"] is True and summary["sample_rows"] == 4
+    assert orders["mapping"] == {"user_id": "Kunde", "order_id": "Beleg", "order_ts": "Datum", "amount": "Betrag"}
+    assert orders["source_types"] == {"Kunde": "string", "Beleg": "string", "Datum": "string", "Betrag": "string"}
+    assert orders["parsed_types"]["order_ts"] == "timestamp" and orders["parsed_types"]["amount"] == "double"
+    assert (orders["rows_read"], orders["rejected"], orders["deferred"]) == (4, 3, 0)
+    assert orders["reject_reasons"] == {"malformed_row": 1, "null_user_id": 1, "bad_amount": 1}
+    assert orders["over_max_reject_share"] is True
+    assert [(r["user_id"], r["order_id"], r["amount"]) for r in orders["rows"]] == [("17850", "B2", 20.0)]
+    err = capsys.readouterr().err
+    assert "sources.orders" in err and "user_id" in err and "<- Kunde" in err and "malformed_row=1" in err
+    assert not Path(lakehouse.root).exists()
+    assert not spark.catalog.databaseExists(lakehouse.schema)
+
+
+def test_orders_may_be_left_out_when_the_exposures_carry_their_outcomes(spark, lakehouse, write_conf, tmp_path):
+    path = tmp_path / "campaign.csv"
+    path.write_text("cust,cmp,grp,sent,conv,rev,age\nc1,spring,control,2025-03-03,0,0,31\n"
+                    "c2,spring,coupon,2025-03-03,1,25.5,47\n", encoding="utf-8")
+    exposures = (f"  campaign_exposures:\n    path: {path}\n    columns: {{user_id: cust, campaign_id: cmp, arm: grp, "
+                 "exposed_ts: sent, observed_converted: conv, observed_value: rev}\n")
+    summary = _run(_conf(write_conf, lakehouse, "  orders: null\n" + exposures), dt.date(2025, 6, 1), "run-camp")
+    assert summary["tables"]["campaign_exposures"]["inserted"] == 2
+    assert summary["tables"]["orders"]["source"] is None and "no orders source" in summary["tables"]["orders"]["note"]
+    orders = _table(spark, lakehouse, "orders")
+    assert orders.count() == 0 and orders.columns == job.CONTRACTS["orders"].column_names
+    # without observed outcomes there is nothing to learn from: a clear message
+    no_outcomes = exposures.replace(", observed_converted: conv, observed_value: rev", "")
+    with pytest.raises(ConfigError, match=r"sources\.orders is required unless sources\.campaign_exposures maps "
+                                          r"observed_converted or observed_value"):
+        _run(_conf(write_conf, lakehouse, "  orders: null\n" + no_outcomes, ""), dt.date(2025, 6, 1), "run-x")
+    # attributes read from the same file must not keep the outcome columns (they would leak into the features)
+    leaky = exposures + f"  user_attributes:\n    path: {path}\n    columns: {{user_id: cust}}\n"
+    with pytest.raises(ConfigError, match=r"sources\.user_attributes keeps column\(s\) cmp, grp, sent, conv, rev of "
+                                          r"the campaign_exposures file"):
+        _run(_conf(write_conf, lakehouse, "  orders: null\n" + leaky), dt.date(2025, 6, 1), "run-leak")

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ulv_spark.config import Config, ConfigError, load_config
+from ulv_spark.config import ConfigError, SourceConf, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,6 +91,62 @@ def test_extends_deep_merges(write_conf):
     assert (cfg.train.epochs, cfg.train.batch_size) == (2, 8)
 
 
+BASE_SOURCE = ("sources:\n  orders:\n    format: parquet\n    path: /raw/orders\n"
+               "    columns: {user_id: customer_id, order_id: order_no, order_ts: ordered_at, amount: order_total,\n"
+               "              discount: discount_total, is_return: is_cancellation}\n"
+               "    timestamp_format: \"yyyy-MM-dd'T'HH:mm:ss\"\n    future_rows: defer\n")
+
+
+def test_extends_replaces_a_sources_columns_instead_of_merging_them(write_conf):
+    write_conf(BASE_SOURCE, name="base.yaml")
+    cfg = load_config(write_conf("extends: base.yaml\nsources:\n  orders:\n    path: /raw/lines\n"
+                                 "    columns: {user_id: c, order_id: o, order_ts: t, amount: a}\n"))
+    orders = cfg.sources.orders
+    assert orders.columns == {"user_id": "c", "order_id": "o", "order_ts": "t", "amount": "a"}
+    # same format: the other keys of the source still merge
+    assert (orders.format, orders.path, orders.timestamp_format, orders.future_rows) == (
+        "parquet", "/raw/lines", "yyyy-MM-dd'T'HH:mm:ss", "defer")
+
+
+def test_extends_replaces_the_whole_source_when_its_format_changes(write_conf):
+    write_conf(BASE_SOURCE, name="base.yaml")
+    cfg = load_config(write_conf("extends: base.yaml\nsources:\n  orders:\n    format: csv\n    path: /raw/o.csv\n"
+                                 "    columns: {user_id: c, order_id: o, order_ts: t, amount: a}\n"))
+    orders = cfg.sources.orders
+    assert orders == SourceConf(format="csv", path="/raw/o.csv",
+                                columns={"user_id": "c", "order_id": "o", "order_ts": "t", "amount": "a"})
+
+
+def test_a_source_without_columns_keeps_the_base_mapping_and_set_edits_one_key(write_conf):
+    write_conf(BASE_SOURCE, name="base.yaml")
+    cfg = load_config(write_conf("extends: base.yaml\nsources:\n  orders:\n    path: /raw/other\n"),
+                      ["sources.orders.columns.amount=net"])
+    assert cfg.sources.orders.columns == {"user_id": "customer_id", "order_id": "order_no", "order_ts": "ordered_at",
+                                          "amount": "net", "discount": "discount_total",
+                                          "is_return": "is_cancellation"}
+
+
+def test_a_null_column_mapping_says_how_to_drop_it(write_conf):
+    write_conf(BASE_SOURCE, name="base.yaml")
+    with pytest.raises(ConfigError, match=r"'sources\.orders\.columns\.discount' must not be empty: a source's "
+                                          r"columns replace the base file's, so restate them without 'discount'"):
+        load_config(write_conf("extends: base.yaml\nsources:\n  orders:\n    columns: {discount: null}\n"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "conf" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_sources_map_exactly_the_columns_they_name(path):
+    """An example that extends local.yaml inherits none of the demo's column names."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg = load_config(path)
+    for table, source in raw["sources"].items():
+        loaded = getattr(cfg.sources, table)
+        if source is None:
+            assert loaded is None, table
+            continue
+        assert loaded.columns == source.get("columns", {}), table
+        assert loaded.format == source["format"], table
+
+
 def test_run_date_defaults(write_conf):
     cfg = load_config(write_conf("{}\n"))
     assert cfg.run_date(dt.date(2020, 1, 2)) == dt.date(2020, 1, 2)
@@ -123,3 +180,12 @@ def test_moving_the_lakehouse_moves_every_default_path(write_conf, tmp_path):
     assert cfg.sources.orders.path == str(tmp_path / "lh" / "raw" / "orders")
     explicit = load_config(write_conf("lakehouse: {root: /a}\ntrain: {model_dir: /b/models}\n"))
     assert explicit.train.model_dir == "/b/models" and explicit.lakehouse.shared_dir == "/a/_shared"
+
+
+def test_source_bounds_load_from_yaml_and_are_checked(write_conf):
+    cfg = load_config(write_conf("sources:\n  orders:\n    path: /x.csv\n    max_abs_amount: 1e6\n"
+                                 "    min_date: 2000-01-01\n"))
+    assert (cfg.sources.orders.max_abs_amount, cfg.sources.orders.min_date) == (1e6, dt.date(2000, 1, 1))
+    assert cfg.sources.orders.max_date == dt.date(2099, 12, 31)
+    with pytest.raises(ConfigError, match=r"min_date \(2100-01-01\) must be before its max_date"):
+        load_config(write_conf("sources:\n  orders:\n    path: /x.csv\n    min_date: 2100-01-01\n"))

@@ -228,3 +228,63 @@ def test_oracle_gives_users_without_truth_the_truth_of_an_inactive_user():
     np.testing.assert_allclose(pred["uplift_conversion:coupon"], [0.1, 0.0])
     with pytest.raises(ValueError, match="no truth"):
         oracle.predict(frame.assign(true_expected_spend=None))
+
+
+class SilentFailure:
+    name, fits_on = "silent", None
+
+    def fit(self, frame):
+        raise ValueError("\n")  # an exception whose message is blank, like lifetimes' ConvergenceError
+
+
+def test_every_skip_names_its_cause_even_when_the_library_gives_none():
+    # two calibration users: lifetimes' BG/NBD optimiser does not converge and says so after a newline
+    rows = [("a", D(2024, 4, 1), 0.0, 0.0, 10.0, 0.0, 0.0, 1), ("b", D(2024, 4, 1), 1.0, 5.0, 10.0, 3.0, 2.0, 0)]
+    ex = pd.DataFrame(rows, columns=["user_id", "origin_date", "frequency", "recency", "T", "monetary_value",
+                                     "label_value", "label_churned"])
+    split = Split(D(2024, 4, 1), 91)
+    res = run_backtest(ex, [split], [BgNbdGammaGamma(horizon_days=91), SilentFailure()], dataset="t").splits[0]
+    assert res.skipped["bgnbd_gg"] == ("bgnbd_gg: the BG/NBD fit did not converge on 2 users (raise "
+                                       "evaluate.bgnbd_penalizer, e.g. 0.001)")
+    assert res.skipped["silent"] == "ValueError (no message)"
+
+
+def test_two_model_gbm_skips_quietly_when_there_are_no_campaigns(caplog):
+    ex = simulate_examples(n_users=300).drop(columns=["campaign_id", "arm", "is_control", "label_converted",
+                                                     "label_response_value", "true_uplift_conversion:coupon"])
+    ex = ex.assign(campaign_id=None, arm=None, is_control=None, label_converted=np.nan, label_response_value=np.nan)
+    split = Split(D(2024, 7, 1), 91, train_origins=(D(2024, 4, 1),))
+    with caplog.at_level("INFO", logger="ulv_spark"):
+        res = run_backtest(ex, [split], [TwoModelUplift(max_iter=10, threads=1), RfmHeuristic()], dataset="t")
+    assert res.splits[0].skipped == {"two_model_gbm": "no campaigns: no test user has a campaign exposure in the "
+                                                      "label window"}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert set(res.metrics["method"]) == {"rfm_heuristic"}
+    # exposures among the test users but none in the training rows: also no campaigns to learn from
+    trained = simulate_examples(n_users=300)
+    res = run_backtest(trained, [Split(D(2024, 7, 1), 91, train_origins=(D(2024, 4, 1),))],
+                       [TwoModelUplift(max_iter=10, threads=1)], dataset="t")
+    assert res.splits[0].skipped == {"two_model_gbm": "no campaigns in the training rows"}
+
+
+def test_without_any_purchase_in_the_label_window_value_and_churn_have_no_metrics_but_a_note(tmp_path):
+    """A campaign export: observed outcomes only, so everyone 'churned' and PR-AUC would be 1.0."""
+    ex = simulate_examples(n_users=400)
+    ex = ex[ex["origin_date"] == ex["origin_date"].max()].assign(label_value=0.0, label_purchases=0, label_churned=1,
+                                                                 frequency=0.0, recency=0.0, monetary_value=0.0)
+    ex = ex.drop(columns=[c for c in ex.columns if c.startswith("true_")])
+    split = Split(ex["origin_date"].max(), 91, test_share=0.5)
+    methods = [BgNbdGammaGamma(horizon_days=91), TabularGbm(max_iter=10, threads=1), RfmHeuristic(),
+               TwoModelUplift(max_iter=30, threads=1)]
+    result = run_backtest(ex, [split], methods, dataset="campaign")
+    res = result.splits[0]
+    why = "value and churn have no labels on this split (no test user bought in the label window)"
+    assert res.skipped == {"bgnbd_gg": why, "gbm": why, "rfm_heuristic": why}
+    assert res.notes == [f"value and churn have no labels on this split: none of the {len(res.test)} test users "
+                         "made a purchase in [2024-07-01, 2024-09-30), so no value or churn metric is reported "
+                         "(the uplift metrics use the campaign's observed outcomes)"]
+    metrics = set(result.metrics["metric"])
+    assert not [m for m in metrics if m.startswith(("value_", "churn_"))]
+    assert {"qini_conversion[coupon]", "qini_value[coupon]"} <= metrics
+    html_text = render_report(result, title="campaign")
+    assert "<p class='note split-note'>value and churn have no labels on this split: none of the" in html_text

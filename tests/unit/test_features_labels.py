@@ -5,7 +5,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
-from ulv_spark.features import build_training_examples, origins
+from ulv_spark.features import build_training_examples, build_user_features, origins
 from ulv_spark.features.inputs import prepare_exposures, prepare_orders
 from ulv_spark.features.labels import campaign_labels, exposure_outcomes, window_labels
 from ulv_spark.catalog import training_examples_contract
@@ -110,3 +110,33 @@ def test_training_examples_join_features_at_each_origin_with_its_labels(spark):
     assert [rows[("u1", "2024-02-15")][c] for c in ("frequency", "recency", "T", "orders_total")] == [0.0, 0.0, 13.0, 1.0]
     assert rows[("u4", "2024-02-15")]["has_events"] == 1.0 and rows[("u4", "2024-02-15")]["tenure_days"] == 5.0
     assert all(len(r["seq_tokens"]) == len(r["seq_mask"]) == cfg.sequence_length for r in rows.values())
+
+
+def test_a_campaign_export_without_orders_gives_examples_from_its_observed_outcomes(spark):
+    as_of, cfg = dt.date(2024, 3, 1), FeaturesConf(training_origins=1, sequence_length=4)
+    orders = _orders(spark, [])
+    exposures = _exposures(spark, [
+        ("c1", "spring", "control", True, "2024-02-20 09:00:00", 7, False, 0.0),
+        ("c2", "spring", "coupon", False, "2024-02-20 09:00:00", 7, True, 25.5),
+        ("c3", "spring", "coupon", False, "2024-02-20 09:00:00", 7, None, None),  # outcome from orders: none here
+    ])
+    attributes = spark.createDataFrame([("c1", 31), ("c2", 47), ("c3", 52), ("c4", 60)], "user_id string, age int")
+    got = build_training_examples(orders, None, exposures, attributes, as_of=as_of, horizon_days=10, features_cfg=cfg)
+    rows = {r["user_id"]: r.asDict() for r in got.collect()}
+    assert sorted(rows) == ["c1", "c2"]  # the exposures with an observed outcome define the examples
+    assert {u: (r["origin_date"], r["campaign_id"], r["arm"], r["is_control"], r["label_converted"],
+                r["label_response_value"], r["label_value"], r["label_purchases"], r["label_churned"])
+            for u, r in rows.items()} == {
+        "c1": (dt.date(2024, 2, 20), "spring", "control", True, 0, 0.0, 0.0, 0, 1),
+        "c2": (dt.date(2024, 2, 20), "spring", "coupon", False, 1, 25.5, 0.0, 0, 1)}
+    # features: only what was known before the origin (the attributes), no history, no events
+    assert [(rows[u]["attr_age"], rows[u]["attr_missing"], rows[u]["tenure_days"], rows[u]["has_exposures"],
+             rows[u]["seq_tokens"], rows[u]["seq_mask"]) for u in ("c1", "c2")] == [
+        (31.0, 0.0, 0.0, 0.0, [0, 0, 0, 0], [0, 0, 0, 0]), (47.0, 0.0, 0.0, 0.0, [0, 0, 0, 0], [0, 0, 0, 0])]
+    # after the campaign its users are seen (through their observed outcome) and scored
+    feats = {r["user_id"]: r.asDict() for r in build_user_features(orders, None, exposures, attributes, as_of=as_of,
+                                                                    features_cfg=cfg).collect()}
+    assert sorted(feats) == ["c1", "c2"]  # c3's exposure has no observed outcome: not a customer seen yet
+    assert [(feats[u]["tenure_days"], feats[u]["campaign_exposures_total"], feats[u]["campaign_response_value"],
+             feats[u]["attr_age"], feats[u]["seq_mask"]) for u in ("c1", "c2")] == [
+        (0.0, 1.0, 0.0, 31.0, [0, 0, 0, 0]), (0.0, 1.0, 25.5, 47.0, [0, 0, 0, 0])]

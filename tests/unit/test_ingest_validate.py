@@ -221,5 +221,99 @@ def test_user_attributes_keep_their_columns_and_reject_duplicates(spark):
     assert _sorted(again.good, "user_id", "tier", "visits") == kept
 
 
+def test_numeric_ids_stored_as_doubles_lose_their_fraction_and_broken_ones_are_rejected(spark):
+    schema = "cust double, oid double, ts string, amt double"
+    mapping = {"user_id": "cust", "order_id": "oid", "order_ts": "ts", "amount": "amt"}
+    rows = [(17850.0, 536365.0, "2024-01-05 10:00:00", 1.0),
+            (17850.5, 536366.0, "2024-01-05 10:00:00", 1.0),             # bad_id: not a whole number
+            (float("nan"), 536367.0, "2024-01-05 10:00:00", 1.0),        # bad_id
+            (float("inf"), 536368.0, "2024-01-05 10:00:00", 1.0),        # bad_id
+            (1e20, 536369.0, "2024-01-05 10:00:00", 1.0),                # bad_id: beyond 2**53, not exact
+            (12346.0, 1.25, "2024-01-05 10:00:00", 1.0)]                 # bad_id (the order id)
+    prep = _prepare(spark, "orders", rows, schema, mapping)
+    assert sorted(r["reject_reason"] for r in prep.rejects.collect()) == ["bad_id"] * 5
+    assert _sorted(prep.good, "user_id", "order_id") == [("17850", "536365")]
+
+
+def test_text_ids_written_from_float_columns_lose_their_fraction(spark):
+    """pandas writes an integer id column with gaps as floats: 17850.0 in a CSV means 17850."""
+    rows = [("17850.0", "A-1.0", "2024-01-05 10:00:00", "1"), ("17850", "7.00", "2024-01-06 10:00:00", "1"),
+            ("17850.5", "v1.5", "2024-01-07 10:00:00", "1"), (" 00042.0 ", "9", "2024-01-08 10:00:00", "1")]
+    prep = _prepare(spark, "orders", rows, "cust string, oid string, ts string, amt string",
+                    {"user_id": "cust", "order_id": "oid", "order_ts": "ts", "amount": "amt"})
+    assert prep.rejects.count() == 0  # text ids are not numbers: 17850.5 stays a (strange) id
+    assert _sorted(prep.good, "user_id", "order_id") == [
+        ("00042", "9"), ("17850", "7"), ("17850", "A-1.0"), ("17850.5", "v1.5")]
+
+
+def test_values_outside_the_sane_range_are_rejected(spark):
+    rows = [
+        ("u1", "o1", "2024-01-05 10:00:00", "999999999", "1", "0", ""),     # |amount| = max - 1: fine
+        ("u2", "o2", "2024-01-05 10:00:00", "1e308", "1", None, None),      # amount_out_of_range
+        ("u3", "o3", "2024-01-05 10:00:00", "-2000000000", "1", None, None),  # amount_out_of_range (a return)
+        ("u4", "o4", "2024-01-05 10:00:00", "5", "1e12", None, None),       # quantity_out_of_range
+        ("u5", "o5", "2024-01-05 10:00:00", "5", "1", "1e10", None),        # discount: amount_out_of_range
+        ("u6", "o6", "1850-01-01 00:00:00", "5", "1", None, None),          # ts_out_of_range (before min_date)
+        ("u7", "o7", "2300-01-01 00:00:00", "5", "1", None, None),          # ts_out_of_range, not deferred
+        ("u8", "o8", "2024-03-01 00:00:00", "5", "1", None, None),          # deferred (after the run date)
+        ("u9", "o9", "1900-01-01 00:00:00", "5", "1", None, None),          # on min_date: fine
+    ]
+    prep = _prepare(spark, "orders", rows, ORDER_SCHEMA, ORDER_MAP, future_rows="defer")
+    assert _rejects(prep, "cust") == _pairs([
+        ("u2", "amount_out_of_range"), ("u3", "amount_out_of_range"), ("u4", "quantity_out_of_range"),
+        ("u5", "amount_out_of_range"), ("u6", "ts_out_of_range"), ("u7", "ts_out_of_range")])
+    assert _sorted(prep.good, "order_id", "amount") == [("o1", 999999999.0), ("o9", 5.0)]
+    outcome = Outcome.from_counts([tuple(r) for r in reject_counts(prep.labelled).collect()])
+    assert (outcome.rows_read, outcome.rejected_total, outcome.deferred) == (9, 6, 1)
+    # the bounds are per source
+    tight = _prepare(spark, "orders", rows[:1], ORDER_SCHEMA, ORDER_MAP, max_abs_amount=100.0)
+    assert _rejects(tight, "cust") == [("u1", "amount_out_of_range")]
+    recent = _prepare(spark, "orders", rows[-1:], ORDER_SCHEMA, ORDER_MAP, min_date=dt.date(2000, 1, 1))
+    assert _rejects(recent, "cust") == [("u9", "ts_out_of_range")]
+
+
+def test_line_amounts_exposure_values_windows_and_event_dates_are_range_checked(spark):
+    lines = [("A", "1", "u1", "2024-01-01 08:00:00", "1e5", "1e5", None),     # 1e10 line: amount_out_of_range
+             ("A", "2", "u1", "2024-01-01 08:00:00", "1", "2", None),         # rejected_sibling_line
+             ("B", "1", "u2", "2024-01-01 08:00:00", "2", "3", None)]
+    prep = _prepare(spark, "orders", lines, LINE_SCHEMA, LINE_MAP, line_level=True)
+    assert _rejects(prep, "cust") == [("u1", "amount_out_of_range"), ("u1", "rejected_sibling_line")]
+    schema = "who string, cmp string, variant string, sent string, win string, conv string, val string"
+    mapping = {"user_id": "who", "campaign_id": "cmp", "arm": "variant", "exposed_ts": "sent",
+               "response_window_days": "win", "observed_converted": "conv", "observed_value": "val"}
+    exposures = [("u1", "c1", "control", "2024-01-01 08:00:00", "30", "no", "1e300"),   # amount_out_of_range
+                 ("u2", "c1", "coupon", "2024-01-01 08:00:00", "100000", None, None),  # bad_response_window
+                 ("u3", "c1", "coupon", "0001-01-01 08:00:00", "30", None, None),       # ts_out_of_range
+                 ("u4", "c1", "coupon", "2024-01-01 08:00:00", "3660", "yes", "5")]    # fine
+    prep = _prepare(spark, "campaign_exposures", exposures, schema, mapping)
+    assert _rejects(prep, "who") == [("u1", "amount_out_of_range"), ("u2", "bad_response_window"),
+                                     ("u3", "ts_out_of_range")]
+    events = [("u1", "1700-01-01T10:00:00", "view"), ("u2", "2024-01-01T10:00:00", "view")]
+    prep = _prepare(spark, "events", events, "who string, at string, kind string",
+                    {"user_id": "who", "event_ts": "at", "event_type": "kind"})
+    assert _rejects(prep, "who") == [("u1", "ts_out_of_range")]
+
+
+def test_rows_the_reader_found_malformed_are_rejected_first(spark):
+    """`_corrupt_record` (Spark's PERMISSIVE mode) holds the line of a row with extra or missing fields."""
+    rows = [("u1", "o1", "2024-01-05 10:00:00", "1", None), ("u2", "o2", "2024-01-05 10:00:00", None, "u2,o2,2024")]
+    prep = _prepare(spark, "orders", rows, "cust string, oid string, ts string, amt string, _corrupt_record string",
+                    {"user_id": "cust", "order_id": "oid", "order_ts": "ts", "amount": "amt"})
+    rejected = prep.rejects.collect()
+    assert [(r["user_id"], r["reject_reason"]) for r in rejected] == [("u2", "malformed_row")]
+    assert json.loads(rejected[0]["raw"])["_corrupt_record"] == "u2,o2,2024"
+    assert _sorted(prep.good, "order_id") == [("o1",)]
+    attrs = _prepare(spark, "user_attributes", [("u1", "gold", None), ("u2", None, "u2")],
+                     "id string, tier string, _corrupt_record string", {"user_id": "id"})
+    assert attrs.good.columns == ["user_id", "run_id", "tier"]
+    assert _rejects(attrs, "id") == [("u2", "malformed_row")]
+
+
 def test_reason_list_is_complete():
-    assert len(REASONS) == len(set(REASONS)) == 19
+    import ulv_spark.ingest.validate as validate
+
+    assert len(REASONS) == len(set(REASONS)) == 24
+    lines = validate.__doc__.splitlines()
+    start, end = [i for i, line in enumerate(lines) if line.startswith("=====")][:2]
+    documented = [line.split()[0] for line in lines[start + 1:end] if line.strip() and not line.startswith(" ")]
+    assert sorted(documented) == sorted(REASONS)

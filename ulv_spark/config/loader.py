@@ -2,7 +2,8 @@
 
 Unknown keys, missing required keys and wrong types fail at load time with a
 :class:`ConfigError` that names the key and the file. A file may start from another with
-``extends: base.yaml`` (resolved next to it, deep-merged). Command-line overrides use dotted
+``extends: base.yaml`` (resolved next to it, deep-merged, except that a source's ``columns``
+replace the base's and a source whose ``format`` changes replaces the base's whole). Command-line overrides use dotted
 keys (``--set train.epochs=2``) and are checked exactly like the file. A key that was removed
 fails with a message naming its replacement (REMOVED_KEYS).
 """
@@ -65,7 +66,7 @@ def _read_yaml(path: Path, seen: tuple) -> dict:
     if base_name is None:
         return data
     base = _read_yaml((path.parent / base_name), seen + (path.resolve(),))
-    return _deep_merge(base, data)
+    return _merge_conf(base, data)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -76,6 +77,29 @@ def _deep_merge(base: dict, top: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _merge_conf(base: dict, top: dict) -> dict:
+    """`top` over `base` (extends): a deep merge, except for the sources.
+
+    A source's `columns` replace the base's (a merge would keep the base's mapping of every
+    column the new source does not name, e.g. the demo's `amount: order_total`), and a source
+    whose `format` differs from the base's replaces it whole (options, timestamp format and
+    flags of another reader do not carry over).
+    """
+    merged = _deep_merge(base, top)
+    base_sources, top_sources = base.get("sources"), top.get("sources")
+    if not isinstance(base_sources, dict) or not isinstance(top_sources, dict):
+        return merged
+    for table, source in top_sources.items():
+        old = base_sources.get(table)
+        if not isinstance(source, dict) or not isinstance(old, dict):
+            continue
+        if source.get("format", old.get("format")) != old.get("format"):
+            merged["sources"][table] = dict(source)
+        elif "columns" in source:
+            merged["sources"][table]["columns"] = source["columns"]
+    return merged
 
 
 def _parse_overrides(overrides) -> dict[str, Any]:
@@ -139,6 +163,10 @@ def _coerce(tp, value: Any, key: str, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key, where)
     if value is None:
+        if ".columns." in key and key.startswith("sources."):
+            name = key.rsplit(".", 1)[1]
+            raise ConfigError(f"{where}: '{key}' must not be empty: a source's columns replace the base file's, "
+                              f"so restate them without '{name}' to drop that mapping")
         raise ConfigError(f"{where}: '{key}' must not be empty")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", where)
@@ -165,6 +193,11 @@ def _coerce(tp, value: Any, key: str, where: str):
             raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e9 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
         return float(value)

@@ -58,8 +58,16 @@ class SourceConf:
     false_values: list[str] = field(default_factory=lambda: ["false", "f", "0", "n", "no", ""])  # others: bad_flag
     future_rows: Literal["reject", "defer"] = "reject"  # rows dated after the run date: reject, or skip until due
     preset: Optional[str] = None         # e.g. "cdnow" (format: preset)
+    max_abs_amount: float = 1e9          # larger abs(amount / line amount / discount / observed_value): amount_out_of_range
+    max_abs_quantity: float = 1e9        # larger abs(quantity): quantity_out_of_range
+    min_date: dt.date = dt.date(1900, 1, 1)    # rows dated before this day: ts_out_of_range
+    max_date: dt.date = dt.date(2099, 12, 31)  # rows dated after this day: ts_out_of_range (never deferred)
 
     def __post_init__(self):
+        if not (self.max_abs_amount > 0 and self.max_abs_quantity > 0):
+            raise ConfigError("a source's max_abs_amount and max_abs_quantity must be > 0")
+        if self.min_date >= self.max_date:
+            raise ConfigError(f"a source's min_date ({self.min_date}) must be before its max_date ({self.max_date})")
         if self.format == "preset" and not self.preset:
             raise ConfigError("a source with format 'preset' needs 'preset' (e.g. preset: cdnow)")
         if self.format not in ("preset",) and not self.path:

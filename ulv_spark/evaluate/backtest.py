@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from ulv_spark.evaluate import metrics as M
-from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, HAS_PURCHASE, RFM_COLUMNS,
-                                          UPLIFT_KINDS)
+from ulv_spark.evaluate.baselines import (CHURN, CHURN_PROBABILITY, EXPECTED_VALUE, HAS_PURCHASE, RFM_COLUMNS, TASKS,
+                                          UPLIFT, UPLIFT_KINDS, VALUE, NotApplicable)
 from ulv_spark.evaluate.methods import TRUE_EXPECTED_SPEND, true_uplift_column
 from ulv_spark.runtime import get_logger
 from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_RESPONSE_VALUE,
@@ -175,23 +176,48 @@ def _truth_metrics(test: pd.DataFrame, pred: pd.DataFrame) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def labelled_tasks(test: pd.DataFrame) -> dict[str, bool]:
+    """Which tasks have labels on these test rows.
+
+    Value and churn need a purchase in the label window by at least one test user: without one
+    (a campaign export with observed outcomes and no orders, an order log that ends before the
+    window) every user looks churned with no spend, and churn PR-AUC 1.0 / ECE 0.0 would say
+    nothing. Uplift needs a test user with a campaign exposure and an outcome.
+    """
+    bought = LABEL_CHURNED in test.columns and bool((test[LABEL_CHURNED].astype(float) == 0).any())
+    exposed = ARM in test.columns and LABEL_CONVERTED in test.columns and bool(
+        (test[ARM].notna() & test[LABEL_CONVERTED].notna()).any())
+    return {VALUE: bought, CHURN: bought, UPLIFT: exposed}
+
+
+def unlabelled_reason(tasks: Sequence[str], labelled: dict[str, bool]) -> Optional[str]:
+    """Why a method predicting `tasks` has nothing to be scored against on a split, or None."""
+    if any(labelled.get(t, True) for t in tasks):
+        return None
+    if UPLIFT in tasks and len(tasks) == 1:
+        return "no campaigns: no test user has a campaign exposure in the label window"
+    return "value and churn have no labels on this split (no test user bought in the label window)"
+
+
 def evaluate_predictions(test: pd.DataFrame, pred: pd.DataFrame, *, uplift_top_share: float = 0.2,
-                         bins: int = 10) -> dict[str, float]:
+                         bins: int = 10, labelled: Optional[dict[str, bool]] = None) -> dict[str, float]:
     """Every metric the predictions allow, against the labels (and truth) of the test rows.
 
     ``pred`` is aligned row by row with ``test``. Value metrics need ``expected_value``,
     churn metrics ``churn_probability``, uplift metrics ``uplift_<kind>:<arm>`` columns.
-    Metrics undefined on the data (e.g. a single class) are left out.
+    Metrics undefined on the data (e.g. a single class) are left out, and so are the value and
+    churn metrics when ``labelled`` (see :func:`labelled_tasks`) says those tasks have no labels.
     """
+    labelled = labelled if labelled is not None else dict.fromkeys(TASKS, True)
     out: dict[str, Optional[float]] = {}
-    if EXPECTED_VALUE in pred.columns:
+    if EXPECTED_VALUE in pred.columns and labelled.get(VALUE, True):
         actual = test[LABEL_VALUE].astype(float).clip(lower=0.0).to_numpy()
         predicted = pred[EXPECTED_VALUE].astype(float).to_numpy()
         out["value_gini"] = _safe(M.normalized_gini, actual, predicted)
         out["value_decile_mape"] = _safe(M.decile_mape, actual, predicted, bins)
         out["value_spearman"] = _safe(M.spearman, actual, predicted)
         out["value_total_ratio"] = float(predicted.sum() / actual.sum()) if actual.sum() > 0 else None
-    if CHURN_PROBABILITY in pred.columns:
+    if CHURN_PROBABILITY in pred.columns and labelled.get(CHURN, True):
         churned = test[LABEL_CHURNED].astype(int).to_numpy()
         prob = pred[CHURN_PROBABILITY].astype(float).to_numpy()
         out["churn_auc"] = _safe(M.roc_auc, churned, prob)
@@ -211,6 +237,7 @@ class SplitResult:
     test: pd.DataFrame                      # the test rows (labels, truth), row order of predictions
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> aligned predictions
     skipped: dict[str, str] = field(default_factory=dict)               # method -> why it did not run
+    notes: list[str] = field(default_factory=list)                      # what the metrics of this split lack
     seconds: dict[str, float] = field(default_factory=dict)             # method -> fit + predict time
     n_train: int = 0
 
@@ -245,6 +272,12 @@ def _align(test: pd.DataFrame, pred: pd.DataFrame, method: str) -> pd.DataFrame:
     return aligned
 
 
+def skip_reason(exc: BaseException) -> str:
+    """The one-line reason of a skip: the first non-blank line of the message, else the error's type."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else f"{type(exc).__name__} (no message)"
+
+
 def _oracle_shares(rows: list[dict]) -> list[dict]:
     oracle = {r["metric"]: r["value"] for r in rows if r["method"] == "oracle"}
     extra = []
@@ -276,8 +309,21 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
     for split in splits:
         frames = partition(examples, split)
         res = SplitResult(split=split, test=frames.test, n_train=len(frames.train))
+        labelled = labelled_tasks(frames.test)
+        if not labelled[VALUE]:
+            end = split.origin + dt.timedelta(days=split.horizon_days)
+            res.notes.append(f"value and churn have no labels on this split: none of the {len(frames.test)} test "
+                             f"users made a purchase in [{split.origin}, {end}), so no value or churn metric is "
+                             "reported" + (" (the uplift metrics use the campaign's observed outcomes)"
+                                           if labelled[UPLIFT] else ""))
+            log.info("%s: %s", split.name, res.notes[-1])
         for prototype in methods:
             name = prototype.name
+            unlabelled = unlabelled_reason(getattr(prototype, "tasks", TASKS), labelled)
+            if unlabelled:
+                res.skipped[name] = unlabelled
+                log.info("%s on %s skipped: %s", name, split.name, unlabelled)
+                continue
             started = time.perf_counter()
             try:
                 # a method may pick split-specific state (the model trained before the origin)
@@ -293,11 +339,13 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
                 res.predictions[method.name] = _align(frames.test, method.predict(frames.test), method.name)
                 res.seconds[method.name] = round(time.perf_counter() - started, 2)
             except ValueError as exc:
-                res.skipped[name] = str(exc).splitlines()[0]
-                log.warning("%s on %s skipped: %s", name, split.name, res.skipped[name])
+                res.skipped[name] = skip_reason(exc)
+                # a method that does not apply to the data is expected; a failing one is worth a warning
+                level = logging.INFO if isinstance(exc, NotApplicable) else logging.WARNING
+                log.log(level, "%s on %s skipped: %s", name, split.name, res.skipped[name])
                 continue
             metric_values = evaluate_predictions(frames.test, res.predictions[method.name],
-                                                 uplift_top_share=uplift_top_share, bins=bins)
+                                                 uplift_top_share=uplift_top_share, bins=bins, labelled=labelled)
             split_rows = [{"dataset": dataset, "split": split.name, "method": method.name, "metric": k,
                            "value": float(v)} for k, v in sorted(metric_values.items())]
             rows.extend(split_rows)

@@ -33,6 +33,16 @@ P_ALIVE = "p_alive"
 UPLIFT_KINDS = ("conversion", "value")
 
 
+# What a method predicts (its ``tasks`` attribute): the backtest skips a method when none of its
+# tasks has labels on a split (no purchase in the label window, no campaign exposure).
+VALUE, CHURN, UPLIFT = "value", "churn", "uplift"
+TASKS = (VALUE, CHURN, UPLIFT)
+
+
+class NotApplicable(ValueError):
+    """The method does not apply to this data (no campaigns, no purchase history): skipped quietly."""
+
+
 def uplift_column(kind: str, arm: str) -> str:
     """Name of the predicted-uplift column of ``arm`` vs control: ``uplift_<kind>:<arm>``."""
     if kind not in UPLIFT_KINDS:
@@ -84,6 +94,7 @@ class BgNbdGammaGamma:
 
     name = "bgnbd_gg"
     fits_on = "calibration"
+    tasks = (VALUE, CHURN)
 
     def __init__(self, horizon_days: int, penalizer: float = 0.0, gg_penalizer: float = 0.0):
         if horizon_days <= 0:
@@ -106,12 +117,16 @@ class BgNbdGammaGamma:
 
         if HAS_PURCHASE in frame.columns:
             frame = frame[frame[HAS_PURCHASE].astype(float) > 0]
+        if frame.empty:
+            raise NotApplicable("bgnbd_gg: no user bought before the origin (BG/NBD needs purchase histories)")
         f, r, t, m = self._rfm(frame)
-        self.bgf_ = BetaGeoFitter(penalizer_coef=self.penalizer).fit(f, r, t)
+        self.bgf_ = _fit_lifetimes("BG/NBD", "evaluate.bgnbd_penalizer", len(f),
+                                   lambda: BetaGeoFitter(penalizer_coef=self.penalizer).fit(f, r, t))
         repeat = (f > 0) & (m > 0)
         if repeat.sum() < 2:
             raise ValueError("bgnbd_gg: Gamma-Gamma needs repeat customers with positive spend")
-        self.ggf_ = GammaGammaFitter(penalizer_coef=self.gg_penalizer).fit(f[repeat], m[repeat])
+        self.ggf_ = _fit_lifetimes("Gamma-Gamma", "evaluate.gg_penalizer", int(repeat.sum()),
+                                   lambda: GammaGammaFitter(penalizer_coef=self.gg_penalizer).fit(f[repeat], m[repeat]))
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +149,24 @@ class BgNbdGammaGamma:
             CHURN_PROBABILITY: churn,
             P_PURCHASE: 1.0 - churn,
         })
+
+
+def _fit_lifetimes(model: str, penalizer_key: str, n: int, fit):
+    """Run a lifetimes fit; its failures as one-line ValueErrors that name the cause.
+
+    lifetimes' ConvergenceError message starts with a newline (its first line is blank) and a
+    singular Hessian surfaces as numpy's LinAlgError, so neither says what failed on its own.
+    """
+    from lifetimes.utils import ConvergenceError
+
+    try:
+        return fit()
+    except ConvergenceError:
+        raise ValueError(f"bgnbd_gg: the {model} fit did not converge on {n} users (raise {penalizer_key}, "
+                         "e.g. 0.001)") from None
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"bgnbd_gg: the {model} fit failed on {n} users ({exc}; too few or too similar "
+                         f"purchase histories, or raise {penalizer_key})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +236,7 @@ class TabularGbm:
 
     name = "gbm"
     fits_on = "train"
+    tasks = (VALUE, CHURN)
 
     def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
                  learning_rate: float = 0.1, random_state: int = 7, threads: Optional[int] = None):
@@ -247,6 +281,7 @@ class RfmHeuristic:
 
     name = "rfm_heuristic"
     fits_on = "train"
+    tasks = (VALUE, CHURN)
 
     def __init__(self, quantiles: int = 5):
         if quantiles < 2:
@@ -308,6 +343,7 @@ class TwoModelUplift:
 
     name = "two_model_gbm"
     fits_on = "train"
+    tasks = (UPLIFT,)
 
     def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
                  learning_rate: float = 0.1, random_state: int = 7, min_rows_per_arm: int = 20,
@@ -321,6 +357,8 @@ class TwoModelUplift:
         self.features_ = self.feature_columns or infer_feature_columns(frame)
         _require(frame, [*self.features_, ARM, IS_CONTROL, LABEL_CONVERTED, LABEL_RESPONSE_VALUE], self.name)
         exposed = frame[frame[ARM].notna() & frame[LABEL_CONVERTED].notna()]
+        if exposed.empty:
+            raise NotApplicable("no campaigns in the training rows")
         controls = exposed.loc[exposed[IS_CONTROL].fillna(False).astype(bool), ARM].unique()
         if len(controls) != 1:
             raise ValueError(f"two_model_gbm: need exactly one control arm in the training rows, got {list(controls)}")

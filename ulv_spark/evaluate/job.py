@@ -45,8 +45,10 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     splits = pipeline.splits_from_conf(ctx.as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
     try:
         result, facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset=dataset)
-    except ValueError as exc:
-        raise JobFailed(str(exc).splitlines()[0]) from None
+    except ValueError as exc:  # its first non-blank line (lifetimes' messages start with a newline)
+        from ulv_spark.evaluate.backtest import skip_reason
+
+        raise JobFailed(skip_reason(exc)) from None
     ref = lake.table_ref(cfg.lakehouse, catalog.EVALUATION_METRICS.name)
     lake.append(spark, pipeline.metrics_frame(spark, result.metrics, as_of=ctx.as_of, run_id=ctx.run_id), ref,
                 catalog.EVALUATION_METRICS)
@@ -55,4 +57,5 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
                  facts={**facts, "as_of": ctx.as_of, "run_id": ctx.run_id})
     return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),
             "skipped": {s.split.name: s.skipped for s in result.splits if s.skipped},
+            "notes": {s.split.name: s.notes for s in result.splits if s.notes},
             "headline": pipeline.headline(result.metrics)}

@@ -15,7 +15,8 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, P_ALIVE, P_PURCHASE, uplift_column)
+from ulv_spark.evaluate.baselines import (CHURN_PROBABILITY, EXPECTED_VALUE, P_ALIVE, P_PURCHASE, TASKS,
+                                          uplift_column)
 from ulv_spark.schemas import USER_ID
 
 # Truth columns a synthetic evaluation frame carries (from truth_users / truth_uplift).
@@ -73,6 +74,7 @@ class ModelMethod:
 
     name = "model"
     fits_on = None
+    tasks = TASKS
 
     def __init__(self, model_dir: Optional[str] = None, *, model_root: Optional[str] = None,
                  by_split: Optional[Mapping[str, str]] = None, check_origin: bool = True, device: str = "cpu"):
@@ -139,6 +141,7 @@ class Oracle:
 
     name = "oracle"
     fits_on = None
+    tasks = TASKS
 
     def fit(self, frame: Optional[pd.DataFrame] = None) -> "Oracle":
         return self

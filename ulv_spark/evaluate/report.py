@@ -249,6 +249,8 @@ def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
                            for m in _ordered(res.predictions))
         parts.append(f"<p class='note'>{len(res.test)} test users; {res.n_train} training rows; "
                      f"methods (fit + predict time): {timing}</p>")
+        for note in res.notes:
+            parts.append(f"<p class='note split-note'>{html.escape(note)}</p>")
         if res.skipped:
             items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>" for m, r in res.skipped.items())
             parts.append(f"<p class='note'>Not run on this split:</p><ul class='skipped'>{items}</ul>")

@@ -259,20 +259,24 @@ def campaign_history(outcome_history: DataFrame) -> DataFrame:
     after the cut is used.
 
     Returns:
-        user_id, as_of_date, has_exposures, campaign_exposures_total, campaign_treated_total,
-        days_since_last_exposure, campaign_responses_total, campaign_response_rate,
-        campaign_response_value (DOUBLE).
+        user_id, as_of_date, first_observed_exposure_day DATE (first exposure with an observed
+        outcome: it puts a user of a campaign export into the population), has_exposures,
+        campaign_exposures_total, campaign_treated_total, days_since_last_exposure,
+        campaign_responses_total, campaign_response_rate, campaign_response_value (DOUBLE).
     """
     complete = F.col("response_end_ts") <= F.col(AS_OF_DATE).cast("timestamp")
+    observed = F.col("observed_outcome") if "observed_outcome" in outcome_history.columns else F.lit(False)
     stats = (outcome_history.groupBy(*KEYS)
-             .agg(F.count(F.lit(1)).cast("double").alias("campaign_exposures_total"),
+             .agg(F.min(F.when(observed, F.to_date("exposed_ts"))).alias("first_observed_exposure_day"),
+                  F.count(F.lit(1)).cast("double").alias("campaign_exposures_total"),
                   _count_if(~F.col("is_control")).alias("campaign_treated_total"),
                   F.max(F.to_date("exposed_ts")).alias("last_exposure_day"),
                   _count_if(complete).alias("completed"),
                   _sum_if(complete, F.col("converted").cast("double")).alias("campaign_responses_total"),
                   _sum_if(complete, F.col("response_value")).alias("campaign_response_value")))
     return stats.select(
-        *KEYS, F.lit(1.0).alias("has_exposures"), "campaign_exposures_total", "campaign_treated_total",
+        *KEYS, "first_observed_exposure_day", F.lit(1.0).alias("has_exposures"), "campaign_exposures_total",
+        "campaign_treated_total",
         days_before_key(F.col("last_exposure_day")).cast("double").alias("days_since_last_exposure"),
         "campaign_responses_total",
         ratio(F.col("campaign_responses_total"), F.col("completed")).alias("campaign_response_rate"),

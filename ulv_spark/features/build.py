@@ -124,6 +124,12 @@ def _finish(merged: DataFrame, producer: dict[str, str], *, features_cfg: Featur
     A default fills only users without rows in the feature's part (or all users when its source
     is absent); a null a part produced stays null, for the null-feature gate to see.
 
+    A user is seen through an order or an event before the date. A campaign export (exposures
+    with observed outcomes) also names its users: one exposed with an observed outcome before
+    the date is kept, and at a training origin one with an observed outcome in the label window
+    (labels.observed_exposure_examples). Tenure counts from the first order or event (0 without
+    one), and a user without orders or events gets an all-padding sequence.
+
     Raises:
         ValueError: a declared feature whose source is present is produced by no builder.
 
@@ -134,11 +140,15 @@ def _finish(merged: DataFrame, producer: dict[str, str], *, features_cfg: Featur
     first_seen = F.least(*seen_days) if len(seen_days) > 1 else seen_days[0]
     (has_purchase,), (tenure,) = PURCHASE_INDICATOR.names(), TENURE.names()
     window_cols = [c for w in windows for c in behaviour.ORDER_WINDOWS.names(w)]
-    derived = merged.filter(first_seen.isNotNull()).select(
+    keep = first_seen.isNotNull()
+    for named in ("first_observed_exposure_day", labels.LABELLED_BY_EXPOSURE):
+        if named in merged.columns:
+            keep = keep | F.col(named).isNotNull()
+    derived = merged.filter(keep).select(
         *[c for c in merged.columns if c not in window_cols],
         *[_with_default(c, 0.0, producer).alias(c) for c in window_cols if c in merged.columns],
         F.when(F.col(FREQUENCY).isNotNull(), F.lit(1.0)).otherwise(F.lit(0.0)).alias(has_purchase),
-        F.datediff(F.col(AS_OF_DATE), first_seen).cast("double").alias(tenure))
+        F.coalesce(F.datediff(F.col(AS_OF_DATE), first_seen).cast("double"), F.lit(0.0)).alias(tenure))
     derived = behaviour.trend_ratios(derived, windows_days=windows)
     attributes = tuple(Declared(c.name, c.comment, 1.0 if c.name == ATTR_MISSING else 0.0, ATTRIBUTES)
                        for c in attr_cols)
@@ -152,7 +162,11 @@ def _finish(merged: DataFrame, producer: dict[str, str], *, features_cfg: Featur
             raise ValueError(f"feature {feature.name!r} is declared (source {feature.source}) but no builder "
                              f"produces it")
         features.append(value.cast("double").alias(feature.name))
-    return derived, features + [F.col(SEQ_TOKENS), F.col(SEQ_MASK)]
+    length = features_cfg.sequence_length
+    padding = F.array_repeat(F.lit(sequences.PAD_ID), length).cast("array<int>")
+    no_events = F.array_repeat(F.lit(0), length).cast("array<int>")
+    return derived, features + [F.coalesce(F.col(SEQ_TOKENS), padding).alias(SEQ_TOKENS),
+                                F.coalesce(F.col(SEQ_MASK), no_events).alias(SEQ_MASK)]
 
 
 def _prepare(orders, events, exposures, features_cfg: FeaturesConf):
@@ -170,8 +184,9 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
                         features_cfg: FeaturesConf) -> DataFrame:
     """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
 
-    Grain: one row per user_id with an order or event strictly before `as_of`. Only rows
-    strictly before `as_of` of orders, events and exposures are used (campaign responses only
+    Grain: one row per user_id with an order or event (or a campaign exposure with an observed
+    outcome) strictly before `as_of`. Only rows strictly before `as_of` of orders, events and
+    exposures are used (campaign responses only
     from response windows that ended by `as_of`; user attributes are a snapshot and joined as
     they are). Missing optional inputs give the declared defaults (0), so the schema only
     depends on `features_cfg` and the attribute columns.
@@ -209,10 +224,11 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
                             as_of: dt.date, horizon_days: int, features_cfg: FeaturesConf) -> DataFrame:
     """Features at each rolling origin D_k joined with labels from [D_k, D_k + horizon_days).
 
-    Grain: one row per (user_id, origin_date) for every user with an order or event strictly
-    before origin_date. Features equal build_user_features(..., as_of=D_k); labels use only
-    orders and exposures in [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing
-    on or after `as_of` is read.
+    Grain: one row per (user_id, origin_date) for every user with an order or event (or an
+    exposure with an observed outcome) strictly before origin_date, or with an observed campaign
+    outcome in the label window (a campaign export; see labels.observed_exposure_examples).
+    Features equal build_user_features(..., as_of=D_k); labels use only orders and exposures in
+    [D_k, D_k + H) (see labels.py), so with D_0 = as_of - H nothing on or after `as_of` is read.
 
     Returns:
         user_id, as_of_date (= as_of), origin_date, horizon_days, the features, attr_*,
@@ -227,6 +243,7 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
     parts.append(labels.window_labels(orders, origins=dates, horizon_days=horizon_days))
     if outcomes is not None:
         parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))
+        parts.append(labels.observed_exposure_examples(outcomes, origins=dates, horizon_days=horizon_days))
     # _finish computes relative to the as_of_date column: here that is the origin
     merged, producer = _stack(parts, [USER_ID, ORIGIN_DATE])
     derived, features = _finish(merged.withColumnRenamed(ORIGIN_DATE, AS_OF_DATE), producer,

@@ -6,6 +6,10 @@
   [D_k, D_k + H) whose response window [exposed_ts, exposed_ts + response_window_days) also
   ends inside [D_k, D_k + H), so that no label reads data from after the window; its arm and
   outcome. observed_converted / observed_value win over the outcome derived from orders.
+* examples from exposures: a user with such an exposure whose outcome is observed is a
+  training example at D_k even when nothing of the user is seen before D_k (a campaign
+  export: the experiment, not the order log, defines who is in it); see
+  :func:`observed_exposure_examples`.
 """
 from __future__ import annotations
 
@@ -67,7 +71,8 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
 
     Returns:
         user_id, campaign_id, arm, is_control, exposed_ts, response_end_ts TIMESTAMP,
-        converted INT, response_value DOUBLE.
+        converted INT, response_value DOUBLE, observed_outcome BOOLEAN (observed_converted or
+        observed_value given).
     """
     days = F.coalesce(F.col("response_window_days"), F.lit(default_response_window_days))
     windows = exposures.select(
@@ -88,7 +93,34 @@ def exposure_outcomes(exposures: DataFrame, orders: DataFrame, *, default_respon
         USER_ID, "campaign_id", "arm", "is_control", "exposed_ts", "response_end_ts",
         F.coalesce(F.col("observed_converted").cast("int"), derived_converted).alias("converted"),
         F.coalesce(F.col("observed_value"), F.greatest(F.col("net"), F.lit(0.0))).alias("response_value"),
+        (F.col("observed_converted").isNotNull() | F.col("observed_value").isNotNull()).alias("observed_outcome"),
     )
+
+
+LABELLED_BY_EXPOSURE = "labelled_by_exposure"  # build_training_examples: keep the user at this origin
+
+
+def _eligible_exposures(outcomes: DataFrame, *, origins: Sequence, horizon_days: int) -> DataFrame:
+    """Exposures in [D_k, D_k + H) whose response window also ends by D_k + H, keyed by origin."""
+    return (in_label_window(outcomes, "exposed_ts", origins=origins, horizon_days=horizon_days)
+            .filter(F.col("response_end_ts") <= _window_end(horizon_days)))
+
+
+def observed_exposure_examples(outcomes: DataFrame, *, origins: Sequence, horizon_days: int) -> DataFrame:
+    """The (user, origin) pairs that are training examples because of an observed campaign outcome.
+
+    Grain: one row per (user_id, origin_date) with an eligible exposure (as in
+    :func:`campaign_labels`) whose outcome is observed (observed_converted / observed_value).
+    The builder keeps these users at that origin even when they have no order or event before
+    it: their features are what is known before the origin (attributes), their labels the
+    campaign's outcome.
+
+    Returns:
+        user_id, origin_date, labelled_by_exposure DOUBLE (1.0).
+    """
+    observed = _eligible_exposures(outcomes, origins=origins, horizon_days=horizon_days) \
+        .filter(F.col("observed_outcome"))
+    return observed.groupBy(*KEYS).agg(F.max(F.lit(1.0)).alias(LABELLED_BY_EXPOSURE))
 
 
 def campaign_labels(outcomes: DataFrame, *, origins: Sequence, horizon_days: int) -> DataFrame:
@@ -105,8 +137,7 @@ def campaign_labels(outcomes: DataFrame, *, origins: Sequence, horizon_days: int
         user_id, origin_date, campaign_id, arm, is_control, label_converted INT,
         label_response_value DOUBLE.
     """
-    eligible = (in_label_window(outcomes, "exposed_ts", origins=origins, horizon_days=horizon_days)
-                .filter(F.col("response_end_ts") <= _window_end(horizon_days)))
+    eligible = _eligible_exposures(outcomes, origins=origins, horizon_days=horizon_days)
     first = (eligible.groupBy(*KEYS)
              .agg(F.min_by(F.struct("campaign_id", "arm", "is_control", "converted", "response_value"),
                            F.struct("exposed_ts", "campaign_id")).alias("first")))

@@ -5,11 +5,17 @@ optional): read it, check that every mapped column exists (before anything is co
 written), validate every row, count the rejects per reason, and only when no table's reject
 share passes ``ingest.max_reject_share`` MERGE the good rows into bronze and append the
 rejects to ``<table>_rejects``.
+
+Orders may be left out (``sources.orders: null``) when the campaign exposures carry their own
+observed outcomes (a campaign export): the orders table is then created empty, so every later
+stage finds it. ``--dry-run`` reads a sample of each source and reports the mapping, the parsed
+types, a few parsed rows and the reject counts, writing nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sys
 
 from pyspark import StorageLevel
 
@@ -18,7 +24,8 @@ from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import presets
-from ulv_spark.ingest.mapping import MappingError, map_columns, resolve_columns
+from ulv_spark.ingest.mapping import (MALFORMED_COLUMN, MappingError, attribute_source_columns, map_columns,
+                                      resolve_columns)
 from ulv_spark.ingest.validate import Outcome, prepare, reject_counts
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import Col, TableContract
@@ -36,15 +43,53 @@ def read_source(spark, table: str, src):
     if src.format == "table":
         return spark.table(src.path), src
     if src.format == "csv":
-        return spark.read.options(**{"header": "true", **options}).csv(src.path), src
+        return read_csv(spark, src.path, {"header": "true", **options}), src
     # a Delta *source* path is user data outside the lakehouse, so it is read here, not via lake.py
     return spark.read.format(src.format).options(**options).load(src.path), src
 
 
-def _map_sources(spark, cfg) -> dict:
-    """table -> (mapped DataFrame, effective SourceConf); fails on the first source that cannot be mapped."""
-    if cfg.sources.orders is None:
-        raise ConfigError("sources.orders is required (the order log to ingest)")
+def read_csv(spark, path: str, options: dict):
+    """A CSV source with the header's columns plus MALFORMED_COLUMN for rows Spark cannot parse.
+
+    Spark's CSV reader silently drops the extra fields of a long row and pads a short one with
+    nulls; read with an explicit schema (the header's names and types) in PERMISSIVE mode, such
+    a row keeps its text in MALFORMED_COLUMN instead and ingest rejects it (malformed_row). CSV
+    column pruning is turned off for the session, because a reader that parses only the mapped
+    columns cannot tell a row's field count. A `mode` option of the source's own wins.
+    """
+    from pyspark.sql import types as T
+
+    reader = spark.read.options(**options)
+    if str(options.get("mode", "PERMISSIVE")).upper() != "PERMISSIVE":
+        return reader.csv(path)
+    header = reader.csv(path).schema
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
+    schema = T.StructType(list(header.fields) + [T.StructField(MALFORMED_COLUMN, T.StringType())])
+    return (reader.schema(schema).option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", MALFORMED_COLUMN).csv(path))
+
+
+def _source_columns(raw) -> list[str]:
+    return [c for c in raw.columns if c != MALFORMED_COLUMN]
+
+
+OUTCOME_FIELDS = ("observed_converted", "observed_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedSource:
+    table: str
+    src: object          # the effective SourceConf (presets filled in)
+    raw: object          # the source as read
+    columns: dict        # contract field -> source column
+    mapped: object       # map_columns(raw, ...)
+
+
+def _map_sources(spark, cfg, *, sample_rows: int | None = None) -> dict:
+    """table -> MappedSource; fails on the first source that cannot be mapped.
+
+    With `sample_rows`, each source is cut to its first rows (the dry run).
+    """
     out = {}
     for table in CONTRACTS:
         src = getattr(cfg.sources, table)
@@ -55,22 +100,54 @@ def _map_sources(spark, cfg) -> dict:
         except (ValueError, FileNotFoundError) as exc:  # unknown preset, lifetimes not installed
             raise ConfigError(str(exc)) from None
         except Exception as exc:  # Spark's AnalysisException: path not found, no such table, ...
-            raise JobFailed(f"sources.{table}: cannot read {src.path}: {str(exc).splitlines()[0]}") from None
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise JobFailed(f"sources.{table}: cannot read {src.path}: {first}") from None
         try:
-            columns, missing = resolve_columns(table, src.columns, raw.columns, derive_order_id=src.derive_order_id)
+            columns, missing = resolve_columns(table, src.columns, _source_columns(raw),
+                                               derive_order_id=src.derive_order_id)
         except MappingError as exc:
             raise ConfigError(str(exc)) from None
         if missing:
             raise JobFailed(f"sources.{table}: mapped column(s) {', '.join(missing)} not found in {src.path} "
-                            f"(its columns: {', '.join(raw.columns)})")
-        out[table] = (map_columns(raw, table, columns), src)
+                            f"(its columns: {', '.join(_source_columns(raw))})")
+        if sample_rows is not None:
+            raw = raw.limit(sample_rows)
+        out[table] = MappedSource(table, src, raw, columns, map_columns(raw, table, columns))
+    _check_sources(out)
     return out
 
 
-def run_ingest(ctx: JobContext) -> Summary:
-    """The `ingest` stage: validate every configured source and MERGE the good rows into bronze."""
+def _check_sources(sources: dict) -> None:
+    """Cross-source checks: orders or observed outcomes, and no outcome leaking into the attributes."""
+    exposures = sources.get("campaign_exposures")
+    if "orders" not in sources and not (exposures and set(OUTCOME_FIELDS) & set(exposures.columns)):
+        raise ConfigError("sources.orders is required unless sources.campaign_exposures maps observed_converted "
+                          "or observed_value (a campaign export that carries its own outcomes)")
+    attributes = sources.get("user_attributes")
+    if exposures and attributes and (attributes.src.path, attributes.src.format) == (exposures.src.path,
+                                                                                  exposures.src.format):
+        kept = attribute_source_columns("user_attributes", attributes.columns, _source_columns(attributes.raw))
+        used = {c for name, c in exposures.columns.items() if name != "user_id"}
+        shared = [c for c in kept if c in used]
+        if shared:
+            raise ConfigError(f"sources.user_attributes keeps column(s) {', '.join(shared)} of the campaign_exposures "
+                              "file: as attributes the arm and outcomes would leak into the features; name the "
+                              "attribute columns in sources.user_attributes.columns")
+
+
+def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 1000) -> Summary:
+    """The `ingest` stage: validate every configured source and MERGE the good rows into bronze.
+
+    Args:
+        dry_run: read the first `sample_rows` rows of each source, validate them and report the
+            mapping, parsed types, a few parsed rows and the reject counts (also on stderr);
+            write nothing.
+        sample_rows: rows per source read by the dry run.
+    """
+    if dry_run:
+        return dry_run_ingest(ctx, sample_rows=sample_rows)
     cfg, log = ctx.cfg, get_logger("ulv_spark.ingest")
-    mapped = _map_sources(ctx.spark, cfg)
+    mapped = {t: (m.mapped, m.src) for t, m in _map_sources(ctx.spark, cfg).items()}
     prepared, outcomes = {}, {}
     try:
         rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -86,9 +163,93 @@ def run_ingest(ctx: JobContext) -> Summary:
         for prep in prepared.values():
             prep.labelled.unpersist()
     # source_rows: what the nightly reject gate divides by; reject_share is over the rows due
-    return {"tables": {t: {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
-                           "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected,
-                           "deferred": o.deferred, **written[t]} for t, o in outcomes.items()}}
+    tables = {t: {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
+                  "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected,
+                  "deferred": o.deferred, **written[t]} for t, o in outcomes.items()}
+    if "orders" not in mapped:
+        tables["orders"] = _empty_orders(ctx.spark, cfg.lakehouse, log)
+    return {"tables": tables}
+
+
+def _empty_orders(spark, lake_cfg, log) -> dict:
+    """Without an orders source (a campaign export): make sure the orders table exists, empty if new."""
+    ref = lake.table_ref(lake_cfg, "orders")
+    lake.ensure_table(spark, ref, catalog.ORDERS)
+    note = ("no orders source: the campaign exposures carry their outcomes; value and churn have no labels "
+            "without orders")
+    log.info("orders: %s (table %s)", note, ref.name)
+    return {"table": ref.name, "source": None, "note": note}
+
+
+# -------------------------------------------------------------------- dry run
+SHOWN_ROWS = 5  # parsed rows per source printed by the dry run
+
+
+def dry_run_ingest(ctx: JobContext, *, sample_rows: int = 1000) -> Summary:
+    """Read the first `sample_rows` rows of every source, validate them, report; write nothing.
+
+    Per source: the resolved mapping (contract field <- source column), the source and parsed
+    (bronze) column types, the first SHOWN_ROWS bronze rows and the reject counts by reason of
+    the sample. The report goes to stderr; the same facts are the returned summary.
+    """
+    if sample_rows < 1:
+        raise ConfigError(f"--sample-rows must be >= 1, got {sample_rows}")
+    cfg = ctx.cfg
+    rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tables = {}
+    for table, source in _map_sources(ctx.spark, cfg, sample_rows=sample_rows).items():
+        prep = prepare(table, source.mapped, rules=source.src, as_of=ctx.as_of, run_id=ctx.run_id,
+                       rejected_at=rejected_at)
+        outcome = Outcome.from_counts([tuple(r) for r in reject_counts(prep.labelled).collect()])
+        shown = [r.asDict() for r in prep.good.drop("run_id").limit(SHOWN_ROWS).collect()]  # a few sample rows
+        raw_types = {f.name: f.dataType.simpleString() for f in source.raw.schema.fields}
+        tables[table] = {
+            "format": source.src.format, "path": source.src.path, "mapping": dict(source.columns),
+            "source_types": {c: raw_types[c] for c in dict.fromkeys(source.columns.values())},
+            "parsed_types": {f.name: f.dataType.simpleString() for f in prep.good.schema.fields if f.name != "run_id"},
+            "rows_read": outcome.rows_read, "rejected": outcome.rejected_total, "reject_reasons": outcome.rejected,
+            "deferred": outcome.deferred, "reject_share": round(outcome.reject_share, 6),
+            "over_max_reject_share": outcome.reject_share > cfg.ingest.max_reject_share, "rows": shown}
+        print(format_dry_run(table, tables[table], sample_rows=sample_rows, as_of=ctx.as_of,
+                             max_share=cfg.ingest.max_reject_share), file=sys.stderr)
+    if "orders" not in tables:
+        tables["orders"] = {"source": None, "note": "no orders source: the orders table would be created empty"}
+    return {"dry_run": True, "sample_rows": sample_rows, "tables": tables}
+
+
+def _cell(value) -> str:
+    if isinstance(value, dt.datetime):
+        text = value.isoformat(sep=" ")
+    elif isinstance(value, float):
+        text = f"{value:.10g}"  # 6 * 1.85 shows as 11.1, not 11.100000000000001
+        text = text + ".0" if text.lstrip("-").isdigit() else text
+    else:
+        text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def format_dry_run(table: str, facts: dict, *, sample_rows: int, as_of: dt.date, max_share: float) -> str:
+    """The dry-run report of one source as text (what `ingest --dry-run` prints on stderr)."""
+    lines = [f"sources.{table}: {facts['format']} {facts['path']} (first {sample_rows} rows, run date {as_of})",
+             "  mapping (contract field <- source column: source type):"]
+    width = max((len(k) for k in facts["mapping"]), default=0)
+    for field, column in facts["mapping"].items():
+        lines.append(f"    {field:<{width}} <- {column}: {facts['source_types'][column]}")
+    lines.append("  parsed columns: " + ", ".join(f"{k} {v}" for k, v in facts["parsed_types"].items()))
+    reasons = ", ".join(f"{k}={v}" for k, v in facts["reject_reasons"].items()) or "none"
+    verdict = " - above ingest.max_reject_share, a real run would stop" if facts["over_max_reject_share"] else ""
+    lines.append(f"  rows read {facts['rows_read']}, rejected {facts['rejected']} ({reasons}), deferred "
+                 f"{facts['deferred']}; reject share {facts['reject_share']:.1%} (limit {max_share:.1%}){verdict}")
+    if facts["rows"]:
+        columns = list(facts["rows"][0])
+        cells = [[_cell(r[c]) for c in columns] for r in facts["rows"]]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        lines.append(f"  first {len(cells)} parsed rows:")
+        lines.append("    " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+        lines += ["    " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    else:
+        lines.append("  no row of the sample parsed")
+    return "\n".join(lines)
 
 
 def _validate(table: str, frame, rules, ctx, rejected_at: dt.datetime, log):

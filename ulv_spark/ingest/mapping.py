@@ -18,6 +18,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 SOURCE_STRUCT = "_src"  # the untouched source row, kept for the rejects table
+# Spark's column for the text of a row it could not parse (PERMISSIVE mode): a CSV line with
+# more or fewer fields than the header, a JSON line that is not an object. Present only when
+# the reader adds it (see ingest.job.read_source); never mapped or kept as an attribute.
+MALFORMED_COLUMN = "_corrupt_record"
 
 
 @dataclass(frozen=True)
@@ -114,16 +118,28 @@ def map_columns(raw: DataFrame, table: str, columns: dict[str, str]) -> DataFram
     """
     spec = SPECS[table]
     fields = [(_quoted(columns[f]) if f in columns else F.lit(None)).alias(f) for f in spec.fields]
-    extras = []
-    if spec.keeps_other_columns:
-        named = {k: v for k, v in columns.items() if k not in spec.fields}
-        if named:
-            extras = [_quoted(src).alias(slug(name)) for name, src in named.items()]
-        else:
-            used = set(columns.values())
-            extras = [_quoted(c).alias(slug(c)) for c in raw.columns if c not in used]
+    named = {k: v for k, v in columns.items() if k not in spec.fields}
+    kept = attribute_source_columns(table, columns, raw.columns)
+    extras = [_quoted(src).alias(slug(name)) for name, src in named.items()] if named \
+        else [_quoted(c).alias(slug(c)) for c in kept]
     source = F.struct(*[_quoted(c) for c in raw.columns]).alias(SOURCE_STRUCT)
     return raw.select(source, *fields, *extras)
+
+
+def attribute_source_columns(table: str, columns: dict[str, str], source_columns: Sequence[str]) -> list[str]:
+    """The source columns a user_attributes source keeps as attributes (none for other tables).
+
+    The columns the mapping names besides user_id, or, when it names none, every source column
+    it does not map (MALFORMED_COLUMN never).
+    """
+    spec = SPECS[table]
+    if not spec.keeps_other_columns:
+        return []
+    named = [v for k, v in columns.items() if k not in spec.fields]
+    if named:
+        return named
+    used = set(columns.values()) | {MALFORMED_COLUMN}
+    return [c for c in source_columns if c not in used]
 
 
 def attribute_columns(mapped: DataFrame, table: str) -> list[str]:
@@ -145,14 +161,51 @@ def _text(df: DataFrame, name: str) -> Column:
     return F.when(text != "", text)
 
 
+def malformed(mapped: DataFrame) -> Column:
+    """True where the reader could not parse the source row (see MALFORMED_COLUMN)."""
+    fields = mapped.schema[SOURCE_STRUCT].dataType.fieldNames()
+    if MALFORMED_COLUMN not in fields:
+        return F.lit(False)
+    return F.col(f"{SOURCE_STRUCT}.`{MALFORMED_COLUMN}`").isNotNull()
+
+
+# Largest whole number a FLOAT / DOUBLE holds exactly: an id beyond it was rounded on the way.
+_EXACT_INTEGER = {T.FloatType: 2.0 ** 24, T.DoubleType: 2.0 ** 53}
+
+
+def _whole_id(df: DataFrame, name: str) -> Column:
+    """For a FLOAT / DOUBLE / DECIMAL column: true where the value is a whole number held exactly."""
+    dtype = _dtype(df, name)
+    value = F.col(name)
+    if isinstance(dtype, T.DecimalType):
+        return value == F.floor(value)
+    as_double = value.cast("double")
+    bound = _EXACT_INTEGER[type(dtype)]
+    finite = ~F.isnan(as_double) & (F.abs(as_double) <= F.lit(bound))
+    return F.when(finite, as_double == F.floor(as_double)).otherwise(F.lit(False))
+
+
 def parse_id(df: DataFrame, name: str) -> Column:
-    """An id as text: trimmed, blank -> null; integral floats lose their '.0' (12346.0 -> '12346')."""
+    """An id as text: trimmed, blank -> null; whole numbers lose their fraction.
+
+    A FLOAT / DOUBLE / DECIMAL id that is a whole number becomes its digits (17850.0 ->
+    '17850'), and so does text of digits followed by '.0' (how pandas writes an integer column
+    with missing values). Other numbers keep their text; `bad_id` flags them.
+    """
     dtype = _dtype(df, name)
     if isinstance(dtype, (T.FloatType, T.DoubleType, T.DecimalType)):
         value = F.col(name)
-        integral = value == F.floor(value)
-        return F.when(integral, value.cast("decimal(38,0)").cast("string")).otherwise(value.cast("string"))
-    return _text(df, name)
+        digits = (value.cast("decimal(38,0)") if isinstance(dtype, T.DecimalType) else value.cast("long"))
+        return F.when(_whole_id(df, name), digits.cast("string")).otherwise(value.cast("string"))
+    return F.regexp_replace(_text(df, name), r"^([0-9]+)\.0+$", "$1")
+
+
+def bad_id(df: DataFrame, name: str) -> Column:
+    """True where a numeric id is present but not a whole number held exactly (17850.5, NaN, inf, 1e20)."""
+    dtype = _dtype(df, name)
+    if not isinstance(dtype, (T.FloatType, T.DoubleType, T.DecimalType)):
+        return F.lit(False)
+    return F.col(name).isNotNull() & ~_whole_id(df, name)
 
 
 def is_blank(df: DataFrame, name: str) -> Column:
@@ -177,7 +230,8 @@ def parse_timestamp(df: DataFrame, name: str, fmt: Optional[str] = None, timezon
     col = F.col(name)
     if fmt in EPOCH_FORMATS:
         seconds = (col if isinstance(dtype, T.NumericType) else _text(df, name).try_cast("double")) / EPOCH_FORMATS[fmt]
-        finite = F.when(~F.isnan(seconds) & (F.abs(seconds) < 1e13), seconds)
+        # |seconds| < 2.5e11 (about year 9900): microseconds then fit a LONG, so the cast cannot overflow
+        finite = F.when(~F.isnan(seconds) & (F.abs(seconds) < 2.5e11), seconds)
         return F.timestamp_micros((finite * 1_000_000).cast("long"))
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         parsed = col.cast("timestamp")

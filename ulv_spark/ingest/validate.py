@@ -9,20 +9,31 @@ DataFrame code: no Python UDFs, nothing collected.
 Reject reasons, checked in this order (the first that applies is recorded):
 
 ======================  ======================================================================
+malformed_row           the reader could not parse the row: a CSV line with more or fewer fields
+                        than the header, a JSON line that is not an object (Spark's
+                        `_corrupt_record`, kept in the rejects' raw column)
 null_user_id            user id null or blank
 null_order_id           order id null or blank (orders without derive_order_id)
 null_event_id           mapped event id null or blank (events)
 null_campaign_id        campaign id null or blank (campaign_exposures)
 null_arm                arm null or blank (campaign_exposures)
 null_event_type         event type null or blank (events)
+bad_id                  an id column (user, order, line, event, product, session, campaign) holds a
+                        number that is not a whole number held exactly: 17850.5, NaN, inf, 1e20
+                        (17850.0 is fine and becomes '17850')
 null_timestamp          timestamp null or blank
 bad_timestamp           timestamp present but unparsable
+ts_out_of_range         timestamp on a day before the source's min_date or after its max_date
+                        (checked before the run date, so such a row is never deferred)
 bad_quantity            quantity present but not a finite number
+quantity_out_of_range   abs(quantity) above the source's max_abs_quantity
 bad_amount              amount / unit_price present but not a finite number (text, NaN, inf)
 null_amount             amount null or blank (or quantity * unit_price with either missing)
+amount_out_of_range     abs(amount) (for order lines: quantity * unit_price), abs(discount) or
+                        abs(observed_value) above the source's max_abs_amount
 bad_discount            discount present but not a finite number
 bad_flag                a flag (is_return, is_control, observed_converted) not in the true/false values
-bad_response_window     response_window_days present but not a whole number >= 0
+bad_response_window     response_window_days present but not a whole number in [0, 3660]
 bad_observed_value      observed_value present but not a finite number
 after_run_date          timestamp on a day after the run date (with future_rows: reject)
 duplicate_key           another valid row has the same key (the first by time, then by a hash of
@@ -43,24 +54,29 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ulv_spark.config import SourceConf
-from ulv_spark.ingest.mapping import (SOURCE_STRUCT, attribute_columns, is_blank, parse_flag, parse_id, parse_int,
-                                      parse_number, parse_timestamp)
+from ulv_spark.ingest.mapping import (SOURCE_STRUCT, attribute_columns, bad_id, is_blank, malformed, parse_flag,
+                                      parse_id, parse_int, parse_number, parse_timestamp)
 from ulv_spark.schemas import AS_OF_DATE, REJECT_REASON, RUN_ID, USER_ID
 
 REASON = "_reason"
 DEFERRED = "_deferred"
 
+MALFORMED_ROW = "malformed_row"
 NULL_USER_ID = "null_user_id"
 NULL_ORDER_ID = "null_order_id"
 NULL_EVENT_ID = "null_event_id"
 NULL_CAMPAIGN_ID = "null_campaign_id"
 NULL_ARM = "null_arm"
 NULL_EVENT_TYPE = "null_event_type"
+BAD_ID = "bad_id"
 NULL_TIMESTAMP = "null_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"
+TS_OUT_OF_RANGE = "ts_out_of_range"
 BAD_QUANTITY = "bad_quantity"
+QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"
 NULL_AMOUNT = "null_amount"
 BAD_AMOUNT = "bad_amount"
+AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
 BAD_DISCOUNT = "bad_discount"
 BAD_FLAG = "bad_flag"
 BAD_RESPONSE_WINDOW = "bad_response_window"
@@ -70,11 +86,33 @@ DUPLICATE_KEY = "duplicate_key"
 CONFLICTING_USER_ID = "conflicting_user_id"
 REJECTED_SIBLING_LINE = "rejected_sibling_line"
 
-REASONS = (NULL_USER_ID, NULL_ORDER_ID, NULL_EVENT_ID, NULL_CAMPAIGN_ID, NULL_ARM, NULL_EVENT_TYPE, NULL_TIMESTAMP,
-           BAD_TIMESTAMP, BAD_QUANTITY, BAD_AMOUNT, NULL_AMOUNT, BAD_DISCOUNT, BAD_FLAG, BAD_RESPONSE_WINDOW,
-           BAD_OBSERVED_VALUE, AFTER_RUN_DATE, DUPLICATE_KEY, CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
+REASONS = (MALFORMED_ROW, NULL_USER_ID, NULL_ORDER_ID, NULL_EVENT_ID, NULL_CAMPAIGN_ID, NULL_ARM, NULL_EVENT_TYPE,
+           BAD_ID, NULL_TIMESTAMP, BAD_TIMESTAMP, TS_OUT_OF_RANGE, BAD_QUANTITY, QUANTITY_OUT_OF_RANGE, BAD_AMOUNT,
+           NULL_AMOUNT, AMOUNT_OUT_OF_RANGE, BAD_DISCOUNT, BAD_FLAG, BAD_RESPONSE_WINDOW, BAD_OBSERVED_VALUE,
+           AFTER_RUN_DATE, DUPLICATE_KEY, CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
+
+MAX_RESPONSE_WINDOW_DAYS = 3660  # ten years: a longer window is a typo, and would overflow timestamp arithmetic
 
 RETURN_SUFFIX = "-R"  # order id of the return lines of a line-level order that also has purchase lines
+
+
+def _ts_out_of_range(ts: str, rules: SourceConf) -> Column:
+    """True where the timestamp column `ts` is on a day outside [rules.min_date, rules.max_date]."""
+    day = F.to_date(F.col(ts))
+    return day.isNotNull() & ((day < F.lit(rules.min_date)) | (day > F.lit(rules.max_date)))
+
+
+def _over(value: str, limit: float) -> Column:
+    """True where abs(value) of the numeric column `value` exceeds `limit`."""
+    return F.coalesce(F.abs(F.col(value)) > F.lit(limit), F.lit(False))
+
+
+def _bad_ids(mapped: DataFrame, names: Sequence[str]) -> Column:
+    """True where any of the id columns `names` holds a broken number (see mapping.bad_id)."""
+    out = F.lit(False)
+    for name in names:
+        out = out | bad_id(mapped, name)
+    return out
 
 
 class Prepared(NamedTuple):
@@ -172,18 +210,25 @@ def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> Dat
         discount.alias("discount"), bad_discount.alias("_bad_discount"),
         flag.alias("_flag"), bad_flag.alias("_bad_flag"),
         parse_id(mapped, "line_id").alias("line_id"),
+        malformed(mapped).alias("_malformed"),
+        _bad_ids(mapped, ("user_id", "order_id", "line_id")).alias("_bad_id"),
     )
-    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID)]
+    checks = [(F.col("_malformed"), MALFORMED_ROW), (F.col(USER_ID).isNull(), NULL_USER_ID)]
     if not rules.derive_order_id:
         checks.append((F.col("order_id").isNull(), NULL_ORDER_ID))
     checks += [
+        (F.col("_bad_id"), BAD_ID),
         (F.col("_ts_blank"), NULL_TIMESTAMP),
         (F.col("order_ts").isNull(), BAD_TIMESTAMP),
+        (_ts_out_of_range("order_ts", rules), TS_OUT_OF_RANGE),
         (F.col("_bad_qty"), BAD_QUANTITY),
+        (_over("quantity", rules.max_abs_quantity), QUANTITY_OUT_OF_RANGE),
         (F.col("_bad_amount"), BAD_AMOUNT),
         (F.col("_null_amount"), NULL_AMOUNT),
         (F.col("amount").isNull(), BAD_AMOUNT),
+        (_over("amount", rules.max_abs_amount), AMOUNT_OUT_OF_RANGE),
         (F.col("_bad_discount"), BAD_DISCOUNT),
+        (_over("discount", rules.max_abs_amount), AMOUNT_OUT_OF_RANGE),
         (F.col("_bad_flag"), BAD_FLAG),
     ]
     labelled = _with_dates(parsed, "order_ts", as_of, rules.future_rows, checks)
@@ -300,16 +345,20 @@ def label_events(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> Dat
         parse_id(mapped, "product_id").alias("product_id"),
         parse_id(mapped, "category").alias("category"),
         parse_id(mapped, "session_id").alias("session_id"),
+        malformed(mapped).alias("_malformed"),
+        _bad_ids(mapped, ("event_id", "user_id", "product_id", "session_id")).alias("_bad_id"),
     )
     hashed = F.substring(F.sha2(F.concat_ws("\u0001", *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in (
         USER_ID, "event_ts", "event_type", "product_id", "session_id")]), 256), 1, 32)
     parsed = parsed.withColumn("event_id", F.col("_source_event_id") if id_mapped else hashed)
-    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID)]
+    checks = [(F.col("_malformed"), MALFORMED_ROW), (F.col(USER_ID).isNull(), NULL_USER_ID)]
     if id_mapped:
         checks.append((F.col("event_id").isNull(), NULL_EVENT_ID))
     checks += [(F.col("event_type").isNull(), NULL_EVENT_TYPE),
+               (F.col("_bad_id"), BAD_ID),
                (F.col("_ts_blank"), NULL_TIMESTAMP),
-               (F.col("event_ts").isNull(), BAD_TIMESTAMP)]
+               (F.col("event_ts").isNull(), BAD_TIMESTAMP),
+               (_ts_out_of_range("event_ts", rules), TS_OUT_OF_RANGE)]
     labelled = flag_duplicates(_with_dates(parsed, "event_ts", as_of, rules.future_rows, checks),
                                ["event_id"], ["event_ts"])
     return labelled.select(SOURCE_STRUCT, "event_id", USER_ID, "event_ts", "event_type", "product_id", "category",
@@ -351,15 +400,23 @@ def label_exposures(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> 
         value.alias("observed_value"),
         (bad_control | bad_converted).alias("_bad_flag"), bad_window.alias("_bad_window"),
         bad_value.alias("_bad_value"),
+        malformed(mapped).alias("_malformed"),
+        _bad_ids(mapped, (USER_ID, "campaign_id")).alias("_bad_id"),
     )
-    checks = [(F.col(USER_ID).isNull(), NULL_USER_ID),
+    window_days = F.col("response_window_days")
+    checks = [(F.col("_malformed"), MALFORMED_ROW),
+              (F.col(USER_ID).isNull(), NULL_USER_ID),
               (F.col("campaign_id").isNull(), NULL_CAMPAIGN_ID),
               (F.col("arm").isNull(), NULL_ARM),
+              (F.col("_bad_id"), BAD_ID),
               (F.col("_ts_blank"), NULL_TIMESTAMP),
               (F.col("exposed_ts").isNull(), BAD_TIMESTAMP),
+              (_ts_out_of_range("exposed_ts", rules), TS_OUT_OF_RANGE),
               (F.col("_bad_flag"), BAD_FLAG),
-              (F.col("_bad_window") | (F.col("response_window_days") < 0), BAD_RESPONSE_WINDOW),
-              (F.col("_bad_value"), BAD_OBSERVED_VALUE)]
+              (F.col("_bad_window") | (window_days < 0) | (window_days > MAX_RESPONSE_WINDOW_DAYS),
+               BAD_RESPONSE_WINDOW),
+              (F.col("_bad_value"), BAD_OBSERVED_VALUE),
+              (_over("observed_value", rules.max_abs_amount), AMOUNT_OUT_OF_RANGE)]
     labelled = flag_duplicates(_with_dates(parsed, "exposed_ts", as_of, rules.future_rows, checks),
                                [USER_ID, "campaign_id"], ["exposed_ts"])
     return labelled.select(SOURCE_STRUCT, USER_ID, "campaign_id", "arm", "is_control", "exposed_ts",
@@ -381,9 +438,11 @@ def label_user_attributes(mapped: DataFrame, *, as_of: dt.date, rules: SourceCon
     _deferred (always false: attributes carry no time).
     """
     extras = attribute_columns(mapped, "user_attributes")
-    parsed = mapped.select(SOURCE_STRUCT, parse_id(mapped, USER_ID).alias(USER_ID), *extras)
-    labelled = parsed.withColumns({REASON: _first_reason([(F.col(USER_ID).isNull(), NULL_USER_ID)]),
-                                   DEFERRED: F.lit(False)})
+    parsed = mapped.select(SOURCE_STRUCT, parse_id(mapped, USER_ID).alias(USER_ID), *extras,
+                           malformed(mapped).alias("_malformed"), bad_id(mapped, USER_ID).alias("_bad_id"))
+    checks = [(F.col("_malformed"), MALFORMED_ROW), (F.col(USER_ID).isNull(), NULL_USER_ID),
+              (F.col("_bad_id"), BAD_ID)]
+    labelled = parsed.withColumns({REASON: _first_reason(checks), DEFERRED: F.lit(False)})
     labelled = flag_duplicates(labelled, [USER_ID], [])
     return labelled.select(SOURCE_STRUCT, USER_ID, *extras, REASON, DEFERRED)
 

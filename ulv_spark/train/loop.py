@@ -19,7 +19,6 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from ulv_spark.names import TASKS
 from ulv_spark.runtime import get_logger
