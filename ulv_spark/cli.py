@@ -71,6 +71,8 @@ COMMANDS: dict[str, Command] = {
         _flag("--retrain", "retrain", "train even when the current model is not due"),
         _flag("--evaluate", "evaluate", "also run the evaluation (default: nightly.evaluate)"),
     )),
+    "embed": Command("ulv_spark.text.job:run_embed",
+                     "embed new or changed product and review texts into product_embeddings / review_embeddings"),
     "tables": Command("ulv_spark.tables_cmd:run_tables",
                       "list the lakehouse tables with their versions and row counts"),
 }
