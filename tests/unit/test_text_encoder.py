@@ -183,3 +183,22 @@ def test_embed_frame_keeps_rows_and_order(encoder):
     expected = embed_texts([normalise_text(t) for t in pdf["text"]], encoder=encoder)
     np.testing.assert_allclose(np.stack(out["embedding"].to_numpy()), expected, atol=1e-6)
     assert out["embedding"].iloc[0].dtype == np.float32
+
+
+def test_the_worker_function_asked_for_a_gpu_falls_back_to_the_cpu_without_cuda(encoder):
+    """What mapInPandas runs per task, in this process: with embed.use_gpu on a CPU-only machine."""
+    import torch
+
+    from ulv_spark.score.udf import resolve_device
+    from ulv_spark.text.udf import make_partition_embedder
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the fallback is not what runs")
+    assert resolve_device(True) == "cpu"
+    batches = [pd.DataFrame({"text_hash": ["a", "b"], "text": ["red running shoes", None]}),
+               pd.DataFrame({"text_hash": ["c"], "text": ["stainless steel saucepan"]})]
+    run = make_partition_embedder(describe_encoder(), None, use_gpu=True, batch_size=8)
+    got = pd.concat(list(run(iter(batches))), ignore_index=True)
+    assert got["text_hash"].tolist() == ["a", "b", "c"] and got["has_text"].tolist() == [True, False, True]
+    expected = embed_texts(["red running shoes", None, "stainless steel saucepan"], encoder=encoder)
+    np.testing.assert_allclose(np.stack(got["embedding"].to_numpy()), expected, atol=1e-6)
