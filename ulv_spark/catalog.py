@@ -20,12 +20,14 @@ from typing import Callable, Optional
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features.build import feature_table_columns
-from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE,
-                             VALUE_P10, VALUE_P90)
-from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
-                               LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION,
-                               ORIGIN_DATE, REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID,
-                               VALUE_DECILE, Col, TableContract)
+from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
+                             VALUE_P90)
+from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
+                               LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION, ORIGIN_DATE,
+                               REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID, VALUE_DECILE, Col,
+                               TableContract)
+from ulv_spark.text.contracts import (DIM, EMBEDDED_AT, EMBEDDING, HAS_TEXT, MODEL_ID, N_TOKENS, PRODUCT_ID,
+                                      PRODUCT_KEYS, REVIEW_KEYS, REVIEW_TS, TEXT_HASH, TRUNCATED)
 
 # Groups, in the order their tables are listed.
 BRONZE = "bronze"            # ingest's MERGE targets, one per input source (sources.<name>)
@@ -35,7 +37,8 @@ STAGING = "staging"          # intermediate results of a job (raw model outputs)
 SCORES = "scores"            # what SQL consumers read, each with a latest_<name> view
 EVALUATION = "evaluation"    # backtest metrics
 TRUTH = "truth"              # ground truth of generated data (written by `ulv-spark generate`)
-GROUPS = (BRONZE, REJECTS, FEATURES, STAGING, SCORES, EVALUATION, TRUTH)
+TEXT = "text"                # product / review texts and their embeddings (`ulv-spark embed`)
+GROUPS = (BRONZE, REJECTS, FEATURES, STAGING, SCORES, EVALUATION, TRUTH, TEXT)
 
 
 @dataclass(frozen=True)
@@ -469,4 +472,92 @@ TRUTH_UPLIFT = register(TRUTH, TableContract(
     ),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# Text: product and review texts (inputs of `embed`) and their sentence embeddings
+# --------------------------------------------------------------------------------------------
+PRODUCTS = register(TEXT, TableContract(
+    name="products",
+    comment=("Bronze product catalog. Grain: one row per product_id. Title and description may each be "
+             "missing; the embed job embeds title + '. ' + description (normalised). Loaded by the job that "
+             "owns the catalogue (a MERGE on product_id with this contract; ingest has no products source "
+             "yet); read by jobs/embed.py."),
+    columns=(
+        _c(PRODUCT_ID, "STRING", "Product id (SKU) as given by the source; orders and events refer to it", False),
+        _c("title", "STRING", "Product title / name as given by the source"),
+        _c("description", "STRING", "Longer product description"),
+        _c("category", "STRING", "Product category as given by the source"),
+        _c("price", "DOUBLE", "List price in the source currency"),
+        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
+    ),
+    keys=PRODUCT_KEYS,
+))
+
+REVIEWS = register(TEXT, TableContract(
+    name="reviews",
+    comment=("Bronze product reviews. Grain: one row per (user_id, product_id, review_ts). Loaded by the job "
+             "that owns the reviews (a MERGE on that key with this contract; ingest has no reviews source yet); "
+             "read by jobs/embed.py."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id of the reviewer", False),
+        _c(PRODUCT_ID, "STRING", "Product reviewed", False),
+        _c(REVIEW_TS, "TIMESTAMP", "When the review was written (UTC)", False),
+        _c("rating", "DOUBLE", "Star rating as given by the source (e.g. 1-5); null when none"),
+        _c("text", "STRING", "Review text; may be missing or empty"),
+        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
+    ),
+    keys=REVIEW_KEYS,
+))
+
+
+def _embedding_cols() -> tuple[Col, ...]:
+    return (
+        _c(TEXT_HASH, "STRING", "Hex SHA-256 of the normalised text's UTF-8 bytes (ulv_spark.text.normalise); "
+                                "equal texts have equal hashes", False),
+        _c(HAS_TEXT, "BOOLEAN", "False when the text is missing or empty after normalisation: then the "
+                                "embedding is all zeros and should be left out of averages", False),
+        _c(N_TOKENS, "INT", "Tokens embedded, special tokens included (at most the encoder's max_length); "
+                            "0 without text", False),
+        _c(TRUNCATED, "BOOLEAN", "True when the text had more tokens than max_length: only its start "
+                                 "was embedded", False),
+        _c(MODEL_ID, "STRING", "Encoder that produced the embedding: <name>@<16 hex of a SHA-256 over weights, "
+                               "tokenizer, config and max_length>", False),
+        _c(DIM, "INT", "Length of embedding (384 for all-MiniLM-L6-v2)", False),
+        _c(EMBEDDING, "ARRAY<FLOAT>", "Sentence embedding: mean-pooled last hidden states, L2-normalised "
+                                      "(norm 1; all zeros when has_text is false)", False),
+        _c(EMBEDDED_AT, "TIMESTAMP", "When this row's embedding was computed (UTC)", False),
+        _c(RUN_ID, "STRING", "Id of the embed run that wrote the row", False),
+    )
+
+
+PRODUCT_EMBEDDINGS = register(TEXT, TableContract(
+    name="product_embeddings",
+    comment=("Gold product text embeddings. Grain: one row per product_id of the products table, embedded "
+             "by the current encoder (model_id). Text: title + '. ' + description, normalised. Written "
+             "incrementally by jobs/embed.py (MERGE on product_id): only products whose text_hash or "
+             "model_id differ from the stored row are embedded again."),
+    columns=(
+        _c(PRODUCT_ID, "STRING", "Product id (key; as in products, orders and events)", False),
+        *_embedding_cols(),
+    ),
+    keys=PRODUCT_KEYS,
+))
+
+REVIEW_EMBEDDINGS = register(TEXT, TableContract(
+    name="review_embeddings",
+    comment=("Gold review text embeddings. Grain: one row per review (user_id, product_id, review_ts) of the "
+             "reviews table, embedded by the current encoder (model_id). Written incrementally by "
+             "jobs/embed.py (MERGE on the key): only reviews whose text_hash, rating or model_id differ "
+             "from the stored row are written again."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id of the reviewer (key)", False),
+        _c(PRODUCT_ID, "STRING", "Product reviewed (key)", False),
+        _c(REVIEW_TS, "TIMESTAMP", "When the review was written, UTC (key); features use reviews strictly "
+                                   "before their as_of_date", False),
+        _c("rating", "DOUBLE", "Star rating copied from reviews; null when none"),
+        *_embedding_cols(),
+    ),
+    keys=REVIEW_KEYS,
 ))

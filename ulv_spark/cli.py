@@ -70,12 +70,14 @@ COMMANDS: dict[str, Command] = {
         Option(("--report",), "report", {"default": None,
                                          "help": "HTML report path (default: under evaluate.report_dir)"}),
     )),
-    "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> features -> train (when due) -> score -> gates", (
+    "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> embed -> features -> train (when due) -> score -> gates", (
         Option(("--only",), "only", {"choices": STAGES, "default": None,
                                      "help": "run one stage (with its gates) only"}),
         _flag("--retrain", "retrain", "train even when the current model is not due"),
         _flag("--evaluate", "evaluate", "also run the evaluation (default: nightly.evaluate)"),
     )),
+    "embed": Command("ulv_spark.text.job:run_embed",
+                     "embed new or changed product and review texts into product_embeddings / review_embeddings"),
     "tables": Command("ulv_spark.tables_cmd:run_tables",
                       "list the lakehouse tables with their versions and row counts"),
 }

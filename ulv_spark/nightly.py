@@ -1,4 +1,4 @@
-"""`ulv-spark nightly`: ingest -> features -> train (when due) -> score -> quality gates -> evaluate.
+"""`ulv-spark nightly`: ingest -> embed -> features -> train (when due) -> score -> quality gates -> evaluate.
 
 Each stage logs its start, end, duration and row counts; quality gates (thresholds in
 `gates.*`) run between stages, and a failing gate stops the night before the output tables
@@ -18,7 +18,7 @@ from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
-STAGES = ("ingest", "features", "train", "score", "evaluate")
+STAGES = ("ingest", "embed", "features", "train", "score", "evaluate")
 # tables whose Delta versions the summary lists: the order log, the training inputs and the outputs
 SUMMARY_TABLES = (catalog.ORDERS.name, catalog.USER_FEATURES.name, catalog.TRAINING_EXAMPLES.name,
                   *catalog.names(catalog.SCORES))
@@ -45,6 +45,18 @@ def _reject_counts(result: dict) -> dict:
             total = info.get("source_rows", info.get("rows_read", 0))
             out[table] = {"rejected": int(info["rejected"]), "total": int(total or 0)}
     return out
+
+
+def stage_embed(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    """Embed new or changed product / review texts; skipped (encoder not loaded) without text tables."""
+    spark, lake_cfg = ctx.spark, ctx.cfg.lakehouse
+    present = [t.name for t in (catalog.PRODUCTS, catalog.REVIEWS)
+               if lake.is_delta(spark, lake.table_ref(lake_cfg, t.name))]
+    if not present:
+        return {"skipped": "no products or reviews table: nothing to embed"}
+    from ulv_spark.text.job import run_embed
+
+    return run_embed(ctx)
 
 
 def stage_features(ctx: JobContext, retrain: bool, report: dict) -> Summary:
@@ -133,7 +145,7 @@ def stage_evaluate(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
 
 STAGE_FUNCTIONS: dict[str, Callable] = {
-    "ingest": stage_ingest, "features": stage_features, "train": stage_train,
+    "ingest": stage_ingest, "embed": stage_embed, "features": stage_features, "train": stage_train,
     "score": stage_score, "evaluate": stage_evaluate,
 }
 
@@ -149,7 +161,7 @@ def _record_gate(report: dict, gate: gates.GateResult, where: str) -> None:
 
 
 def _row_facts(result: dict) -> dict:
-    keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables",
+    keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables", "skipped",
             # training: where and how far it ran
             "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped")
     return {k: result[k] for k in keep if k in result}

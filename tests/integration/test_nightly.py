@@ -100,7 +100,7 @@ def nights(night, spark):
 def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     code, first = nights.first
     assert code == 0, first
-    assert [s["stage"] for s in first["stages"]] == ["ingest", "features", "train", "score"]
+    assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert first["stages"][2]["trained"] is True
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}

