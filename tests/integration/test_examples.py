@@ -4,14 +4,18 @@ Each test writes a few rows the way that example's source would hold them (CSV w
 local times, JSON with epoch seconds, typed Parquet, a Delta path, metastore tables, an
 invoice-line CSV with cancellations, a campaign export), runs `ingest` with the example conf
 (only paths, the lakehouse and, where a test rejects on purpose, the reject threshold
-overridden) and checks the bronze rows and the rejects exactly. One Spark session for all.
+overridden) and checks the bronze rows and the rejects exactly. The single-campaign scenario
+generates its own input and runs generate -> ingest -> features -> evaluate at 600 users. One
+Spark session for all.
 """
 import datetime as dt
 import json
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from ulv_spark import lake
 from ulv_spark.config import load_config
@@ -232,3 +236,133 @@ def test_campaign_test(spark, lakehouse, tmp_path):
         ("1001", 34, 12, "north"), ("1002", 51, 40, "south"), ("1003", 27, 3, "east"), ("1004", 45, 20, "west"),
         ("1005", 38, 7, "north")]
     assert lake.read_table(spark, lake.table_ref(lakehouse, "orders")).count() == 0
+
+
+# ------------------------------------------------------------------ the single-campaign scenario
+SINGLE_CAMPAIGN_RUN_DATE = dt.date(2025, 10, 1)
+CAMPAIGN_DAY = dt.date(2025, 7, 3)            # the one wave (08:00 UTC) = the evaluation origin E
+SINGLE_CAMPAIGN_SPLIT = "origin=2025-07-03/h=90/test=0.5"
+TREATMENTS = ("coupon_10", "free_shipping")
+
+
+@pytest.fixture(scope="module")
+def single_campaign(spark, tmp_path_factory):
+    """conf/examples/single_campaign.yaml at 600 users: the four stage summaries.
+
+    Overridden for CI time only: the size, the lakehouse, one features training origin, the
+    backtest's supervised baselines learning from the other half of the users at E alone (no
+    earlier origins), fewer GBM rounds and no backtest model (its training is tested elsewhere).
+    """
+    from ulv_spark.evaluate.job import run_evaluate
+    from ulv_spark.features.job import run_features
+    from ulv_spark.synthetic.job import run_generate
+
+    root = tmp_path_factory.mktemp("single_campaign")
+    cfg = load_config(EXAMPLES / "single_campaign.yaml", [
+        f"lakehouse.root={root / 'lakehouse'}", "lakehouse.schema=t_single_campaign",
+        f"lakehouse.shared_dir={root / 'lakehouse' / '_shared'}", "spark.shuffle_partitions=2",
+        "generate.users=600", "generate.partitions=2", "features.training_origins=1", "evaluate.train_origins=0",
+        "evaluate.model=none", "evaluate.gbm_max_iter=30", "evaluate.gbm_threads=1"])
+    summaries = {}
+    for name, run in (("generate", run_generate), ("ingest", job.run_ingest), ("features", run_features),
+                      ("evaluate", run_evaluate)):
+        ctx = JobContext(cfg=cfg, as_of=SINGLE_CAMPAIGN_RUN_DATE, run_id=f"single-{name}", command=name)
+        summaries[name] = run(ctx)
+    return cfg, summaries
+
+
+def test_single_campaign_generates_one_wave_with_the_outcomes_its_orders_show(spark, single_campaign):
+    """One campaign on 2025-07-03 08:00 UTC for every customer acquired by then, uniform arms, and
+    converted / spend equal to what the generated order log holds in each 14-day window
+    (recomputed here from the raw files with Spark SQL); truth_uplift at the campaign day."""
+    cfg, summaries = single_campaign
+    assert summaries["generate"]["truth_dates"] == ["2025-07-03", "2025-10-01"]
+    raw = Path(cfg.generate.output_dir)
+    exposures = spark.read.parquet(str(raw / "campaign_exposures"))
+    assert exposures.columns == ["customer_id", "campaign", "variant", "sent_at", "window_days", "converted", "spend"]
+    assert [tuple(r) for r in exposures.select("campaign", "sent_at", "window_days").distinct().collect()] == [
+        ("promo_20250703", TS(2025, 7, 3, 8), 14)]
+    exposures.createOrReplaceTempView("single_exposures")
+    spark.read.parquet(str(raw / "orders")).createOrReplaceTempView("single_orders")
+    # everyone whose first order came before the send got it, once; nobody else
+    first = {r[0]: r[1] for r in spark.sql(
+        "SELECT customer_id, min(to_timestamp(ordered_at)) FROM single_orders GROUP BY customer_id").collect()}
+    exposed = [r[0] for r in exposures.select("customer_id").collect()]
+    assert len(exposed) == len(set(exposed)) > 300
+    assert sorted(exposed) == sorted(u for u, t in first.items() if t < TS(2025, 7, 3, 8))
+    # arms ~uniform: each within 4 binomial standard errors of a third
+    arms = {r[0]: r[1] for r in exposures.groupBy("variant").count().collect()}
+    n = len(exposed)
+    assert set(arms) == {"control", *TREATMENTS}
+    assert all(abs(c - n / 3) <= 4 * np.sqrt(n * 2 / 9) for c in arms.values()), arms
+    # the observed outcome of each exposure is what its orders in [sent_at, sent_at + 14 days) say
+    recomputed = spark.sql("""
+        SELECT e.customer_id,
+               coalesce(max(NOT o.is_cancellation), false) AS converted,
+               greatest(round(coalesce(sum(o.order_total), 0.0), 2), 0.0) AS spend
+        FROM single_exposures e
+        LEFT JOIN (SELECT customer_id, to_timestamp(ordered_at) AS ts, order_total, is_cancellation
+                   FROM single_orders) o
+          ON o.customer_id = e.customer_id AND o.ts >= e.sent_at
+         AND o.ts < e.sent_at + make_interval(0, 0, 0, e.window_days)
+        GROUP BY e.customer_id""")
+    want = {r[0]: (r[1], r[2]) for r in recomputed.collect()}
+    have = {r[0]: (r[1], r[2]) for r in exposures.select("customer_id", "converted", "spend").collect()}
+    assert have == want
+    by_arm = {r[0]: (r[1], r[2]) for r in exposures.groupBy("variant").agg(
+        F.sum(F.col("converted").cast("int")), F.count(F.when(~F.col("converted"), 1))).collect()}
+    assert all(yes > 0 and no > 0 for yes, no in by_arm.values()), by_arm   # outcomes vary in every arm
+    # truth_uplift at the campaign day: that wave's id, every treatment, every user acquired before the day
+    truth = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "truth_uplift")).filter(
+        F.col("as_of_date") == F.lit(CAMPAIGN_DAY))
+    waves = truth.select("campaign_id", "arm", "response_window_days").distinct().collect()
+    assert sorted(tuple(r) for r in waves) == [("promo_20250703", arm, 14) for arm in TREATMENTS]
+    acquired = sorted(u for u, t in first.items() if t < TS(2025, 7, 3))
+    for arm in TREATMENTS:
+        assert sorted(r[0] for r in truth.filter(F.col("arm") == arm).select("user_id").collect()) == acquired
+
+
+def test_single_campaign(spark, single_campaign):
+    """generate -> ingest -> features -> evaluate on the example: the observed outcomes load as they
+    are (and equal what the features would derive from the orders), the campaign is in the
+    training examples at E with every arm, and the backtest at E reports uplift for every arm."""
+    from ulv_spark.features.labels import exposure_outcomes
+
+    cfg, summaries = single_campaign
+    ingest = summaries["ingest"]["tables"]
+    assert all(t["rejected"] == 0 for t in ingest.values()), ingest
+    exposures = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "campaign_exposures"))
+    assert ingest["campaign_exposures"]["inserted"] == exposures.count() == summaries["generate"]["rows"][
+        "campaign_exposures"]
+    assert exposures.filter(F.col("observed_converted").isNull() | F.col("observed_value").isNull()).count() == 0
+    orders = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "orders"))
+    derived = exposure_outcomes(exposures.withColumn("observed_converted", F.lit(None).cast("boolean"))
+                                .withColumn("observed_value", F.lit(None).cast("double")), orders,
+                                default_response_window_days=30)
+    observed = exposures.select("user_id", F.col("observed_converted").cast("int").alias("converted"),
+                                F.col("observed_value").alias("response_value"))
+    assert sorted(tuple(r) for r in derived.select("user_id", "converted", "response_value").collect()) == sorted(
+        tuple(r) for r in observed.collect())
+    # the training examples at the campaign day carry the campaign, every arm, with its outcomes
+    examples = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "training_examples"))
+    arms = {r[0]: r[1] for r in examples.filter(F.col("origin_date") == F.lit(CAMPAIGN_DAY))
+            .filter(F.col("campaign_id") == "promo_20250703").groupBy("arm").count().collect()}
+    assert set(arms) == {"control", *TREATMENTS}
+    # the backtest splits at the campaign day, half of the users scored, uplift metrics for every arm
+    evaluated = summaries["evaluate"]
+    assert set(evaluated["headline"]) == {SINGLE_CAMPAIGN_SPLIT}
+    assert {"two_model_gbm", "oracle"} <= set(evaluated["headline"][SINGLE_CAMPAIGN_SPLIT])
+    metrics = spark.table(evaluated["metrics_table"]).toPandas()
+    assert set(metrics["split"]) == {SINGLE_CAMPAIGN_SPLIT} and set(metrics["dataset"]) == {"single_campaign"}
+    wide = metrics.pivot_table(index="metric", columns="method", values="value")
+    for method in ("two_model_gbm", "oracle"):
+        for arm in TREATMENTS:
+            for metric in ("qini_conversion", "qini_value", "auuc_conversion", "uplift_at_k_conversion"):
+                assert np.isfinite(wide.loc[f"{metric}[{arm}]", method]), (method, metric, arm)
+        assert np.isfinite(wide.loc["qini_conversion", method]), method
+    for arm in TREATMENTS:  # the oracle is the truth itself; two-model GBM is measured against it
+        assert wide.loc[f"uplift_conversion_truth_pearson[{arm}]", "oracle"] == pytest.approx(1.0)
+        assert np.isfinite(wide.loc[f"uplift_conversion_truth_pearson[{arm}]", "two_model_gbm"])
+    report = Path(evaluated["report"]).read_text(encoding="utf-8")
+    for arm in TREATMENTS:
+        assert f'data-plot="qini_conversion_{arm}"' in report and f'data-plot="qini_value_{arm}"' in report

@@ -73,6 +73,10 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
     assert sorted(r[0] for r in events.select("event_type").distinct().collect()) == ["add_to_cart", "search", "view"]
     exposures = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "campaign_exposures"))
     assert exposures.filter("is_control").select("arm").distinct().collect()[0][0] == "control"
+    # without generate.observed_outcomes the exposure file has no outcome columns (the demo's file)
+    assert spark.read.parquet(str(raw / "campaign_exposures")).columns == [
+        "customer_id", "campaign", "variant", "sent_at", "window_days"]
+    assert exposures.filter(F.col("observed_converted").isNotNull() | F.col("observed_value").isNotNull()).count() == 0
     attributes = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_attributes"))
     assert attributes.columns == ["user_id", "run_id", "price_sensitivity", "channel", "region", "loyalty_member"]
     assert attributes.count() == 400
@@ -84,3 +88,4 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
                                                                            "user_attributes": (0, 0)}
     assert sorted(tuple(r) for r in attributes.collect()) == sorted(
         tuple(r) for r in lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_attributes")).collect())
+

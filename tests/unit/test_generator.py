@@ -188,3 +188,83 @@ def test_truth_uplift_matches_randomised_waves(population):
     assert mean["coupon_10"] > mean["free_shipping"] > 0.01
     # a coupon gives money away: its spend uplift is negative for some price-insensitive users
     assert (uplift.loc[uplift["arm"] == "coupon_10", "true_uplift_value"] < 0).any()
+
+
+# ------------------------------------------------------------------ campaign_waves (a single campaign)
+CAMPAIGN_DAY = dt.date(2025, 7, 3)
+
+
+def _single_campaign(users: int = 400, **kw) -> GenerateConf:
+    return GenerateConf(users=users, partitions=1, seed=3, campaign_waves=1, first_campaign_date=CAMPAIGN_DAY,
+                        response_window_days=14, **kw)
+
+
+def test_campaign_waves_sends_exactly_that_many_waves_from_the_first_date():
+    one = GeneratorParams(_single_campaign())
+    assert one.wave_ids() == ["promo_20250703"]
+    assert one.wave_days().tolist() == [one.day(CAMPAIGN_DAY) + 8 / 24]   # 08:00 UTC on the day
+    three = GeneratorParams(GenerateConf(campaign_waves=3, first_campaign_date=dt.date(2024, 5, 1),
+                                         campaign_every_days=45))
+    assert three.wave_ids() == ["promo_20240501", "promo_20240615", "promo_20240730"]
+    # without campaign_waves the waves run every 60 days from start_date + 60 days to the end
+    default = GeneratorParams(GenerateConf())
+    assert default.wave_ids()[:2] == ["promo_20240301", "promo_20240430"] and len(default.wave_ids()) == 12
+    assert default.wave_ids()[-1] == "promo_20251221"
+
+
+def test_campaign_waves_equal_to_the_periodic_count_simulates_the_same_shop():
+    """N = the number of periodic waves reproduces the default simulation exactly (same draws)."""
+    default = GeneratorParams(GenerateConf(users=300, partitions=1, seed=3))
+    explicit = GeneratorParams(GenerateConf(users=300, partitions=1, seed=3, campaign_waves=12))
+    zero = GeneratorParams(GenerateConf(users=300, partitions=1, seed=3, campaign_waves=0))
+    sims = [Simulation(p, 0) for p in (default, explicit, zero)]
+    for build in (raw_orders, raw_events, raw_exposures, truth_users_frame, truth_uplift_frame):
+        a, b, c = (build(sim) for sim in sims)   # once each: raw_events draws from the simulation's rng
+        assert a.equals(b) and a.equals(c), build.__name__
+    fewer = Simulation(GeneratorParams(GenerateConf(users=300, partitions=1, seed=3, campaign_waves=2)), 0)
+    assert sorted(raw_exposures(fewer)["wave"].unique().tolist()) == [0, 1]
+
+
+def test_campaign_waves_are_checked_in_the_conf():
+    from ulv_spark.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'generate.campaign_waves' must be null, 0 or a number of waves >= 1, "
+                                          r"got -1"):
+        GenerateConf(campaign_waves=-1)
+    with pytest.raises(ConfigError, match=r"'generate.campaign_waves' 3 wave\(s\) from 2025-11-01 every 60 days run "
+                                          r"to 2026-03-01, outside the simulated period 2024-01-01 \.\. 2025-12-31"):
+        GenerateConf(campaign_waves=3, first_campaign_date=dt.date(2025, 11, 1))
+    with pytest.raises(ConfigError, match=r"'generate.campaign_waves' 1 wave\(s\) from 2023-12-01"):
+        GenerateConf(campaign_waves=1, first_campaign_date=dt.date(2023, 12, 1))
+    with pytest.raises(ConfigError, match=r"'generate.campaign_every_days' must be >= 1 when campaign_waves is set"):
+        GenerateConf(campaign_waves=1, campaign_every_days=0)
+    assert GenerateConf(campaign_waves=1, first_campaign_date=dt.date(2025, 12, 31)).campaign_waves == 1
+
+
+def test_single_campaign_exposes_every_acquired_user_once_with_uniform_arms():
+    """One wave: one exposure per user acquired before the send, arms uniform (4 standard errors),
+    the 14-day window on every row, and the truth's campaign at the campaign day is that wave."""
+    params = GeneratorParams.from_conf(_single_campaign(users=20_000), 90)
+    sim = Simulation(params, 0)
+    exposures = raw_exposures(sim)
+    sent = params.day(CAMPAIGN_DAY) + 8 / 24
+    acquired = np.flatnonzero(sim.t0 < sent)
+    assert sorted(exposures["user"].tolist()) == acquired.tolist()
+    assert set(exposures["wave"]) == {0} and set(exposures["window_days"]) == {14}
+    assert set(exposures["sent_at"]) == {pd.Timestamp("2025-07-03 08:00", tz="UTC")}
+    n = len(exposures)
+    counts = exposures["arm"].value_counts().sort_index()
+    assert counts.index.tolist() == [0, 1, 2]
+    assert (abs(counts - n / 3) <= 4 * np.sqrt(n * (1 / 3) * (2 / 3))).all(), counts.tolist()
+    # the purchase rate moves in the window only: coupon orders (10% off) fall inside it
+    orders = raw_orders(sim)
+    discounted = orders[(orders["discount_total"] > 0) & ~orders["is_cancellation"]]
+    start = pd.Timestamp("2025-07-03 08:00", tz="UTC")
+    assert len(discounted) > 50
+    assert ((discounted["ordered_at"] >= start) & (discounted["ordered_at"] < start + pd.Timedelta(days=14))).all()
+    uplift = truth_uplift_frame(sim)
+    at_day = uplift[uplift["as_of_date"] == CAMPAIGN_DAY]
+    assert set(at_day["campaign_id"]) == {"promo_20250703"} and set(at_day["response_window_days"]) == {14}
+    assert sorted(at_day["arm"].unique()) == ["coupon_10", "free_shipping"]
+    assert sorted(at_day.loc[at_day["arm"] == "coupon_10", "user"]) == np.flatnonzero(
+        sim.t0 < params.day(CAMPAIGN_DAY)).tolist()

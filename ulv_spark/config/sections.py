@@ -121,9 +121,16 @@ class GenerateConf:
     # recurring randomised campaigns: a wave every N days (0 = none), arms assigned uniformly
     campaign_every_days: int = 60
     first_campaign_date: Optional[dt.date] = None  # None: start_date + campaign_every_days
+    # null or 0: waves until end_date; N: exactly N waves, from first_campaign_date every
+    # campaign_every_days (they must all fall inside the period); 1 = a single randomised campaign
+    campaign_waves: Optional[int] = None
+    # assigned uniformly; 'control' plus any of coupon_10, coupon_20, free_shipping, loyalty_points
     campaign_arms: list[str] = field(default_factory=lambda: ["control", "coupon_10", "free_shipping"])
-    response_window_days: int = 30
+    response_window_days: int = 30       # days after a wave's send in which its arm acts on the purchase rate
     campaign_effect_scale: float = 1.0   # multiplies every arm's effect on the purchase rate (0 = no effect)
+    # true: the campaign_exposures file also carries each exposure's outcome in its response
+    # window, from the generated orders: converted (a purchase) and spend (net spend, floored at 0)
+    observed_outcomes: bool = False
     # truth tables are written for these as-of dates (plus the run date and run date - horizon)
     truth_dates: list[dt.date] = field(default_factory=lambda: [dt.date(2025, 7, 3), dt.date(2025, 10, 1)])
 
@@ -147,6 +154,16 @@ class GenerateConf:
              "campaign_every_days", f"must be 0 or >= response_window_days ({self.response_window_days}) so "
                                     f"response windows never overlap, got {self.campaign_every_days}")
         need(self.campaign_effect_scale >= 0, "campaign_effect_scale", "must be >= 0")
+        need(self.campaign_waves is None or self.campaign_waves >= 0, "campaign_waves",
+             f"must be null, 0 or a number of waves >= 1, got {self.campaign_waves}")
+        if self.campaign_waves:
+            every = self.campaign_every_days
+            need(every >= 1, "campaign_every_days", "must be >= 1 when campaign_waves is set")
+            first = self.first_campaign_date or self.start_date + dt.timedelta(days=every)
+            last = first + dt.timedelta(days=every * (self.campaign_waves - 1))
+            need(self.start_date <= first and last <= self.end_date, "campaign_waves",
+                 f"{self.campaign_waves} wave(s) from {first} every {every} days run to {last}, outside the "
+                 f"simulated period {self.start_date} .. {self.end_date}")
         need(len(self.campaign_arms) >= 2 and len(set(self.campaign_arms)) == len(self.campaign_arms)
              and "control" in self.campaign_arms, "campaign_arms",
              f"must be distinct, include 'control' and at least one treatment, got {self.campaign_arms}")

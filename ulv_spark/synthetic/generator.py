@@ -15,10 +15,11 @@ The model, per user:
   membership (more likely for frequent buyers); region (pure noise); category preferences;
 * browsing: each purchase ends a session of product views and an add-to-cart; browse-only
   sessions arrive at rate ``browse_sessions_per_purchase * lambda`` while the user is active;
-* campaigns: a wave every ``campaign_every_days`` sent at 08:00 UTC to every acquired user,
-  arms assigned uniformly; arm k multiplies the purchase rate by
-  ``1 + campaign_effect_scale * lift_k(traits)`` during the response window, and coupon arms
-  discount the orders placed in it.
+* campaigns: a wave every ``campaign_every_days`` (or exactly ``campaign_waves`` of them) sent
+  at 08:00 UTC to every acquired user, arms assigned uniformly; arm k multiplies the purchase
+  rate by ``1 + campaign_effect_scale * lift_k(traits)`` during the response window, and coupon
+  arms discount the orders placed in it. With ``observed_outcomes`` the exposure file also
+  carries what each exposure led to in its window (:func:`add_observed_outcomes`, in Spark).
 
 The truth for as-of date D conditions on the user's latent parameters and all activity before
 D (not on the hidden alive state): P(alive) from the time since the last activity, expected
@@ -120,12 +121,19 @@ class GeneratorParams:
         return float((date - self.gen.start_date).days)
 
     def wave_days(self) -> np.ndarray:
-        """Send times of the campaign waves inside the period, in days (08:00 UTC)."""
+        """Send times of the campaign waves inside the period, in days (08:00 UTC).
+
+        Every ``campaign_every_days`` from ``first_campaign_date``: until the end of the period,
+        or exactly ``campaign_waves`` of them when that is set (the conf checks they fit).
+        """
         if not self.gen.campaign_every_days:
             return np.zeros(0)
         every = self.gen.campaign_every_days
         first = self.gen.first_campaign_date or self.gen.start_date + dt.timedelta(days=every)
-        starts = np.arange(self.day(first), self.span_days, every, dtype=float)
+        if self.gen.campaign_waves:
+            starts = self.day(first) + every * np.arange(self.gen.campaign_waves, dtype=float)
+        else:
+            starts = np.arange(self.day(first), self.span_days, every, dtype=float)
         sends = starts + SEND_HOUR / 24.0
         return sends[sends < self.span_days]
 
@@ -595,14 +603,53 @@ def finish_events(df, params: GeneratorParams):
         F.concat(_user_id(), F.lit("-s"), F.lpad(F.col("session").cast("string"), 4, "0")).alias("session_key"))
 
 
+def add_observed_outcomes(exposures, orders):
+    """Coded exposures with the outcome each one had in its response window, from the order log.
+
+    Grain: one row per exposure (user, wave), as ``exposures``. The window is
+    [sent_at, sent_at + window_days); an order counts when its time in the order log (whole
+    seconds, as ``finish_orders`` writes it) lies inside. The definitions are those a campaign
+    tool reports and the features derive from orders when no outcome is observed: converted = a
+    purchase (not a cancellation) in the window; spend = net order_total in the window
+    (cancellations subtract), floored at 0, summed in cents so the total is independent of the
+    order of the rows.
+
+    Args:
+        exposures: coded exposures (user, wave, arm, sent_at, window_days; see raw_exposures).
+        orders: the coded order log (user, ordered_at, order_total, is_cancellation; see raw_orders).
+
+    Returns:
+        the columns of ``exposures``, converted BOOLEAN, spend DOUBLE.
+    """
+    from pyspark.sql import functions as F
+
+    log = orders.select(F.col("user").alias("o_user"), F.date_trunc("second", "ordered_at").alias("o_ts"),
+                        F.col("order_total").cast("decimal(18,2)").alias("o_total"), "is_cancellation")
+    window_end = F.timestamp_add("DAY", F.col("window_days"), F.col("sent_at"))
+    in_window = (F.col("o_user") == F.col("user")) & (F.col("o_ts") >= F.col("sent_at")) & (F.col("o_ts") < window_end)
+    # (user, wave) is unique in the exposures, so grouping by all their columns keeps one row each
+    outcome = (exposures.join(log, on=in_window, how="left")
+               .groupBy(*exposures.columns)
+               .agg(F.count(F.when(~F.col("is_cancellation"), F.lit(1))).alias("purchases"),
+                    F.coalesce(F.sum("o_total"), F.lit(0).cast("decimal(18,2)")).alias("net")))
+    return outcome.select(*exposures.columns, (F.col("purchases") > 0).alias("converted"),
+                          F.greatest(F.col("net").cast("double"), F.lit(0.0)).alias("spend"))
+
+
 def finish_exposures(df, params: GeneratorParams):
     """Raw campaign exposures. Grain: one row per (customer, campaign wave).
 
-    Columns: customer_id, campaign (promo_<yyyymmdd>), variant (arm), sent_at, window_days.
+    Columns: customer_id, campaign (promo_<yyyymmdd>), variant (arm), sent_at, window_days; with
+    ``generate.observed_outcomes`` also converted and spend (see :func:`add_observed_outcomes`,
+    computed from the same simulated order log).
     """
     ids = params.wave_ids() or ["none"]
-    return df.select(_user_id().alias("customer_id"), _name(ids, "wave").alias("campaign"),
-                     _name(params.gen.campaign_arms, "arm").alias("variant"), "sent_at", "window_days")
+    columns = [_user_id().alias("customer_id"), _name(ids, "wave").alias("campaign"),
+               _name(params.gen.campaign_arms, "arm").alias("variant"), "sent_at", "window_days"]
+    if params.gen.observed_outcomes:
+        df = add_observed_outcomes(df, coded_table(df.sparkSession, params, "orders"))
+        columns += ["converted", "spend"]
+    return df.select(*columns)
 
 
 def finish_user_attributes(df, params: GeneratorParams):
@@ -651,17 +698,25 @@ def partition_frames(params: GeneratorParams, table: str, partitions: Sequence[i
             yield frame.iloc[start:start + CHUNK_ROWS]
 
 
+def coded_table(spark, params: GeneratorParams, table: str):
+    """`table` in codes (the columns of its schema in TABLES): one task per partition simulates.
+
+    Deterministic for (seed, partitions): partition j always simulates the same users from
+    SeedSequence([seed, j]).
+    """
+    schema = TABLES[table][1]
+
+    def simulate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield from partition_frames(params, table, batch["id"].tolist())
+
+    return spark.range(0, params.gen.partitions, 1, params.gen.partitions).mapInPandas(simulate, schema)
+
+
 def generated_table(spark, params: GeneratorParams, table: str):
     """`table` as a Spark DataFrame: one task per partition runs the numpy simulation.
 
     Grain and columns: see the finisher of `table` in TABLES. Deterministic for (seed,
     partitions): partition j always simulates the same users from SeedSequence([seed, j]).
     """
-    _, schema, finish = TABLES[table]
-
-    def simulate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield from partition_frames(params, table, batch["id"].tolist())
-
-    coded = spark.range(0, params.gen.partitions, 1, params.gen.partitions).mapInPandas(simulate, schema)
-    return finish(coded, params)
+    return TABLES[table][2](coded_table(spark, params, table), params)
