@@ -26,7 +26,7 @@ import pandas as pd
 
 from ulv_spark.config import EVALUATE_METHODS
 from ulv_spark.evaluate import metrics as M
-from ulv_spark.evaluate.bootstrap import CLOSEST_TO_ONE, LOWER_IS_BETTER, is_margin_metric
+from ulv_spark.evaluate.bootstrap import BOOTSTRAP_METRICS, CLOSEST_TO_ONE, LOWER_IS_BETTER, is_margin_metric
 from ulv_spark.evaluate.backtest import UPLIFT_OUTCOME, BacktestResult, SplitResult
 from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLIFT_KINDS
 from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
@@ -242,7 +242,8 @@ def margins_table(res: SplitResult) -> str:
     """HTML tables of the model's bootstrapped margins: over the best other method, and over each."""
     if not res.margins:
         return ""
-    best = [m for m in res.margins if m.best]
+    order = {k: i for i, k in enumerate(BOOTSTRAP_METRICS)}
+    best = sorted((m for m in res.margins if m.best), key=lambda m: (order.get(m.metric, len(order)), m.metric))
     body = "".join(
         f'<tr><td class="name">{html.escape(m.metric)}</td><td>{_fmt(m.model_value)}</td>'
         f'<td class="name">{html.escape(m.other)} ({_fmt(m.other_value)})</td>'
