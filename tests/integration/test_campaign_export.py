@@ -49,7 +49,9 @@ def test_a_campaign_export_alone_gives_uplift_metrics_and_says_value_and_churn_h
     args = ["--conf", str(REPO / "conf" / "examples" / "campaign_test.yaml"),
             "--set", f"lakehouse.root={root}", "--set", f"lakehouse.shared_dir={root / '_shared'}",
             "--set", "lakehouse.schema=campaign_e2e", "--set", "spark.shuffle_partitions=2",
-            "--set", f"sources.campaign_exposures.path={export}", "--set", f"sources.user_attributes.path={export}"]
+            "--set", f"sources.campaign_exposures.path={export}", "--set", f"sources.user_attributes.path={export}",
+            # one OpenMP thread: on a busy 2-core machine spinning threads make the uplift GBM fits ~30x slower
+            "--set", "evaluate.gbm_threads=1"]
 
     ingest = _cli(capsys, "ingest", args)["tables"]
     assert (ingest["campaign_exposures"]["inserted"], ingest["user_attributes"]["inserted"]) == (N_USERS, N_USERS)
