@@ -181,6 +181,7 @@ def _finish(name: str, spark, cfg, result, facts: dict, extra: dict, seconds: di
     wide = result.pivot()
     out = {"benchmark": name, "run_id": run_id, "machine": machine(), "seconds": seconds, "facts": facts,
            "checks": extra, "skipped": {s.split.name: s.skipped for s in result.splits},
+           "margins": pipeline.margins_headline(result),
            "metrics": {f"{split}|{metric}": {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
                        for (split, metric), row in wide.iterrows()},
            "report": str(report.relative_to(REPO)), "metrics_table": ref.name}

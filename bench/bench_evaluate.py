@@ -6,12 +6,16 @@ like on a noisy machine:
 * metrics: ``evaluate.metrics`` ROC-AUC, average precision, Spearman vs scikit-learn's
   ``roc_auc_score`` / ``average_precision_score`` and scipy's ``spearmanr`` (best of
   ``--repeats``), plus normalised Gini, decile MAPE, ECE, Qini and AUUC;
-* report: rendering the HTML (5 embedded PNG plots) for a backtest of four methods.
+* report: rendering the HTML (5 embedded PNG plots) for a backtest of four methods;
+* bootstrap: the paired bootstrap of the model's margins (``evaluate.bootstrap``) with
+  ``--resamples`` resamples over ``--bootstrap-users`` test users, for the demo's method set
+  (the model, 3 value / churn baselines and 3 uplift baselines on 2 treatment arms).
 
 The accuracy benchmarks (CDNOW, synthetic) are ``python -m bench.bench_accuracy``.
 
 Run: ``.venv/bin/python -m bench.bench_evaluate [--users 1000000] [--repeats 3]``.
-Prints and writes ``bench/results/evaluate_speed.json``.
+Prints and writes ``bench/results/evaluate_speed.json``; ``--bootstrap-only`` times the bootstrap
+alone (``bench/results/evaluate_bootstrap_speed.json``).
 """
 from __future__ import annotations
 
@@ -39,6 +43,37 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def bootstrap_seconds(users: int, resamples: int, seed: int = 0) -> dict:
+    """Seconds of the paired bootstrap for a demo-like split (see the module docstring)."""
+    from ulv_spark.evaluate import bootstrap as B
+    from ulv_spark.evaluate.backtest import evaluate_predictions, resampled_metrics
+
+    rng = np.random.default_rng(seed)
+    n = users
+    value = rng.gamma(0.3, 60, n) * (rng.random(n) < 0.35)
+    arm = rng.choice(["control", "coupon_10", "free_shipping", None], n, p=[0.1, 0.1, 0.1, 0.7])
+    test = pd.DataFrame({"user_id": np.arange(n).astype(str), "label_value": value,
+                         "label_churned": (value == 0).astype(int), "arm": arm, "is_control": arm == "control",
+                         "label_converted": (rng.random(n) < 0.2).astype(float),
+                         "label_response_value": rng.gamma(1, 20, n)})
+    preds = {}
+    for m in ("model", "gbm", "rfm_heuristic", "bgnbd_gg"):
+        preds[m] = pd.DataFrame({"user_id": test["user_id"], "expected_value": value * rng.lognormal(0, 1, n),
+                                 "churn_probability": rng.random(n)})
+    for m in ("model", "two_model_gbm", "x_learner", "class_transformation"):
+        up = {f"uplift_{k}:{a}": rng.normal(0, 1, n) for k in ("conversion", "value")
+              for a in ("coupon_10", "free_shipping")}
+        preds[m] = (preds[m].assign(**up) if m in preds else pd.DataFrame({"user_id": test["user_id"], **up}))
+    full = {m: evaluate_predictions(test, p, uplift_top_share=0.2) for m, p in preds.items()}
+    cache: dict = {}
+    start, cpu = time.perf_counter(), time.process_time()
+    margins = B.paired_margins(full, lambda m, w: resampled_metrics(test, preds[m], w, cache=cache), n,
+                               resamples=resamples, seed=seed)
+    # CPU seconds too: on a shared machine the wall clock mostly measures the other jobs
+    return {"users": n, "resamples": resamples, "methods": len(preds), "margins": len(margins),
+            "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+
+
 def main(argv=None) -> int:
     from scipy import stats
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -50,7 +85,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_evaluate")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bootstrap-users", type=int, default=15_000)
+    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--bootstrap-only", action="store_true")
     args = parser.parse_args(argv)
+    machine = {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+               "load_average_1m": round(os.getloadavg()[0], 2)}
+    if args.bootstrap_only:
+        results = {"bootstrap": bootstrap_seconds(args.bootstrap_users, args.resamples), "machine": machine}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "evaluate_bootstrap_speed.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(json.dumps(results, indent=2))
+        return 0
 
     rng = np.random.default_rng(0)
     n = args.users
@@ -103,6 +149,7 @@ def main(argv=None) -> int:
     html = render_report(result)
     results["report_seconds_20k_users_4_methods"] = round(time.perf_counter() - start, 2)
     results["report_bytes"] = len(html.encode())
+    results["bootstrap"] = bootstrap_seconds(args.bootstrap_users, args.resamples)
     results["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
                           "load_average_1m": round(os.getloadavg()[0], 2)}
     RESULTS.mkdir(parents=True, exist_ok=True)

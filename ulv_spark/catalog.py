@@ -414,11 +414,17 @@ EVALUATION_METRICS = register(EVALUATION, TableContract(
         _c("dataset", "STRING", "Data set evaluated (e.g. cdnow, synthetic, lakehouse)", False),
         _c("split", "STRING", "Backtest split: evaluation origin, horizon and, when only a share of the users "
                               "is scored, that share, e.g. origin=1997-10-01/h=273/test=0.5", False),
-        _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, oracle", False),
+        _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, x_learner, class_transformation, "
+                               "oracle", False),
         _c("metric", "STRING", "Metric name: value_gini, value_decile_mape, value_spearman, value_total_ratio, "
                                "churn_auc, churn_pr_auc, churn_ece, qini_<conversion|value>[<arm>] (without [arm]: "
                                "mean over arms), auuc_*, uplift_at_k_*, *_truth_pearson / *_truth_spearman "
-                               "(synthetic: vs the true values), <metric>_share_of_oracle", False),
+                               "(synthetic: vs the true values), <metric>_share_of_oracle; and, with method model, "
+                               "its paired-bootstrap margins over method O (best[O]: the best non-oracle other "
+                               "method on the full test set), positive = the model is better: "
+                               "margin_vs_<O>:<metric> (point), margin_lo_vs_<O>:<metric> / margin_hi_vs_<O>:<metric> "
+                               "(95 % interval), p_not_better_vs_<O>:<metric> (share of resamples with margin <= 0)",
+           False),
         _c("value", "DOUBLE", "Metric value"),
         _c(AS_OF_DATE, "DATE", "Run date of the evaluation", False),
         _c(RUN_ID, "STRING", "Id of the evaluation run", False),

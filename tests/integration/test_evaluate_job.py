@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 D = dt.date(2025, 10, 1)       # run date
 H = 60                         # horizon: evaluation origin E = D - H = 2025-08-02
 E = D - dt.timedelta(days=H)
-METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm"}
+METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner", "class_transformation"}
 
 CONF = """
 spark: {{shuffle_partitions: 2, driver_memory: 2g}}
@@ -177,12 +177,37 @@ def test_evaluate_scores_every_method_on_one_split_and_writes_the_metrics_table(
     for method in ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic"):
         for metric in ("value_gini", "value_decile_mape", "value_spearman", "churn_auc", "churn_pr_auc", "churn_ece"):
             assert np.isfinite(wide.loc[metric, method]), (metric, method)
-    for method in ("model", "oracle", "two_model_gbm"):
+    for method in ("model", "oracle", "two_model_gbm", "x_learner", "class_transformation"):
         assert np.isfinite(wide.loc["qini_conversion", method]), method
     # the oracle predicts the truth itself; the others are measured against it
     assert wide.loc["value_truth_pearson", "oracle"] == pytest.approx(1.0)
     assert wide.loc["value_gini", "oracle"] > wide.loc["value_gini", "rfm_heuristic"]
     assert np.isfinite(wide.loc["value_gini_share_of_oracle", "model"])
+
+
+def test_evaluate_bootstraps_the_model_margins_into_the_table_the_summary_and_the_report(spark, evaluated):
+    from ulv_spark.evaluate.bootstrap import parse_margin_metric
+
+    split = f"origin={E}/h={H}"
+    margins = evaluated["margins"][split]
+    assert {"value_gini", "value_decile_mape", "churn_auc", "churn_ece", "qini_conversion", "qini_value"} <= set(margins)
+    assert margins["qini_conversion"]["best_other"] in {"two_model_gbm", "x_learner", "class_transformation"}
+    assert margins["value_gini"]["best_other"] in {"bgnbd_gg", "gbm", "rfm_heuristic"}
+    for m in margins.values():
+        assert m["lo"] <= m["hi"] and 0 <= m["p_not_better"] <= 1
+    metrics = spark.table(evaluated["metrics_table"]).toPandas()
+    parsed = metrics["metric"].map(parse_margin_metric)
+    rows = metrics[parsed.notna()]
+    assert set(rows["method"]) == {"model"}
+    others = {p[1] for p in parsed.dropna()}
+    assert others == METHODS - {"model", "oracle"}  # over every baseline, never the oracle
+    gini = margins["value_gini"]
+    value = {r.metric: r.value for r in rows.itertuples()}
+    assert value[f"margin_vs_best[{gini['best_other']}]:value_gini"] == pytest.approx(gini["margin"], abs=1e-4)
+    assert value[f"p_not_better_vs_{gini['best_other']}:value_gini"] == pytest.approx(gini["p_not_better"], abs=1e-3)
+    page = _Page()
+    page.feed(Path(evaluated["report"]).read_text(encoding="utf-8"))
+    assert {"best other", "margin [95% CI]", "P(not better)"} <= page.headers
 
 
 def test_evaluate_uses_the_newest_model_trained_before_the_origin(generated, evaluated):

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from ulv_spark.evaluate import metrics as M
-from ulv_spark.evaluate.baselines import (BgNbdGammaGamma, RfmHeuristic, TabularGbm, TwoModelUplift,
-                                          infer_feature_columns, uplift_column)
+from ulv_spark.evaluate.baselines import (BgNbdGammaGamma, ClassTransformationUplift, NotApplicable, RfmHeuristic,
+                                          TabularGbm, TwoModelUplift, XLearnerUplift, infer_feature_columns,
+                                          uplift_column)
 
 CDNOW = Path(__import__("lifetimes").__file__).parent / "datasets" / "CDNOW_master.txt"
 
@@ -163,3 +164,63 @@ def test_two_model_uplift_needs_one_control_arm():
                           "label_converted": [1, 0], "label_response_value": [1.0, 0.0]})
     with pytest.raises(ValueError, match="one control arm"):
         TwoModelUplift().fit(frame)
+
+
+def _segment_campaign(n=6000, seed=3, control_share=0.5):
+    """Randomised arms; the coupon lifts conversion from 10 % to 40 % (and spend by 50 per
+    conversion) only where x1 = 1: the true uplift is 0.3 / 15 there and 0 elsewhere."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.integers(0, 2, n).astype(float)
+    arm = np.where(rng.random(n) < control_share, "control", "coupon")
+    p = 0.1 + 0.3 * ((arm == "coupon") & (x1 == 1))
+    conv = (rng.random(n) < p).astype(int)
+    return pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "x1": x1, "x_noise": rng.random(n),
+                         "arm": arm, "is_control": arm == "control", "label_converted": conv,
+                         "label_response_value": conv * 50.0}), x1
+
+
+@pytest.mark.parametrize("learner", [XLearnerUplift, ClassTransformationUplift])
+def test_x_learner_and_class_transformation_rank_the_responsive_segment_first(learner):
+    frame, x1 = _segment_campaign()
+    model = learner(max_iter=30, threads=1).fit(frame)
+    assert model.control_arm_ == "control" and model.arms_ == ["coupon"]
+    assert model.propensity_["coupon"] == pytest.approx((frame["arm"] == "coupon").mean())
+    pred = model.predict(frame)
+    assert list(pred.columns) == ["user_id", "uplift_conversion:coupon", "uplift_value:coupon"]
+    for kind, effect in (("conversion", 0.3), ("value", 15.0)):
+        up = pred[uplift_column(kind, "coupon")].to_numpy()
+        # the treated-responsive users are ranked above the rest, and the effect sizes are right
+        assert M.roc_auc(x1, up) > 0.9, kind
+        assert up[x1 == 1].mean() == pytest.approx(effect, rel=0.25), kind
+        assert up[x1 == 0].mean() == pytest.approx(0.0, abs=0.1 * effect), kind
+
+
+def test_class_transformation_equals_scikit_uplift_on_the_same_estimator():
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    sklift = pytest.importorskip("sklift.models")
+    frame, _ = _segment_campaign(n=3000, seed=5, control_share=0.3)  # unbalanced arms: the weights matter
+    ours = ClassTransformationUplift(max_iter=25, learning_rate=0.1, random_state=7, threads=1).fit(frame)
+    pred = ours.predict(frame)
+    x = frame[["x1", "x_noise"]].to_numpy(float)
+    w = (frame["arm"] == "coupon").to_numpy(int)
+    p = w.mean()
+    est = dict(max_iter=25, learning_rate=0.1, random_state=7)
+    with threadpool_limits(1, user_api="openmp"):  # as ours: OpenMP spinning on a busy machine is 30x slower
+        conv = sklift.ClassTransformation(HistGradientBoostingClassifier(**est)).fit(
+            x, frame["label_converted"].to_numpy(), w,
+            estimator_fit_params={"sample_weight": np.where(w == 1, 0.5 / p, 0.5 / (1 - p))})
+        np.testing.assert_allclose(pred["uplift_conversion:coupon"], conv.predict(x), rtol=0, atol=1e-12)
+        value = sklift.ClassTransformationReg(HistGradientBoostingRegressor(**est), propensity_val=p).fit(
+            x, frame["label_response_value"].to_numpy(float), w)
+        np.testing.assert_allclose(pred["uplift_value:coupon"], value.predict(x), rtol=0, atol=1e-9)
+
+
+def test_uplift_learners_skip_quietly_without_campaigns_and_need_one_control_arm():
+    frame, _ = _segment_campaign(n=200)
+    for learner in (XLearnerUplift, ClassTransformationUplift):
+        with pytest.raises(NotApplicable, match="no campaigns in the training rows"):
+            learner().fit(frame.assign(arm=None, label_converted=np.nan))
+        with pytest.raises(ValueError, match=f"{learner.name}: need exactly one control arm"):
+            learner().fit(frame.assign(is_control=False))

@@ -301,7 +301,8 @@ class ScoreConf:
              f"must be two increasing probabilities in (0, 1), got {self.risk_tiers}")
 
 
-EVALUATE_METHODS = ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm")
+EVALUATE_METHODS = ("model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner",
+                    "class_transformation")
 
 
 @dataclass(frozen=True)
@@ -321,13 +322,17 @@ class EvaluateConf:
     model_dir: str = "lakehouse/_shared/backtest_models"  # models trained by the backtest (model: train)
     bgnbd_penalizer: float = 0.0         # lifetimes BetaGeoFitter penalizer_coef
     gg_penalizer: float = 0.0            # lifetimes GammaGammaFitter penalizer_coef
-    gbm_max_iter: int = 200              # HistGradientBoosting boosting rounds (gbm, two_model_gbm)
+    gbm_max_iter: int = 200              # HistGradientBoosting boosting rounds (gbm and the uplift baselines)
     gbm_learning_rate: float = 0.1
     gbm_threads: int = 0                 # OpenMP threads of scikit-learn; 0 = all cores
     rfm_quantiles: int = 5               # R, F and M are scored 1..N by training-frame quantiles
     bins: int = 10                       # predicted-value deciles and churn calibration bins
     uplift_top_share: float = 0.2        # k of uplift@k: share of users targeted
     max_train_rows: int = 300000         # supervised training rows collected to the driver (seeded sample beyond)
+    # paired-bootstrap resamples of the test users for the model's margin over every other method
+    # (margin_*_vs_* rows of evaluation_metrics, the report's Margins table); 0 = no bootstrap
+    bootstrap_resamples: int = 200
+    bootstrap_seed: int = 0              # seed of the resample matrix (same seed, same intervals)
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -351,6 +356,7 @@ class EvaluateConf:
         need(self.bins >= 2, "bins", f"must be >= 2, got {self.bins}")
         need(0 < self.uplift_top_share <= 1, "uplift_top_share", f"must be in (0, 1], got {self.uplift_top_share}")
         need(self.max_train_rows >= 100, "max_train_rows", f"must be >= 100, got {self.max_train_rows}")
+        need(self.bootstrap_resamples >= 0, "bootstrap_resamples", f"must be >= 0, got {self.bootstrap_resamples}")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ulv_spark.evaluate import bootstrap as B
 from ulv_spark.evaluate import metrics as M
 from ulv_spark.evaluate.baselines import (CHURN, CHURN_PROBABILITY, EXPECTED_VALUE, HAS_PURCHASE, RFM_COLUMNS, TASKS,
                                           UPLIFT, UPLIFT_KINDS, VALUE, NotApplicable)
@@ -129,13 +130,16 @@ def _safe(fn, *args, **kwargs) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
-def _uplift_metrics(test: pd.DataFrame, pred: pd.DataFrame, *, top_share: float) -> dict[str, float]:
-    out: dict[str, float] = {}
+def uplift_arm_rows(test: pd.DataFrame, pred: pd.DataFrame):
+    """Per uplift column of ``pred`` with exposed test rows: (kind, arm, rows, outcome, treated, score).
+
+    ``rows`` is the boolean mask of the test rows the arm is scored on (exposed to the arm, or
+    the control arm), ``outcome`` / ``treated`` / ``score`` are numpy arrays over those rows.
+    """
     if ARM not in test.columns or LABEL_CONVERTED not in test.columns:
-        return out
+        return
     exposed = test[ARM].notna() & test[LABEL_CONVERTED].notna()
     control = exposed & test[IS_CONTROL].fillna(False).astype(bool)
-    per_kind: dict[str, list[dict[str, float]]] = {k: [] for k in UPLIFT_KINDS}
     for kind in UPLIFT_KINDS:
         for col in [c for c in pred.columns if c.startswith(f"uplift_{kind}:")]:
             arm = col.split(":", 1)[1]
@@ -145,11 +149,18 @@ def _uplift_metrics(test: pd.DataFrame, pred: pd.DataFrame, *, top_share: float)
             y = test.loc[rows, UPLIFT_OUTCOME[kind]].astype(float).fillna(0.0).to_numpy()
             t = (test.loc[rows, ARM] == arm).astype(int).to_numpy()
             s = pred.loc[rows, col].astype(float).to_numpy()
-            vals = {"qini": _safe(M.qini_coefficient, y, t, s), "auuc": _safe(M.auuc, y, t, s),
-                    "uplift_at_k": _safe(M.uplift_at_k, y, t, s, k=top_share)}
-            vals = {k: v for k, v in vals.items() if v is not None}
-            out.update({f"{k}_{kind}[{arm}]": v for k, v in vals.items()})
-            per_kind[kind].append(vals)
+            yield kind, arm, rows.to_numpy(), y, t, s
+
+
+def _uplift_metrics(test: pd.DataFrame, pred: pd.DataFrame, *, top_share: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    per_kind: dict[str, list[dict[str, float]]] = {k: [] for k in UPLIFT_KINDS}
+    for kind, arm, _, y, t, s in uplift_arm_rows(test, pred):
+        vals = {"qini": _safe(M.qini_coefficient, y, t, s), "auuc": _safe(M.auuc, y, t, s),
+                "uplift_at_k": _safe(M.uplift_at_k, y, t, s, k=top_share)}
+        vals = {k: v for k, v in vals.items() if v is not None}
+        out.update({f"{k}_{kind}[{arm}]": v for k, v in vals.items()})
+        per_kind[kind].append(vals)
     for kind, rows in per_kind.items():
         for name in ("qini", "auuc", "uplift_at_k"):
             values = [r[name] for r in rows if name in r]
@@ -228,6 +239,77 @@ def evaluate_predictions(test: pd.DataFrame, pred: pd.DataFrame, *, uplift_top_s
     return {k: v for k, v in out.items() if v is not None}
 
 
+def resampled_metrics(test: pd.DataFrame, pred: pd.DataFrame, counts: np.ndarray, *, uplift_top_share: float = 0.2,
+                      bins: int = 10, labelled: Optional[dict[str, bool]] = None,
+                      cache: Optional[dict] = None) -> dict[str, np.ndarray]:
+    """The bootstrapped metrics of :func:`evaluate_predictions` on a block of resamples of the test users.
+
+    ``counts`` is a (B, n) matrix: how often each test row is drawn in each resample (see
+    bootstrap.resample_counts). Returns metric -> (B,) values (NaN where a resample leaves the
+    metric undefined); row b equals :func:`evaluate_predictions` on the test rows drawn by
+    resample b, in row order. ``cache`` (a dict the caller keeps across methods) holds what
+    depends on the counts and labels only (the perfect Gini, the ranks of the actual values).
+    """
+    labelled = labelled if labelled is not None else dict.fromkeys(TASKS, True)
+    w = np.asarray(counts, dtype=np.float64)
+    if cache is None or cache.get("counts") is not counts:
+        cache = {} if cache is None else cache
+        cache.clear()
+        cache["counts"] = counts
+    out: dict[str, np.ndarray] = {}
+    if EXPECTED_VALUE in pred.columns and labelled.get(VALUE, True):
+        actual = test[LABEL_VALUE].astype(float).clip(lower=0.0).to_numpy()
+        predicted = pred[EXPECTED_VALUE].astype(float).to_numpy()
+        if "best_gini" not in cache:
+            cache["best_gini"] = B.weighted_gini(w, actual, actual)
+            cache["actual_ranks"] = B.weighted_ranks(w, actual)
+        out["value_gini"] = B.weighted_normalized_gini(w, actual, predicted, best=cache["best_gini"])
+        out["value_decile_mape"] = B.weighted_decile_mape(w, actual, predicted, bins)
+        out["value_spearman"] = B.weighted_spearman(w, actual, predicted, x_ranks=cache["actual_ranks"])
+        out["value_total_ratio"] = B.weighted_total_ratio(w, actual, predicted)
+    if CHURN_PROBABILITY in pred.columns and labelled.get(CHURN, True):
+        churned = test[LABEL_CHURNED].astype(int).to_numpy().astype(float)
+        prob = pred[CHURN_PROBABILITY].astype(float).to_numpy()
+        out["churn_auc"] = B.weighted_roc_auc(w, churned, prob)
+        out["churn_pr_auc"] = B.weighted_average_precision(w, churned, prob)
+        if np.all((prob >= 0) & (prob <= 1)):
+            out["churn_ece"] = B.weighted_ece(w, churned, prob, bins)
+    per_kind: dict[tuple[str, str], list[np.ndarray]] = {}
+    for kind, arm, rows, y, t, s in uplift_arm_rows(test, pred):
+        vals = B.weighted_uplift(w[:, rows], y, t.astype(np.float64), s, k=uplift_top_share)
+        for name, v in vals.items():
+            out[f"{name}_{kind}[{arm}]"] = v
+            per_kind.setdefault((name, kind), []).append(v)
+    for (name, kind), values in per_kind.items():
+        stacked = np.vstack(values)
+        defined = np.isfinite(stacked)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}_{kind}"] = np.where(defined.any(axis=0), np.nansum(stacked, axis=0) / defined.sum(axis=0),
+                                             np.nan)
+    return out
+
+
+def split_margins(res: "SplitResult", metric_rows: Sequence[dict], *, resamples: int, seed: int,
+                  uplift_top_share: float = 0.2, bins: int = 10, labelled: Optional[dict[str, bool]] = None,
+                  reference: str = "model") -> list:
+    """Paired-bootstrap margins of ``reference`` over every other method of a scored split.
+
+    ``metric_rows`` are the split's metric rows (method, metric, value); see bootstrap.py for
+    the margins and their rows.
+    """
+    full: dict[str, dict[str, float]] = {}
+    for row in metric_rows:
+        full.setdefault(row["method"], {})[row["metric"]] = float(row["value"])
+
+    cache: dict = {}
+
+    def samples_of(method: str, counts: np.ndarray) -> dict[str, np.ndarray]:
+        return resampled_metrics(res.test, res.predictions[method], counts, uplift_top_share=uplift_top_share,
+                                 bins=bins, labelled=labelled, cache=cache)
+
+    return B.paired_margins(full, samples_of, len(res.test), reference=reference, resamples=resamples, seed=seed)
+
+
 # --------------------------------------------------------------------------------------------
 # the backtest
 # --------------------------------------------------------------------------------------------
@@ -240,6 +322,8 @@ class SplitResult:
     notes: list[str] = field(default_factory=list)                      # what the metrics of this split lack
     seconds: dict[str, float] = field(default_factory=dict)             # method -> fit + predict time
     n_train: int = 0
+    margins: list = field(default_factory=list)                         # bootstrap.Margin of the model
+    bootstrap_seconds: float = 0.0
 
 
 @dataclass
@@ -290,7 +374,8 @@ def _oracle_shares(rows: list[dict]) -> list[dict]:
 
 
 def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Sequence, *, dataset: str,
-                 uplift_top_share: float = 0.2, bins: int = 10, log=None) -> BacktestResult:
+                 uplift_top_share: float = 0.2, bins: int = 10, bootstrap_resamples: int = 0, bootstrap_seed: int = 0,
+                 log=None) -> BacktestResult:
     """Fit every method on each split's train (or calibration) frame and score its test rows.
 
     Args:
@@ -300,6 +385,9 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
             copy. A method whose fit/predict raises ValueError (e.g. no campaign in the
             training rows) is skipped for that split and the reason kept.
         dataset: name written into the metrics (e.g. "cdnow", "synthetic", "lakehouse").
+        bootstrap_resamples: paired-bootstrap resamples of the model's margins over every other
+            method (0: none); their rows are added with method "model" (see bootstrap.py).
+        bootstrap_seed: seed of the resample matrix.
 
     Returns:
         :class:`BacktestResult` with the long metrics table (dataset, split, method, metric, value).
@@ -346,10 +434,19 @@ def run_backtest(examples: pd.DataFrame, splits: Sequence[Split], methods: Seque
                 continue
             metric_values = evaluate_predictions(frames.test, res.predictions[method.name],
                                                  uplift_top_share=uplift_top_share, bins=bins, labelled=labelled)
-            split_rows = [{"dataset": dataset, "split": split.name, "method": method.name, "metric": k,
-                           "value": float(v)} for k, v in sorted(metric_values.items())]
-            rows.extend(split_rows)
-        rows.extend(_oracle_shares([r for r in rows if r["split"] == split.name]))
+            rows.extend({"dataset": dataset, "split": split.name, "method": method.name, "metric": k,
+                         "value": float(v)} for k, v in sorted(metric_values.items()))
+        split_rows = [r for r in rows if r["split"] == split.name]
+        if bootstrap_resamples > 0 and "model" in res.predictions:
+            started = time.perf_counter()
+            res.margins = split_margins(res, split_rows, resamples=bootstrap_resamples, seed=bootstrap_seed,
+                                        uplift_top_share=uplift_top_share, bins=bins, labelled=labelled)
+            res.bootstrap_seconds = round(time.perf_counter() - started, 2)
+            log.info("%s: %d bootstrap margins of the model from %d resamples in %.1f s", split.name,
+                     len(res.margins), bootstrap_resamples, res.bootstrap_seconds)
+        rows.extend(_oracle_shares(split_rows))
+        rows.extend({"dataset": dataset, "split": split.name, "method": "model", "metric": name, "value": value}
+                    for margin in res.margins for name, value in margin.rows())
         log.info("backtest %s: %d test users, %d train rows, seconds per method %s", split.name,
                  len(frames.test), len(frames.train), res.seconds)
         results.append(res)

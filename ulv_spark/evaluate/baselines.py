@@ -328,6 +328,32 @@ class RfmHeuristic:
                              EXPECTED_VALUE: value, CHURN_PROBABILITY: churn, P_PURCHASE: 1.0 - churn})
 
 
+def _campaign_arms(frame: pd.DataFrame, features: Sequence[str], who: str,
+                   min_rows_per_arm: int) -> tuple[pd.DataFrame, str, set]:
+    """The exposed training rows, the control arm and the arms with too few rows to learn from.
+
+    Rows with a campaign arm and an observed response are exposed; arms are pooled by name
+    across campaigns; the control arm is the one flagged ``is_control``.
+
+    Raises:
+        NotApplicable: no exposed row (no campaign: the method is skipped quietly).
+        ValueError: not exactly one control arm, or too few rows in the control arm.
+    """
+    _require(frame, [*features, ARM, IS_CONTROL, LABEL_CONVERTED, LABEL_RESPONSE_VALUE], who)
+    exposed = frame[frame[ARM].notna() & frame[LABEL_CONVERTED].notna()]
+    if exposed.empty:
+        raise NotApplicable("no campaigns in the training rows")
+    controls = exposed.loc[exposed[IS_CONTROL].fillna(False).astype(bool), ARM].unique()
+    if len(controls) != 1:
+        raise ValueError(f"{who}: need exactly one control arm in the training rows, got {list(controls)}")
+    control = str(controls[0])
+    counts = exposed[ARM].value_counts()
+    small = counts[counts < min_rows_per_arm]
+    if control in small.index or len(counts) < 2:
+        raise ValueError(f"{who}: too few exposed training rows per arm: {counts.to_dict()}")
+    return exposed, control, set(small.index)
+
+
 # --------------------------------------------------------------------------------------------
 # two-model uplift
 # --------------------------------------------------------------------------------------------
@@ -355,21 +381,10 @@ class TwoModelUplift:
 
     def fit(self, frame: pd.DataFrame) -> "TwoModelUplift":
         self.features_ = self.feature_columns or infer_feature_columns(frame)
-        _require(frame, [*self.features_, ARM, IS_CONTROL, LABEL_CONVERTED, LABEL_RESPONSE_VALUE], self.name)
-        exposed = frame[frame[ARM].notna() & frame[LABEL_CONVERTED].notna()]
-        if exposed.empty:
-            raise NotApplicable("no campaigns in the training rows")
-        controls = exposed.loc[exposed[IS_CONTROL].fillna(False).astype(bool), ARM].unique()
-        if len(controls) != 1:
-            raise ValueError(f"two_model_gbm: need exactly one control arm in the training rows, got {list(controls)}")
-        self.control_arm_ = str(controls[0])
-        counts = exposed[ARM].value_counts()
-        small = counts[counts < self.min_rows_per_arm]
-        if self.control_arm_ in small.index or len(counts) < 2:
-            raise ValueError(f"two_model_gbm: too few exposed training rows per arm: {counts.to_dict()}")
+        exposed, self.control_arm_, small = _campaign_arms(frame, self.features_, self.name, self.min_rows_per_arm)
         self.models_ = {}
         for arm, rows in exposed.groupby(ARM, sort=True):
-            if arm in small.index:
+            if arm in small:
                 continue
             x = _matrix(rows, self.features_)
             self.models_[str(arm)] = (_classifier(x, rows[LABEL_CONVERTED], **self.params),
@@ -388,3 +403,137 @@ class TwoModelUplift:
             out[uplift_column("conversion", arm)] = _predict(conv, x, threads, proba=True) - conv0
             out[uplift_column("value", arm)] = _predict(value, x, threads) - value0
         return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------
+# X-learner and class transformation (one arm vs control at a time)
+# --------------------------------------------------------------------------------------------
+def _effect_regressor(x, y, *, max_iter, learning_rate, random_state, threads=None):
+    """Squared-error HistGradientBoosting for a signed pseudo-outcome (an effect, not a spend)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    y = np.asarray(y, float)
+    if y.size == 0 or np.all(y == y[0]):
+        return _Constant(float(y[0]) if y.size else 0.0)
+    with _threads(threads):
+        return HistGradientBoostingRegressor(loss="squared_error", max_iter=max_iter, learning_rate=learning_rate,
+                                             random_state=random_state).fit(x, y)
+
+
+def _fit_classifier(x, z, sample_weight, *, max_iter, learning_rate, random_state, threads=None):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    z = np.asarray(z, int)
+    if np.unique(z).size < 2:
+        return _Constant(float(z.mean()) if z.size else 0.0)
+    with _threads(threads):
+        return HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
+                                              random_state=random_state).fit(x, z, sample_weight=sample_weight)
+
+
+class _ArmVsControl:
+    """Shared fit loop of the per-arm uplift learners: one learner per (arm vs control, outcome).
+
+    Fitted on the exposed training rows of the arm and of the control arm (arms pooled by name,
+    as two_model_gbm). The propensity of an arm is its empirical share among those rows (the
+    arms of a randomised campaign are assigned with known, constant probabilities, which this
+    estimates; ``propensity_``). Predicts ``uplift_conversion:<arm>`` / ``uplift_value:<arm>``.
+    """
+
+    fits_on = "train"
+    tasks = (UPLIFT,)
+
+    def __init__(self, feature_columns: Optional[Sequence[str]] = None, max_iter: int = 200,
+                 learning_rate: float = 0.1, random_state: int = 7, min_rows_per_arm: int = 20,
+                 threads: Optional[int] = None):
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, random_state=random_state,
+                           threads=threads)
+        self.min_rows_per_arm = int(min_rows_per_arm)
+
+    def fit(self, frame: pd.DataFrame):
+        self.features_ = self.feature_columns or infer_feature_columns(frame)
+        exposed, self.control_arm_, small = _campaign_arms(frame, self.features_, self.name, self.min_rows_per_arm)
+        self.arms_ = sorted(str(a) for a in exposed[ARM].unique() if a != self.control_arm_ and a not in small)
+        self.models_, self.propensity_ = {}, {}
+        for arm in self.arms_:
+            rows = exposed[exposed[ARM].isin([arm, self.control_arm_])]
+            x = _matrix(rows, self.features_)
+            w = (rows[ARM] == arm).to_numpy(int)
+            p = float(w.mean())
+            self.propensity_[arm] = p
+            converted = rows[LABEL_CONVERTED].astype(float).to_numpy()
+            value = rows[LABEL_RESPONSE_VALUE].fillna(0.0).astype(float).to_numpy()
+            self.models_[arm] = {kind: self._fit_arm(x, y, w, p, binary=(kind == "conversion"))
+                                 for kind, y in (("conversion", converted), ("value", value))}
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = _matrix(frame, self.features_)
+        out = {USER_ID: frame[USER_ID].to_numpy()}
+        for arm in self.arms_:
+            for kind in UPLIFT_KINDS:
+                out[uplift_column(kind, arm)] = self._predict_arm(self.models_[arm][kind], x)
+        return pd.DataFrame(out)
+
+
+class XLearnerUplift(_ArmVsControl):
+    """X-learner (Kuenzel, Sekhon, Bickel & Yu 2019) on HistGradientBoosting, per arm vs control.
+
+    1. outcome models per group: mu0 on control rows, mu1 on the arm's rows (a classifier for
+       conversion, a Poisson regressor for value);
+    2. imputed effects: D1 = Y - mu0(X) on the arm's rows, D0 = mu1(X) - Y on control rows, and
+       a squared-error regressor for each (tau1, tau0);
+    3. uplift(x) = p * tau0(x) + (1 - p) * tau1(x), with p the arm's propensity (its share of
+       the arm + control rows): the effect model fitted on the larger group gets the larger weight.
+    """
+
+    name = "x_learner"
+
+    def _fit_arm(self, x, y, w, p, *, binary: bool):
+        treated, control = w == 1, w == 0
+        if binary:
+            m1, m0 = (_classifier(x[g], y[g], **self.params) for g in (treated, control))
+        else:
+            m1, m0 = (_regressor(x[g], y[g], **self.params) for g in (treated, control))
+        threads = self.params["threads"]
+        d1 = y[treated] - _predict(m0, x[treated], threads, proba=binary)
+        d0 = _predict(m1, x[control], threads, proba=binary) - y[control]
+        return (p, _effect_regressor(x[treated], d1, **self.params), _effect_regressor(x[control], d0, **self.params))
+
+    def _predict_arm(self, fitted, x):
+        p, tau1, tau0 = fitted
+        threads = self.params["threads"]
+        return p * _predict(tau0, x, threads) + (1.0 - p) * _predict(tau1, x, threads)
+
+
+class ClassTransformationUplift(_ArmVsControl):
+    """Class transformation (conversion) and transformed outcome (value), per arm vs control.
+
+    * conversion (Jaskowski & Jaroszewicz 2012): Z = 1 when (converted and treated) or (not
+      converted and control); a classifier on Z with sample weights 1 / (2p) for the arm's
+      rows and 1 / (2(1 - p)) for control rows (so both groups weigh one half, the trick's
+      assumption), and uplift = 2 P(Z = 1 | x) - 1;
+    * value (Athey & Imbens 2015): the transformed outcome Y* = Y (W - p) / (p (1 - p)), whose
+      conditional mean is the effect under randomisation, regressed with squared error.
+
+    With p the arm's propensity (its share of the arm + control rows). Equals scikit-uplift's
+    ``ClassTransformation`` (with those sample weights) and ``ClassTransformationReg``
+    (``propensity_val=p``) on the same estimator.
+    """
+
+    name = "class_transformation"
+
+    def _fit_arm(self, x, y, w, p, *, binary: bool):
+        if binary:
+            z = (y.astype(int) == w).astype(int)
+            weight = np.where(w == 1, 0.5 / p, 0.5 / (1.0 - p))
+            return ("class", _fit_classifier(x, z, weight, **self.params))
+        return ("regression", _effect_regressor(x, y * (w - p) / (p * (1.0 - p)), **self.params))
+
+    def _predict_arm(self, fitted, x):
+        kind, model = fitted
+        threads = self.params["threads"]
+        if kind == "class":
+            return 2.0 * _predict(model, x, threads, proba=True) - 1.0
+        return _predict(model, x, threads)

@@ -58,4 +58,4 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),
             "skipped": {s.split.name: s.skipped for s in result.splits if s.skipped},
             "notes": {s.split.name: s.notes for s in result.splits if s.notes},
-            "headline": pipeline.headline(result.metrics)}
+            "headline": pipeline.headline(result.metrics), "margins": pipeline.margins_headline(result)}

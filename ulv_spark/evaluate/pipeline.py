@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from ulv_spark.evaluate.backtest import Split, partition, rolling_splits
-from ulv_spark.evaluate.baselines import BgNbdGammaGamma, RfmHeuristic, TabularGbm, TwoModelUplift
+from ulv_spark.evaluate.baselines import (BgNbdGammaGamma, ClassTransformationUplift, RfmHeuristic, TabularGbm,
+                                          TwoModelUplift, XLearnerUplift)
 from ulv_spark.evaluate.methods import (TRUE_EXPECTED_PURCHASES, TRUE_EXPECTED_SPEND, TRUE_P_ALIVE, ModelMethod,
                                         Oracle, true_uplift_column)
 from ulv_spark.runtime import get_logger
@@ -164,6 +165,10 @@ def build_methods(evaluate_cfg, *, horizon_days: int, features: Sequence[str], m
         methods.append(RfmHeuristic(quantiles=evaluate_cfg.rfm_quantiles))
     if "two_model_gbm" in wanted:
         methods.append(TwoModelUplift(**gbm))
+    if "x_learner" in wanted:
+        methods.append(XLearnerUplift(**gbm))
+    if "class_transformation" in wanted:
+        methods.append(ClassTransformationUplift(**gbm))
     return methods, left_out
 
 
@@ -240,6 +245,25 @@ def headline(metrics: pd.DataFrame) -> dict:
     return out
 
 
+# metrics whose margin over the best other method the evaluate summary shows (all are in the table)
+HEADLINE_MARGINS = ("value_gini", "value_spearman", "value_decile_mape", "value_total_ratio", "churn_auc", "churn_ece",
+                    "qini_conversion", "qini_value", "uplift_at_k_conversion", "uplift_at_k_value")
+
+
+def margins_headline(result) -> dict:
+    """{split: {metric: {best_other, model, other, margin, lo, hi, p_not_better}}}: the model's
+    margin over the best other non-oracle method on the headline metrics (the job summary)."""
+    out: dict = {}
+    for res in result.splits:
+        for m in res.margins:
+            if m.best and m.metric in HEADLINE_MARGINS:
+                out.setdefault(res.split.name, {})[m.metric] = {
+                    "best_other": m.other, "model": round(m.model_value, 4), "other": round(m.other_value, 4),
+                    "margin": round(m.margin, 4), "lo": round(m.lo, 4), "hi": round(m.hi, 4),
+                    "p_not_better": round(m.p_not_better, 3)}
+    return out
+
+
 def run_evaluation(spark, inputs: EvaluationInputs, *, splits: Sequence[Split], cfg, dataset: str,
                    log=None):
     """Build the examples, collect them, pick or train the models, and run the backtest.
@@ -286,10 +310,13 @@ def run_evaluation(spark, inputs: EvaluationInputs, *, splits: Sequence[Split], 
                                       model_by_split=model_by_split, has_truth=has_truth)
     with stage("evaluate: backtest", log):
         result = run_backtest(frame, splits, methods, dataset=dataset, uplift_top_share=ev.uplift_top_share,
-                              bins=ev.bins, log=log)
+                              bins=ev.bins, bootstrap_resamples=ev.bootstrap_resamples,
+                              bootstrap_seed=ev.bootstrap_seed, log=log)
     for res in result.splits:
         res.skipped.update({m: why for m, why in left_out.items() if m not in res.skipped})
     facts = {"dataset": dataset, "horizon_days": horizon, "splits": ", ".join(s.name for s in splits),
              "examples collected": len(frame), "tabular features": len(features),
-             "methods": ", ".join(m.name for m in methods)}
+             "methods": ", ".join(m.name for m in methods),
+             "bootstrap": (f"{ev.bootstrap_resamples} paired resamples of the test users (seed {ev.bootstrap_seed})"
+                           if ev.bootstrap_resamples else "off (evaluate.bootstrap_resamples = 0)")}
     return result, facts

@@ -7,7 +7,9 @@ object API, so no display or pyplot state is involved). Per split it shows:
 * gain curves and lift curves of every value prediction (with the random and perfect lines);
 * decile calibration bars: mean predicted vs mean actual value per predicted decile;
 * Qini curves per treatment arm and outcome (with the random line);
-* the churn reliability diagram (observed churn rate vs mean predicted probability).
+* the churn reliability diagram (observed churn rate vs mean predicted probability);
+* the Margins table: the model's paired-bootstrap margin over the best other method per metric
+  (and over every other method), with its 95 % interval and P(not better) (see bootstrap.py).
 """
 from __future__ import annotations
 
@@ -24,15 +26,23 @@ import pandas as pd
 
 from ulv_spark.config import EVALUATE_METHODS
 from ulv_spark.evaluate import metrics as M
+from ulv_spark.evaluate.bootstrap import BOOTSTRAP_METRICS, CLOSEST_TO_ONE, LOWER_IS_BETTER, is_margin_metric
 from ulv_spark.evaluate.backtest import UPLIFT_OUTCOME, BacktestResult, SplitResult
 from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLIFT_KINDS
 from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
 
 METHOD_ORDER = EVALUATE_METHODS
 COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
-          "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd"}
-LOWER_IS_BETTER = ("mape", "ece")
-CLOSEST_TO_ONE = ("total_ratio",)
+          "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd", "x_learner": "#8c564b",
+          "class_transformation": "#e377c2"}
+MARGINS_NOTE = ("Margins: the model minus another method on the same test users, signed so that a positive "
+                "margin means the model is better (for decile MAPE and ECE: lower; for total_ratio: closer "
+                "to 1). Best other = the best non-oracle method on the full test set. [95 % CI] = the 2.5 and "
+                "97.5 % percentiles of the margin over {n} paired bootstrap resamples of the test users (every "
+                "method scored on the same resampled users); P(not better) = the share of resamples in which "
+                "the model is not better (margin <= 0). A claim \"the model beats X\" is supported when the "
+                "interval lies above 0 (P(not better) below 0.025); an interval that spans 0 is a tie at "
+                "this test size.")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -208,7 +218,7 @@ def _best(metric: str, values: Mapping[str, float]) -> Optional[str]:
 
 def metrics_table(metrics: pd.DataFrame, split: str) -> str:
     """HTML table metric x method for one split; the best non-oracle value per row in bold."""
-    sub = metrics[metrics["split"] == split]
+    sub = metrics[(metrics["split"] == split) & ~metrics["metric"].map(is_margin_metric)]
     if sub.empty:
         return '<p class="note">no metrics</p>'
     methods = _ordered(sub["method"].unique())
@@ -222,6 +232,39 @@ def metrics_table(metrics: pd.DataFrame, split: str) -> str:
         body.append(f'<tr><td class="name">{html.escape(metric)}</td>{cells}</tr>')
     return (f'<table class="metrics" data-split="{html.escape(split)}"><tr><th class="name">metric</th>{head}</tr>'
             + "".join(body) + "</table>")
+
+
+def _ci(margin) -> str:
+    return f"{margin.margin:+.4g} [{margin.lo:+.4g}, {margin.hi:+.4g}]"
+
+
+def margins_table(res: SplitResult) -> str:
+    """HTML tables of the model's bootstrapped margins: over the best other method, and over each."""
+    if not res.margins:
+        return ""
+    order = {k: i for i, k in enumerate(BOOTSTRAP_METRICS)}
+    best = sorted((m for m in res.margins if m.best), key=lambda m: (order.get(m.metric, len(order)), m.metric))
+    body = "".join(
+        f'<tr><td class="name">{html.escape(m.metric)}</td><td>{_fmt(m.model_value)}</td>'
+        f'<td class="name">{html.escape(m.other)} ({_fmt(m.other_value)})</td>'
+        f'<td class="{"best" if m.lo > 0 else ""}">{_ci(m)}</td><td>{m.p_not_better:.3f}</td></tr>' for m in best)
+    parts = [f'<table class="margins" data-split="{html.escape(res.split.name)}"><tr><th class="name">metric</th>'
+             "<th>model</th><th class='name'>best other</th><th>margin [95% CI]</th><th>P(not better)</th></tr>"
+             + body + "</table>"]
+    others = _ordered({m.other for m in res.margins if not m.best})
+    metrics = list(dict.fromkeys(m.metric for m in best))
+    cells = {(m.metric, m.other): m for m in res.margins if not m.best}
+    if others:
+        head = "".join(f"<th>{html.escape(o)}</th>" for o in others)
+        rows = []
+        for metric in metrics:
+            row = "".join(f'<td class="{"best" if (metric, o) in cells and cells[(metric, o)].lo > 0 else ""}">'
+                          f'{_ci(cells[(metric, o)]) if (metric, o) in cells else ""}</td>' for o in others)
+            rows.append(f'<tr><td class="name">{html.escape(metric)}</td>{row}</tr>')
+        parts.append(f'<p class="note">Margin of the model over each method [95% CI]:</p>'
+                     f'<table class="margins-each" data-split="{html.escape(res.split.name)}">'
+                     f'<tr><th class="name">metric</th>{head}</tr>' + "".join(rows) + "</table>")
+    return "".join(parts)
 
 
 def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
@@ -255,6 +298,10 @@ def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
             items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>" for m, r in res.skipped.items())
             parts.append(f"<p class='note'>Not run on this split:</p><ul class='skipped'>{items}</ul>")
         parts.append(metrics_table(result.metrics, name))
+        if res.margins:
+            n = max(m.resamples for m in res.margins)
+            parts.append(f"<h3>Margins (paired bootstrap, {res.bootstrap_seconds:.1f} s)</h3>"
+                         f"<p class='note'>{html.escape(MARGINS_NOTE.format(n=n))}</p>" + margins_table(res))
         plots = [("Value: gain and lift", gain_lift_plot(res)),
                  ("Value: decile calibration", decile_plot(res, bins)),
                  ("Churn: reliability", reliability_plot(res, bins))]
