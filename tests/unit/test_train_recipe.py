@@ -214,7 +214,7 @@ def test_hash_split_holds_out_the_same_users_at_every_origin_with_the_share(spar
 def test_an_arm_missing_from_the_fit_split_fails_naming_arm_and_campaign():
     with pytest.raises(ValueError, match=r"arm 'coupon' of campaign 'spring' has no row in the fit split "
                                          r"\(train.validation_split=origin\)"):
-        feeds.check_arms_learnable(["control", "coupon"], {"control": "spring", "coupon": "spring"}, [],
+        feeds.check_arms_learnable(["control", "coupon"], {"control": "spring", "coupon": "spring"}, ["control"],
                                    split="origin")
     feeds.check_arms_learnable(["control", "coupon"], {}, ["coupon", "control"], split="hash")   # all there
     feeds.check_arms_learnable([], {}, [], split="hash")                                         # no campaigns

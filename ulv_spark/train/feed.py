@@ -178,7 +178,8 @@ def check_arms_learnable(arms: list[str], arm_campaigns: dict, fit_arms: list[st
     if missing:
         named = ", ".join(f"arm {a!r} of campaign {arm_campaigns.get(a)!r}" for a in missing)
         raise ValueError(f"the training examples carry exposures, but {named} {'has' if len(missing) == 1 else 'have'} "
-                         f"no row in the fit split (train.validation_split={split}): no head could learn it; use "
+                         f"no row in the fit split (train.validation_split={split}): no head could learn "
+                         f"{'it' if len(missing) == 1 else 'them'}; use "
                          f"train.validation_split: hash or lower train.validation_share")
 
 
