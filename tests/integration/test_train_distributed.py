@@ -48,22 +48,24 @@ def _train(spark, examples, cfg, **kw):
                            horizon_days=90, as_of=AS_OF, conf={"train": {"note": "test"}}, data_version=1, **kw)
 
 
-def _training_split_statistics(examples, validation_origins):
+def _training_split_statistics(examples, validation_origins, held_users=None):
     """numpy reference for meta.feature_mean / feature_std: signed log1p of the training split, NaN left out."""
     rows = examples.toPandas()
     rows = rows[~rows[S.ORIGIN_DATE].astype(str).isin(validation_origins)]
+    if held_users is not None:
+        rows = rows[~rows[S.USER_ID].isin(held_users)]
     logged = [np.sign(x) * np.log1p(np.abs(x)) for x in
               (rows[name].astype(float).to_numpy() for name in synthetic.FEATURE_NAMES)]
     return [float(np.nanmean(t)) for t in logged], [float(np.nanstd(t)) for t in logged]
 
 
-def _assert_usable_model(summary, examples, model_root, vocab=VOCAB):
+def _assert_usable_model(summary, examples, model_root, vocab=VOCAB, held_users=None):
     assert summary["world_size"] == 2 and summary["device"] == "cpu"
     assert summary["epochs_run"] == 3 and summary["rows_train"] + summary["rows_val"] == ROWS
     assert latest_model_dir(model_root) == summary["model_dir"]
     assert json.loads((Path(summary["model_dir"]) / "metrics.json").read_text()) == summary["metrics"]
     model, meta = load_model(summary["model_dir"])
-    mean, std = _training_split_statistics(examples, summary["validation_origins"])
+    mean, std = _training_split_statistics(examples, summary["validation_origins"], held_users)
     np.testing.assert_allclose(meta.feature_mean, mean, rtol=1e-9)
     np.testing.assert_allclose(meta.feature_std, std, rtol=1e-9)
     assert meta.arms == list(synthetic.DEFAULT_ARMS) and meta.feature_columns == list(synthetic.FEATURE_NAMES)
@@ -79,8 +81,10 @@ def _assert_usable_model(summary, examples, model_root, vocab=VOCAB):
 
 @pytest.fixture(scope="module")
 def barrier_run(spark, examples, tmp_path_factory):
-    """(conf, summary) of a training in barrier mode on local[2] through Petastorm (conf defaults otherwise)."""
-    cfg = _cfg(tmp_path_factory.mktemp("barrier"), local_mode=False, loader="petastorm")
+    """(conf, summary) of a training in barrier mode on local[2] through Petastorm, the time-based split, the
+    encoder frozen after the first fine-tuning epoch (DDP on gloo with frozen parameters; conf defaults otherwise)."""
+    cfg = _cfg(tmp_path_factory.mktemp("barrier"), local_mode=False, loader="petastorm", validation_split="origin",
+               freeze_encoder_after=1)
     return cfg, _train(spark, examples, cfg)
 
 
@@ -102,7 +106,8 @@ def test_a_second_training_with_the_same_data_conf_and_seed_gives_the_same_model
                                                                                    tmp_path):
     """Issue 20 item 7: TorchDistributor + Petastorm (shuffled row groups, shuffling queue, dropout, masking), twice."""
     first_cfg, first = barrier_run
-    second = _train(spark, examples, _cfg(tmp_path, local_mode=False, loader="petastorm"))
+    second = _train(spark, examples, _cfg(tmp_path, local_mode=False, loader="petastorm", validation_split="origin",
+                                          freeze_encoder_after=1))
     assert second["checkpoint_dir"].endswith(Path(first["checkpoint_dir"]).name)  # the same run key
     assert _history(second) == _history(first)  # every train and validation loss, to the last bit
     (a, meta), (b, _) = load_model(first["model_dir"]), load_model(second["model_dir"])
@@ -115,6 +120,26 @@ def test_a_second_training_with_the_same_data_conf_and_seed_gives_the_same_model
     inputs = (np.stack(rows["seq_tokens"]), np.stack(rows["seq_mask"]), rows[meta.feature_columns].astype(float).to_numpy())
     for key, value in predict_arrays(a, meta, *inputs).items():
         np.testing.assert_array_equal(predict_arrays(b, meta, *inputs)[key], value, err_msg=key)
+
+
+def test_default_hash_split_learns_every_arm_and_calibrates_under_ddp(spark, examples, tmp_path):
+    """The default split (a user-hash share at every origin) through TorchDistributor (local mode, Arrow), the
+    encoder frozen after one epoch: every origin in both parts, every arm catalogued, calibration in meta.json."""
+    from pyspark.sql import functions as F
+
+    cfg = _cfg(tmp_path, loader="arrow", freeze_encoder_after=1)
+    assert cfg.validation_split == "hash"
+    summary = _train(spark, examples, cfg)
+    assert summary["status"] == "finished" and summary["validation_origins"] == []
+    held = examples.filter(F.expr(f"pmod(xxhash64({S.USER_ID}), 10000) < 3400"))
+    assert summary["rows_val"] == held.count() and 0.25 < summary["rows_val"] / ROWS < 0.43
+    origins = {r[0] for r in examples.select(S.ORIGIN_DATE).distinct().collect()}
+    assert {r[0] for r in held.select(S.ORIGIN_DATE).distinct().collect()} == origins
+    meta = _assert_usable_model(summary, examples, cfg.model_dir,
+                                held_users={r[0] for r in held.select(S.USER_ID).distinct().collect()})
+    assert set(meta.calibration) == {"value_a", "value_b", "churn_c", "churn_d"}
+    assert meta.calibration == summary["metrics"]["calibration"]
+    assert summary["metrics"]["calibration_rows"] <= summary["rows_val"]
 
 
 def _fresh_weights(model_dir, seed):

@@ -208,7 +208,7 @@ def test_model_spec_from_conf_holds_the_encoder_section_with_its_local_dir_resol
                     encoder=EncoderConf(local_dir="enc", hidden_size=8, num_heads=2, pooling="cls"))
     spec = model_spec(cfg, vocab_size=50, seq_len=7, n_features=4, n_arms=2)
     assert spec == ModelSpec(vocab_size=50, seq_len=7, n_features=4, n_arms=2, tabular_hidden=12, head_hidden=20,
-                             propensity=True, encoder=dataclasses.replace(cfg.encoder, local_dir=str(tmp_path / "enc")))
+                             propensity=True, arm_heads="delta", sequence_dropout=0.3, encoder=dataclasses.replace(cfg.encoder, local_dir=str(tmp_path / "enc")))
 
 
 def test_latest_model_dir_skips_half_written_versions(tmp_path):
@@ -289,7 +289,10 @@ def _spec(tmp_path, root, **kw):
 
 def test_tiny_data_overfits_losses_fall_in_both_stages(tmp_path):
     root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, seq_len=SEQ, vocab_size=VOCAB, seed=5)
-    summary = loop.train_rank(_spec(tmp_path, root, epochs=40, pretrain_epochs=25, learning_rate=5e-3))
+    # capacity, not the regularised default recipe: constant rate, encoder at full rate, never frozen or dropped
+    summary = loop.train_rank(_spec(tmp_path, root, epochs=40, pretrain_epochs=25, learning_rate=5e-3,
+                                    lr_schedule="constant", encoder_lr_mult=1.0, freeze_encoder_after=0,
+                                    sequence_dropout=0.0))
     history = summary["history"]
     pre = [h["train_loss"] for h in history if h["stage"] == "pretrain"]
     fine = [h["train_loss"] for h in history if h["stage"] == "finetune"]

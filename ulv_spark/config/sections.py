@@ -231,13 +231,24 @@ class TrainConf:
     num_processes: int = 2
     local_mode: bool = True
     use_gpu: bool = False
-    batch_size: int = 256
-    epochs: int = 4
-    pretrain_epochs: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 2
-    validation_share: float = 0.2  # newest origins held out (time-based)
+    batch_size: int = 128               # rows per process per step (2 processes: 256 per optimiser step)
+    epochs: int = 12                    # fine-tuning epochs (early stopping may end sooner)
+    pretrain_epochs: int = 0            # masked-event pretraining epochs before fine-tuning; 0 = off
+    learning_rate: float = 1e-3         # AdamW peak learning rate
+    weight_decay: float = 1e-4          # AdamW weight decay
+    patience: int = 3                   # fine-tuning epochs without a better validation loss before stopping
+    # hash: the users with pmod(xxhash64(user_id), 10000) < share * 10000, at every origin;
+    # origin: the newest origins (time-based; a campaign of the newest origin is then never learned)
+    validation_split: Literal["hash", "origin"] = "hash"
+    validation_share: float = 0.2       # share of users (hash) or of origins (origin) held out; 0 = none
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: linear warm-up, then cosine decay to lr_floor
+    warmup_share: float = 0.05          # share of the fine-tuning steps spent warming up linearly (cosine)
+    lr_floor: float = 0.1               # the cosine ends at this fraction of learning_rate
+    encoder_lr_mult: float = 0.3        # learning-rate multiplier of the event encoder's own AdamW group
+    sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
+    freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
+    arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
+    calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn on validation rows
     seed: int = 7
     retrain_every_days: int = 7
     mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"
@@ -267,6 +278,11 @@ class TrainConf:
         for key in ("epochs", "pretrain_epochs", "shuffle_buffer", "feed_files", "steps_per_epoch", "cpu_threads"):
             need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
         need(0.0 <= self.validation_share < 1.0, "validation_share", f"must be in [0, 1), got {self.validation_share}")
+        need(0.0 <= self.warmup_share < 1.0, "warmup_share", f"must be in [0, 1), got {self.warmup_share}")
+        need(0.0 <= self.lr_floor <= 1.0, "lr_floor", f"must be in [0, 1], got {self.lr_floor}")
+        need(self.encoder_lr_mult >= 0, "encoder_lr_mult", f"must be >= 0, got {self.encoder_lr_mult}")
+        need(0.0 <= self.sequence_dropout < 1.0, "sequence_dropout", f"must be in [0, 1), got {self.sequence_dropout}")
+        need(self.freeze_encoder_after >= 0, "freeze_encoder_after", f"must be >= 0, got {self.freeze_encoder_after}")
         need(0.0 < self.mlm_probability < 1.0, "mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, "stop_after_epochs",

@@ -3,8 +3,10 @@
 Two halves:
 
 * driver side (Spark, pure DataFrame -> DataFrame plus small aggregates):
-  :func:`split_by_origin`, :func:`training_statistics` (feature scaling, label base rates and
-  the arm catalogue in one aggregate) and :func:`prepare_feed_frame`; then materialise the
+  :func:`split_examples` (a user-hash share at every origin, or :func:`split_by_origin`),
+  :func:`exposure_rows` (the arm catalogue of all training rows), :func:`training_statistics`
+  (feature scaling, label base rates and the fit split's arms in one aggregate) and
+  :func:`prepare_feed_frame`; then materialise the
   rows for one of two loaders — Petastorm (:func:`make_petastorm_feed`, ``make_spark_converter``)
   or Arrow (:func:`write_arrow_feed`, plain Parquet files);
 * rank side (no Spark): :func:`open_batches` gives an endless iterator of torch batches for
@@ -68,8 +70,40 @@ def split_by_origin(examples, *, validation_share: float, origins: list):
         held = origins[-min(len(origins) - 1, max(1, round(len(origins) * validation_share))):]
         is_val = F.col(S.ORIGIN_DATE).isin(held)
         return examples.filter(~is_val), examples.filter(is_val), [d.isoformat() for d in held]
-    bucket = F.pmod(F.xxhash64(F.col(S.USER_ID)), F.lit(10_000)) < F.lit(int(validation_share * 10_000))
+    bucket = F.pmod(F.xxhash64(F.col(S.USER_ID)), F.lit(HASH_BUCKETS)) < F.lit(int(validation_share * HASH_BUCKETS))
     return examples.filter(~bucket), examples.filter(bucket), []
+
+
+HASH_BUCKETS = 10_000
+
+
+def user_hash_holdout(share: float):
+    """Column: True for the users held out by hash, ``pmod(xxhash64(user_id), 10000) < share * 10000``.
+
+    A function of user_id alone, so the same users are held out at every origin (no user is in
+    both parts) and in every run.
+    """
+    from pyspark.sql import functions as F
+
+    return (F.pmod(F.xxhash64(F.col(S.USER_ID)), F.lit(HASH_BUCKETS))
+            < F.lit(int(round(share * HASH_BUCKETS))))
+
+
+def split_examples(examples, *, method: str, validation_share: float, origins: list):
+    """(fit rows, validation rows or None, held-out origin dates as ISO strings) of the examples.
+
+    ``method`` "hash" (default, ``train.validation_split``): the users of
+    :func:`user_hash_holdout` at every origin, so every origin (and every campaign) is in both
+    parts; "origin": :func:`split_by_origin` (newest origins held out). Share 0: no validation.
+    """
+    if method == "origin":
+        return split_by_origin(examples, validation_share=validation_share, origins=origins)
+    if method != "hash":
+        raise ValueError(f"unknown train.validation_split {method!r} (hash or origin)")
+    if validation_share <= 0:
+        return examples, None, []
+    held = user_hash_holdout(validation_share)
+    return examples.filter(~held), examples.filter(held), []
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,32 @@ def training_statistics(train, feature_columns: list[str]) -> TrainingStatistics
     label_stats = {name: float(row[f"label_{name}"]) for name in labels if row[f"label_{name}"] is not None}
     arms, arm_campaigns = arms_from_exposures([r.asDict() for r in row["arm_rows"]])
     return TrainingStatistics(mean, std, label_stats, arms, arm_campaigns)
+
+
+def exposure_rows(examples) -> list[dict]:
+    """The distinct ``{campaign_id, arm, is_control, origin}`` of the exposed rows (one small aggregate)."""
+    from pyspark.sql import functions as F
+
+    arm_row = F.struct(F.col(S.CAMPAIGN_ID).alias("campaign_id"), F.col(S.ARM).alias("arm"),
+                       F.coalesce(F.col(S.IS_CONTROL), F.lit(False)).alias("is_control"),
+                       F.col(S.ORIGIN_DATE).alias("origin"))
+    row = examples.agg(F.collect_set(F.when(F.col(S.ARM).isNotNull(), arm_row)).alias("arm_rows")).first()
+    return [r.asDict() for r in row["arm_rows"]]
+
+
+def check_arms_learnable(arms: list[str], arm_campaigns: dict, fit_arms: list[str], *, split: str) -> None:
+    """Fail when an arm of the catalogue (all training rows) has no row in the fit split.
+
+    Raises:
+        ValueError: naming the arm(s), their campaign and the split that hid them.
+    """
+    missing = [a for a in arms if a not in set(fit_arms)]
+    if missing:
+        named = ", ".join(f"arm {a!r} of campaign {arm_campaigns.get(a)!r}" for a in missing)
+        raise ValueError(f"the training examples carry exposures, but {named} {'has' if len(missing) == 1 else 'have'} "
+                         f"no row in the fit split (train.validation_split={split}): no head could learn "
+                         f"{'it' if len(missing) == 1 else 'them'}; use "
+                         f"train.validation_split: hash or lower train.validation_share")
 
 
 def arms_from_exposures(rows: list[dict]) -> tuple[list[str], dict[str, str]]:

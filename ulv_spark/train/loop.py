@@ -1,11 +1,20 @@
 """The per-rank training function (DDP; no Spark): pretrain, fine-tune, validate, checkpoint, save.
 
 :func:`train_rank` is the whole training run of one process. It reads its shard through
-:mod:`ulv_spark.train.feed`, pretrains the encoder with masked-event modelling, fine-tunes
-encoder + heads, validates on the held-out origins after every epoch, writes a checkpoint per
-epoch, stops early, and on rank 0 writes the versioned model directory. It runs the same
-under ``TorchDistributor`` (:func:`ulv_spark.train.launch.run_distributed`) and under plain
-``torchrun`` (:mod:`ulv_spark.train.torchrun_main`).
+:mod:`ulv_spark.train.feed`, optionally pretrains the encoder with masked-event modelling,
+fine-tunes encoder + heads, validates on the held-out rows after every epoch, writes a
+checkpoint per epoch, stops early, and on rank 0 writes the versioned model directory. It runs
+the same under ``TorchDistributor`` (:func:`ulv_spark.train.launch.run_distributed`) and under
+plain ``torchrun`` (:mod:`ulv_spark.train.torchrun_main`).
+
+The fine-tuning recipe (issue 14; every piece a ``train`` conf key): AdamW with the event
+encoder in its own parameter group at ``encoder_lr_mult`` x the learning rate; per step a
+linear warm-up over ``warmup_share`` of the fine-tuning steps, then cosine decay to
+``lr_floor`` x the rate (:func:`lr_factor`); gradient clipping; the encoder frozen after
+``freeze_encoder_after`` fine-tuning epochs (no gradients, eval mode, its group's rate 0; DDP
+runs with ``find_unused_parameters``, so the frozen parameters are simply unused); early
+stopping on the validation loss, the best epoch kept; and on rank 0 at the end the
+:mod:`~ulv_spark.train.calibration` maps fitted on that epoch's validation predictions.
 
 Reproducibility: with the same data, conf and seed a CPU run gives the same model, bit for
 bit. Every random draw is seeded from ``train.seed``: the initial weights (the same on every
@@ -16,6 +25,8 @@ count is fixed per process. What GPU runs do not repeat is in README ("Reproduci
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -72,8 +83,28 @@ def _weighted_total(parts: dict[str, float], weights: dict) -> float:
     return sum(weights.get(task, 1.0) * value for task, value in parts.items())
 
 
-def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, autocast) -> dict:
-    """One epoch of ``stage`` over ``batches.steps_per_epoch`` batches; returns loss_sum, steps, rows, seconds."""
+def lr_factor(step: int, total: int, *, schedule: str = "cosine", warmup_share: float = 0.05,
+              floor: float = 0.1) -> float:
+    """Multiplier of the learning rate at fine-tuning step ``step`` (0-based) of ``total``.
+
+    cosine: linear warm-up ``(step + 1) / W`` over ``W = max(1, int(warmup_share * total))``
+    steps, then ``floor + (1 - floor) * (1 + cos(pi * progress)) / 2`` with progress
+    ``(step - W) / max(1, total - W)`` capped at 1; constant (or ``total`` <= 0): 1.
+    """
+    if schedule != "cosine" or total <= 0:
+        return 1.0
+    warm = max(1, int(warmup_share * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min((step - warm) / max(1, total - warm), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, autocast, set_lr=None) -> dict:
+    """One epoch of ``stage`` over ``batches.steps_per_epoch`` batches; returns loss_sum, steps, rows, seconds.
+
+    ``set_lr(i)``, when given, is called before the i-th step of the epoch (learning-rate schedule).
+    """
     import torch
 
     from ulv_spark.train.losses import mask_tokens, masked_event_loss, multitask_loss
@@ -84,6 +115,8 @@ def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, au
     params = [p for p in ddp.parameters() if p.requires_grad]
     start = time.perf_counter()
     for batch in batches.epoch():
+        if set_lr is not None:
+            set_lr(steps)
         b = _to_device(batch, device)
         tokens, mask = b[feeds.TOKENS].long(), b[feeds.MASK].long()
         with autocast():
@@ -166,10 +199,45 @@ def validate(stage: str, model, batches, spec: TrainSpec, device, autocast, dist
     return result
 
 
+ENCODER_GROUP = 1  # optimiser param groups: 0 = tabular MLP, trunk and heads; 1 = the event encoder
+
+
 def _new_optimizer(model, spec: TrainSpec):
+    """AdamW with two groups (rest, encoder); each group's ``base_lr`` is its rate before the schedule."""
     import torch
 
-    return torch.optim.AdamW(model.parameters(), lr=spec.train.learning_rate, weight_decay=spec.train.weight_decay)
+    cfg = spec.train
+    encoder = model.encoder_parameters()
+    ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "base_lr": cfg.learning_rate},
+              {"params": encoder, "base_lr": 0.0 if model.encoder_frozen else cfg.learning_rate * cfg.encoder_lr_mult}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _lr_setter(optimizer, stage: str, spec: TrainSpec, *, first_step: int, total_steps: int):
+    """``set_lr(i)`` for :func:`train_epoch`: pretraining at the plain rate, fine-tuning on the schedule."""
+    cfg = spec.train
+
+    def set_lr(i: int) -> None:
+        if stage == PRETRAIN:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate
+            return
+        factor = lr_factor(first_step + i, total_steps, schedule=cfg.lr_schedule, warmup_share=cfg.warmup_share,
+                           floor=cfg.lr_floor)
+        for group in optimizer.param_groups:
+            group["lr"] = group.get("base_lr", cfg.learning_rate) * factor
+
+    return set_lr
+
+
+def _freeze_encoder(model, optimizer) -> None:
+    """Freeze the encoder and zero its group's rate (AdamW then leaves its weights exactly as they are)."""
+    model.freeze_encoder()
+    if optimizer is not None and len(optimizer.param_groups) > ENCODER_GROUP:
+        optimizer.param_groups[ENCODER_GROUP]["base_lr"] = 0.0
+        optimizer.param_groups[ENCODER_GROUP]["lr"] = 0.0
 
 
 def _open_feeds(stack: contextlib.ExitStack, spec: TrainSpec, *, rank: int, world: int, completed: int):
@@ -259,9 +327,17 @@ def train_rank(spec: TrainSpec) -> dict:
             stage = plan[state.completed]
             if optimizer is None or optimizer_stage != stage:
                 optimizer, optimizer_stage = _new_optimizer(model, spec), stage  # fresh moments per stage
+            finetuned = state.completed - cfg.pretrain_epochs  # fine-tuning epochs done (< 0: pretraining)
+            if (stage == FINETUNE and cfg.freeze_encoder_after and finetuned >= cfg.freeze_encoder_after
+                    and not model.encoder_frozen):
+                _freeze_encoder(model, optimizer)
+                if rank == 0:
+                    log.info("encoder frozen after %d fine-tuning epochs", finetuned)
             torch.manual_seed(cfg.seed + 1000 * state.completed + rank)  # dropout / masks per epoch
             batches = pretrain_batches if stage == PRETRAIN else train_batches
-            stats = train_epoch(stage, ddp, optimizer, batches, spec, device, autocast)
+            set_lr = _lr_setter(optimizer, stage, spec, first_step=max(finetuned, 0) * batches.steps_per_epoch,
+                                total_steps=cfg.epochs * batches.steps_per_epoch)
+            stats = train_epoch(stage, ddp, optimizer, batches, spec, device, autocast, set_lr)
             loss_sum, steps, rows, seconds = _reduce_sums(
                 [stats["loss_sum"], stats["steps"], stats["rows"], stats["seconds"]], device, distributed)
             record = {"epoch": state.completed + 1, "stage": stage, "train_loss": loss_sum / max(steps, 1),
@@ -291,7 +367,7 @@ def train_rank(spec: TrainSpec) -> dict:
                "best_epoch": state.best_epoch, "history": state.history, "world_size": world,
                "device": str(device), "seconds": round(time.perf_counter() - started, 2)}
     if status == "finished" and rank == 0:
-        summary.update(_write_model(model, spec, state, world=world, device=device, log=log))
+        summary.update(_write_model(model, spec, state, world=world, device=device, autocast=autocast, log=log))
     if distributed:
         shared = [summary]
         dist.broadcast_object_list(shared, src=0)
@@ -301,21 +377,65 @@ def train_rank(spec: TrainSpec) -> dict:
     return summary
 
 
-def _write_model(model, spec: TrainSpec, state: ckpts.TrainState, *, world: int, device, log) -> dict:
-    """Rank 0 at the end: the best epoch's weights into a new model directory; returns model_dir, version, metrics."""
+def validation_predictions(model, spec: TrainSpec, device, autocast) -> dict:
+    """Rank 0 alone: raw expected value / churn predictions and labels over the whole validation feed (numpy)."""
+    import numpy as np
+    import torch
+
+    from ulv_spark.train.model import head_predictions
+
+    cfg, feed = spec.train, spec.val_feed
+    parts: dict[str, list] = {"ev": [], "y_value": [], "churn": [], "y_churn": []}
+    model.eval()
+    with feeds.open_batches(feed, rank=0, world=1, batch_size=feeds.covering_batch_size(feed.rows, spec.batch_size, 1),
+                            shuffle=False, seed=cfg.seed, workers=cfg.reader_workers) as batches, torch.no_grad():
+        for batch in batches.epoch():
+            b = _to_device(batch, device)
+            with autocast():
+                out = model(b[feeds.TOKENS].long(), b[feeds.MASK].long(), b[feeds.FEATURES].float())
+            preds = head_predictions(out)
+            parts["ev"].append(preds["expected_value"].cpu().numpy())
+            parts["churn"].append(preds["churn_probability"].cpu().numpy())
+            parts["y_value"].append(b[feeds.Y_VALUE].double().cpu().numpy())
+            parts["y_churn"].append(b[feeds.Y_CHURN].double().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def _fit_calibration(model, spec: TrainSpec, device, autocast) -> tuple[dict, dict]:
+    """(meta.calibration, metrics) from the selected weights' validation predictions; ({}, {}) when off."""
+    from ulv_spark.train.calibration import fit_power_calibration
+
+    if spec.train.calibration != "power" or spec.val_feed is None or spec.val_feed.rows == 0:
+        return {}, {}
+    val = validation_predictions(model, spec, device, autocast)
+    calibration = fit_power_calibration(val["ev"], val["y_value"], val["churn"], val["y_churn"])
+    observed = float(val["y_value"].sum())
+    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(val["ev"]))}
+    if observed > 0:
+        metrics["val_expected_value_ratio_calibrated"] = float(calibration.value(val["ev"]).sum()) / observed
+    return calibration.to_dict(), metrics
+
+
+def _write_model(model, spec: TrainSpec, state: ckpts.TrainState, *, world: int, device, autocast, log) -> dict:
+    """Rank 0 at the end: the best epoch's weights (+ their calibration) into a new model directory.
+
+    Returns model_dir, model_version and metrics.
+    """
     from ulv_spark.train.artifacts import save_model
 
     best = ckpts.load_best_weights(spec.checkpoint_dir) if state.best_epoch > 0 else None
     if best is not None:
         model.load_state_dict(best)
+    calibration, calibration_metrics = _fit_calibration(model, spec, device, autocast)
     model.to("cpu")
     best_record: dict = next((h for h in state.history if h["epoch"] == state.best_epoch),
                              state.history[-1] if state.history else {})
     metrics = {**{k: v for k, v in best_record.items() if k not in ("epoch", "stage")},
                "best_epoch": state.best_epoch, "epochs_run": state.completed,
                "rows_train": spec.train_feed.rows, "rows_val": spec.val_feed.rows if spec.val_feed else 0,
-               "world_size": world, "device": str(device)}
-    model_dir = save_model(model, spec.meta, spec.train.model_dir, metrics, spec.conf)
+               "world_size": world, "device": str(device), **calibration_metrics}
+    meta = dataclasses.replace(spec.meta, calibration=calibration)
+    model_dir = save_model(model, meta, spec.train.model_dir, metrics, spec.conf)
     ckpts.mark_finished(spec.checkpoint_dir, model_dir)
     log.info("model written to %s", model_dir)
     return {"model_dir": model_dir, "model_version": Path(model_dir).name, "metrics": metrics}

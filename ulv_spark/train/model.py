@@ -2,9 +2,14 @@
 
 Torch and transformers only (no Spark), so the same code trains under TorchDistributor or
 torchrun and predicts inside a pandas UDF. Heads: ZILN value (purchase logit, mu, sigma),
-churn logit, one outcome head per campaign arm (TARNet: conversion logit + ZILN response
-spend) and, for targeted campaigns, a propensity head. Pretraining uses the encoder's own
-masked-LM head (``AutoModelForMaskedLM``) on the same weights.
+churn logit, one outcome head per campaign arm (conversion logit + ZILN response spend) and,
+for targeted campaigns, a propensity head. Arm heads are ``delta`` (default: arm k = a base
+head shared by every exposed row + a delta head of arm k, the control's delta fixed at 0, so
+weight decay shrinks treatment effects toward 0) or ``tarnet`` (one independent head per
+arm). In training a row's whole pooled sequence vector is zeroed with probability
+``spec.sequence_dropout`` (modality dropout, inverted scaling), and the encoder can be frozen
+(:meth:`MultiTaskModel.freeze_encoder`). Pretraining uses the encoder's own masked-LM head
+(``AutoModelForMaskedLM``) on the same weights.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from torch.nn import functional as F
 from ulv_spark.names import SCALAR_OUTPUTS
 from ulv_spark.train.losses import (CLS_ID, IGNORE_INDEX, UNK_ID, ziln_expected_value, ziln_quantile,
                                     ziln_sigma)
+from ulv_spark.train.calibration import PowerCalibration
 from ulv_spark.train.scaling import standardise
 from ulv_spark.train.spec import ModelMeta, ModelSpec
 
@@ -102,6 +108,9 @@ class MultiTaskModel(nn.Module):
         self.value_head = nn.Linear(width, 3)
         self.churn_head = nn.Linear(width, 1)
         self.arm_heads = ArmHeads(spec.n_arms, width) if spec.n_arms > 0 else None
+        # delta: arm_heads holds the per-arm deltas (row 0, the control's, is never used)
+        self.base_arm = ArmHeads(1, width) if spec.n_arms > 0 and spec.arm_heads == "delta" else None
+        self.encoder_frozen = False
         self.propensity_head = nn.Linear(width, spec.n_arms) if spec.propensity and spec.n_arms > 1 else None
 
     def _with_cls(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +148,48 @@ class MultiTaskModel(nn.Module):
                 states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, 1:]
                 logits = head(states[picked])
             return {"mlm_logits": logits, "mlm_labels": mlm_labels[picked]}
-        pooled = self.encode(tokens, mask)
+        if self.encoder_frozen:
+            with torch.no_grad():
+                pooled = self.encode(tokens, mask)
+        else:
+            pooled = self.encode(tokens, mask)
+        drop = self.spec.sequence_dropout
+        if self.training and drop > 0:
+            # modality dropout: a row's whole sequence vector, inverted scaling (inference sees it all)
+            keep = (torch.rand(pooled.shape[0], 1, device=pooled.device) >= drop).to(pooled.dtype)
+            pooled = pooled * keep / (1.0 - drop)
         rep = self.trunk(torch.cat([pooled, self.tabular(tabular.to(pooled.dtype))], dim=1))
         out = {"value": self.value_head(rep), "churn": self.churn_head(rep).squeeze(-1)}
         if self.arm_heads is not None:
-            out["arm"] = self.arm_heads(rep)
+            arm = self.arm_heads(rep)
+            if self.base_arm is not None:
+                delta = torch.cat([torch.zeros_like(arm[:, :1]), arm[:, 1:]], dim=1)
+                arm = self.base_arm(rep) + delta
+            out["arm"] = arm
         if self.propensity_head is not None:
             out["propensity"] = self.propensity_head(rep)
         return out
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The event encoder's parameters (transformers model + its MLM head): their own optimiser group."""
+        return list(self.mlm.parameters())
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder: no gradients, eval mode (no dropout), forward under no_grad.
+
+        The rest (tabular MLP, trunk, heads) trains on. Idempotent; :meth:`train` keeps the
+        encoder in eval mode from now on.
+        """
+        for p in self.mlm.parameters():
+            p.requires_grad_(False)
+        self.encoder_frozen = True
+        self.mlm.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.mlm.eval()
+        return self
 
     def _mlm_head(self) -> Optional[nn.Module]:
         # BERT-style models call their masked-LM head "cls", RoBERTa-style ones "lm_head"
@@ -176,10 +219,13 @@ class MultiTaskModel(nn.Module):
             [logit(stats.get("p_purchase", 0.5)), stats.get("log_mean", 0.0), inv_softplus(stats.get("log_std", 1.0))]))
         self.churn_head.bias.fill_(logit(stats.get("p_churn", 0.5)))
         if self.arm_heads is not None:
-            self.arm_heads.b2.copy_(torch.tensor(
-                [logit(stats.get("p_converted", 0.5)), logit(stats.get("p_response", 0.5)),
-                 stats.get("response_log_mean", 0.0), inv_softplus(stats.get("response_log_std", 1.0))]
-            ).expand_as(self.arm_heads.b2))
+            base = torch.tensor([logit(stats.get("p_converted", 0.5)), logit(stats.get("p_response", 0.5)),
+                                 stats.get("response_log_mean", 0.0), inv_softplus(stats.get("response_log_std", 1.0))])
+            if self.base_arm is not None:  # delta: the base head starts at the base rates, every delta at 0
+                self.base_arm.b2.copy_(base.expand_as(self.base_arm.b2))
+                self.arm_heads.b2.zero_()
+            else:
+                self.arm_heads.b2.copy_(base.expand_as(self.arm_heads.b2))
 
 
 def build_model(spec: ModelSpec, encoder_config: Any = None) -> MultiTaskModel:
@@ -222,6 +268,9 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
         ``expected_value``, ``p_purchase``, ``value_p10``, ``value_p90``, ``churn_probability``
         (B,) and ``arm_conversion``, ``arm_value`` (B, A) with A = len(meta.arms), control at
         index 0 ((B, 0) without arms); plus ``arm_propensity`` (B, A) when the model has that head.
+        ``meta.calibration`` is applied: expected value and churn probability through the
+        stored maps, value_p10 / p90 scaled by calibrated / raw expected value (identity for
+        models saved without calibration).
     """
     tokens, mask = np.asarray(tokens), np.asarray(mask)
     tabular = np.asarray(tabular, dtype=np.float64).reshape(len(tokens), -1)
@@ -246,9 +295,24 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
                 chunks.setdefault(key, []).append(value.cpu().numpy())
     model.train(was_training)
     result = {k: np.concatenate(chunks[k]) if k in chunks else np.zeros(0) for k in keys}
+    calibrate(result, PowerCalibration.from_dict(meta.calibration))
     for key in ("arm_conversion", "arm_value", "arm_propensity"):
         if key in chunks:
             result[key] = np.concatenate(chunks[key])
         elif key != "arm_propensity":
             result[key] = np.zeros((len(tokens), n_arms))
     return result
+
+
+def calibrate(predictions: dict[str, np.ndarray], calibration: PowerCalibration) -> dict[str, np.ndarray]:
+    """Apply ``calibration`` in place to expected_value, value_p10 / p90 (same ratio) and churn_probability."""
+    if calibration.is_identity or not len(predictions.get("expected_value", ())):
+        return predictions
+    raw = np.asarray(predictions["expected_value"], dtype=np.float64)
+    ev = calibration.value(raw)
+    ratio = np.where(raw > 0, ev / np.where(raw > 0, raw, 1.0), 1.0)
+    predictions["expected_value"] = ev
+    for key in ("value_p10", "value_p90"):
+        predictions[key] = np.asarray(predictions[key], dtype=np.float64) * ratio
+    predictions["churn_probability"] = calibration.churn(predictions["churn_probability"])
+    return predictions

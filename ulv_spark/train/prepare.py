@@ -104,17 +104,22 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
     if not feature_cols:
         raise ValueError("training_examples has no numeric tabular feature column")
     profile = profile_examples(examples, seq_len=seq_len, horizon_days=horizon_days, log=get_logger(LOG_NAME))
-    train_df, val_df, val_origins = feeds.split_by_origin(examples, validation_share=train_cfg.validation_share,
-                                                          origins=profile["origins"])
+    train_df, val_df, val_origins = feeds.split_examples(examples, method=train_cfg.validation_split,
+                                                         validation_share=train_cfg.validation_share,
+                                                         origins=profile["origins"])
     stats = feeds.training_statistics(train_df, feature_cols)
+    # the arm catalogue comes from every training row (before the split); each arm must be learnable
+    arms, arm_campaigns = (feeds.arms_from_exposures(feeds.exposure_rows(examples)) if val_df is not None
+                           else (stats.arms, stats.arm_campaigns))
+    feeds.check_arms_learnable(arms, arm_campaigns, stats.arms, split=train_cfg.validation_split)
     meta = ModelMeta(version="", feature_columns=feature_cols, feature_mean=stats.feature_mean,
                      feature_std=stats.feature_std, seq_len=seq_len, vocab_size=vocab_size,
-                     vocab_fingerprint=vocab_fingerprint, arms=stats.arms, arm_campaigns=stats.arm_campaigns,
+                     vocab_fingerprint=vocab_fingerprint, arms=arms, arm_campaigns=arm_campaigns,
                      horizon_days=int(profile["horizon_days"]), trained_as_of=str(as_of))
     model = model_spec(train_cfg, vocab_size=vocab_size, seq_len=seq_len, n_features=len(feature_cols),
-                       n_arms=len(stats.arms))
+                       n_arms=len(arms))
     files = train_cfg.feed_files or 4 * world
-    frame_kw = dict(feature_columns=feature_cols, mean=stats.feature_mean, std=stats.feature_std, arms=stats.arms,
+    frame_kw = dict(feature_columns=feature_cols, mean=stats.feature_mean, std=stats.feature_std, arms=arms,
                     seq_len=seq_len)
     frames = {"train": feeds.prepare_feed_frame(train_df, **frame_kw)}
     if val_df is not None:

@@ -23,6 +23,9 @@ from ulv_spark.train.scaling import FEATURE_TRANSFORM
 # model_spec.json is flat (as written before the encoder was held as its conf section): every
 # EncoderConf field under its own name, except local_dir, which is "encoder_local_dir" there.
 _ENCODER_JSON_KEYS = {"local_dir": "encoder_local_dir"}
+# keys added later are written only when they differ from what a file without them means, so a
+# model of the earlier kind writes exactly the file it was read from
+_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0}
 
 
 def _known(cls, data: dict) -> dict:
@@ -42,10 +45,14 @@ class ModelSpec:
     tabular_hidden: int = 64       # train.tabular_hidden
     head_hidden: int = 64          # train.head_hidden
     propensity: bool = False       # add a propensity head (targeted, non-randomised campaigns)
+    # train.arm_heads; "tarnet" where model_spec.json has no such key (models written before the delta heads)
+    arm_heads: str = "tarnet"
+    sequence_dropout: float = 0.0  # train.sequence_dropout (training only; inference never drops)
 
     def to_dict(self) -> dict:
         """The flat model_spec.json mapping (readable by every version of :meth:`from_dict`)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "encoder"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "encoder" and not (f.name in _LATER_KEYS and getattr(self, f.name) == _LATER_KEYS[f.name])}
         for name, value in dataclasses.asdict(self.encoder).items():
             key = _ENCODER_JSON_KEYS.get(name, name)
             if key in data:  # pragma: no cover - a new field that would collide in the flat file
@@ -68,7 +75,8 @@ def model_spec(train_cfg: TrainConf, *, vocab_size: int, seq_len: int, n_feature
         enc = dataclasses.replace(enc, local_dir=str(Path(enc.local_dir).expanduser().resolve()))
     return ModelSpec(vocab_size=vocab_size, seq_len=seq_len, n_features=n_features, n_arms=n_arms, encoder=enc,
                      tabular_hidden=train_cfg.tabular_hidden, head_hidden=train_cfg.head_hidden,
-                     propensity=not train_cfg.randomised_assignment)
+                     propensity=not train_cfg.randomised_assignment, arm_heads=train_cfg.arm_heads,
+                     sequence_dropout=train_cfg.sequence_dropout)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,9 @@ class ModelMeta:
     horizon_days: int
     trained_as_of: str            # ISO date of the training run
     feature_transform: str = FEATURE_TRANSFORM  # applied to raw features before standardising
+    # post-hoc maps fitted on validation rows (see ulv_spark.train.calibration): value_a, value_b,
+    # churn_c, churn_d; {} (models written before calibration) = identity
+    calibration: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,168 @@
+"""Post-hoc calibration of expected value and churn probability (numpy only; no torch, no Spark).
+
+Fitted on the validation predictions of the selected epoch, stored as four floats in the
+model's meta.json (``ModelMeta.calibration``) and applied by
+:func:`ulv_spark.train.model.predict_arrays`:
+
+* value: ``EV' = exp(a) * EV ** b``, (a, b) minimising the Poisson deviance of the observed
+  spend (a Poisson GLM with log link on log EV), with ``b >= 0.05``;
+* churn: Platt scaling ``p' = sigmoid(c + d * logit(p))`` by maximum likelihood, ``d >= 0.05``.
+
+Both maps are strictly increasing, so every ranking metric (Gini, Spearman, AUC, uplift order)
+is the raw model's; only levels (decile totals, total predicted / actual, ECE) move. Where the
+slope bound binds, the intercept is refitted with the slope held at the bound. A map that cannot
+be fitted (no spend, one churn class, too few rows) stays the identity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+MIN_SLOPE = 0.05
+MIN_ROWS = 10
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class PowerCalibration:
+    """The four floats; the defaults are the identity (models saved without calibration)."""
+
+    value_a: float = 0.0
+    value_b: float = 1.0
+    churn_c: float = 0.0
+    churn_d: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> "PowerCalibration":
+        """From ``ModelMeta.calibration``; missing keys (or an empty mapping) keep the identity."""
+        data = data or {}
+        return cls(**{k: float(data[k]) for k in ("value_a", "value_b", "churn_c", "churn_d") if k in data})
+
+    @property
+    def is_identity(self) -> bool:
+        return self == PowerCalibration()
+
+    def value(self, ev: np.ndarray) -> np.ndarray:
+        """Calibrated expected value (float64)."""
+        ev = np.asarray(ev, dtype=np.float64)
+        if self.value_a == 0.0 and self.value_b == 1.0:
+            return ev.copy()
+        return np.exp(self.value_a + self.value_b * np.log(np.clip(ev, _EPS, None)))
+
+    def churn(self, p: np.ndarray) -> np.ndarray:
+        """Calibrated churn probability (float64)."""
+        p = np.asarray(p, dtype=np.float64)
+        if self.churn_c == 0.0 and self.churn_d == 1.0:
+            return p.copy()
+        return _sigmoid(self.churn_c + self.churn_d * _logit(p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return np.log(p) - np.log1p(-p)
+
+
+def _newton(objective, grad_hess, theta: np.ndarray, iters: int = 100, tol: float = 1e-12) -> np.ndarray:
+    """Damped Newton on a smooth convex objective (step halving keeps every step downhill)."""
+    value = objective(theta)
+    for _ in range(iters):
+        g, h = grad_hess(theta)
+        try:
+            step = np.linalg.solve(h + 1e-12 * np.eye(len(theta)), g)
+        except np.linalg.LinAlgError:
+            break
+        t = 1.0
+        while t > 1e-10:
+            candidate = theta - t * step
+            new = objective(candidate)
+            if np.isfinite(new) and new <= value:
+                break
+            t *= 0.5
+        else:
+            break
+        theta, improvement, value = candidate, value - new, new
+        if improvement < tol * max(1.0, abs(value)):
+            break
+    return theta
+
+
+def fit_value_power(ev: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) of ``EV' = exp(a) EV^b`` minimising the Poisson deviance of ``y``; b >= 0.05; (0, 1) when unfit."""
+    ev, y = np.asarray(ev, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(ev) & np.isfinite(y) & (ev > 0) & (y >= 0)
+    ev, y = ev[ok], y[ok]
+    if len(ev) < MIN_ROWS or y.sum() <= 0:
+        return 0.0, 1.0
+    scale = y.mean()   # work in units of the mean spend: the same optimum, better conditioned
+    x, t = np.log(ev / scale), y / scale
+    design = np.stack([np.ones_like(x), x], axis=1)
+
+    def objective(theta):
+        eta = np.clip(design @ theta, -50, 50)
+        return float(np.mean(np.exp(eta) - t * eta))
+
+    def grad_hess(theta):
+        mu = np.exp(np.clip(design @ theta, -50, 50))
+        return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
+
+    a0 = math.log(t.sum() / np.exp(x).sum())
+    alpha, b = _newton(objective, grad_hess, np.array([a0, 1.0]))
+    if not np.isfinite(b) or b < MIN_SLOPE:
+        b = MIN_SLOPE
+        alpha = math.log(t.sum() / np.exp(b * x).sum())   # the intercept's exact optimum for a fixed slope
+    # back to currency units: EV' = scale * exp(alpha) * (EV / scale)^b
+    return float(alpha + (1.0 - b) * math.log(scale)), float(b)
+
+
+def fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(c, d) of ``sigmoid(c + d logit p)`` by maximum likelihood; d >= 0.05; (0, 1) with one class."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(p) & np.isfinite(y)
+    p, y = p[ok], (y[ok] > 0.5).astype(np.float64)
+    if len(p) < MIN_ROWS or y.min() == y.max():
+        return 0.0, 1.0
+    x = _logit(p)
+
+    def nll(theta, design):
+        z = design @ theta
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    def grad_hess_of(design):
+        def grad_hess(theta):
+            q = _sigmoid(design @ theta)
+            return design.T @ (q - y) / len(y), (design * (q * (1 - q))[:, None]).T @ design / len(y)
+        return grad_hess
+
+    design = np.stack([np.ones_like(x), x], axis=1)
+    c, d = _newton(lambda th: nll(th, design), grad_hess_of(design), np.array([0.0, 1.0]))
+    if not np.isfinite(d) or d < MIN_SLOPE:
+        d = MIN_SLOPE
+        offset = d * x
+        one = np.ones((len(x), 1))
+
+        def nll_c(theta):
+            z = theta[0] + offset
+            return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+        def grad_hess_c(theta):
+            q = _sigmoid(theta[0] + offset)
+            return one.T @ (q - y) / len(y), np.array([[np.mean(q * (1 - q))]])
+
+        (c,) = _newton(nll_c, grad_hess_c, np.array([0.0]))
+    return float(c), float(d)
+
+
+def fit_power_calibration(ev, y_value, churn_p, y_churn) -> PowerCalibration:
+    """Both maps from validation predictions and labels (1-D arrays of the same length)."""
+    a, b = fit_value_power(ev, y_value)
+    c, d = fit_platt(churn_p, y_churn)
+    return PowerCalibration(value_a=a, value_b=b, churn_c=c, churn_d=d)
