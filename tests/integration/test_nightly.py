@@ -111,8 +111,14 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     assert nights.uplift_rows == users * len(nights.arms)
     assert nights.deciles == (1, 10)
 
+    # generate.texts (local.yaml): the catalogue and the due reviews are embedded, a re-run embeds nothing
+    embedded = first["stages"][1]["tables"]
+    assert embedded["product_embeddings"]["rows_written"] == 8 * 500 and embedded["review_embeddings"]["rows_written"] > 0
+
     code, again = nights.again
     assert code == 0 and again["stages"][2]["trained"] is False
+    assert {t: v["rows_written"] for t, v in again["stages"][1]["tables"].items()} == {
+        "product_embeddings": 0, "review_embeddings": 0}
     assert nights.after_again == nights.before_again
 
     code, next_day = nights.next_day

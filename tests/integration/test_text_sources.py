@@ -122,7 +122,8 @@ def test_products_and_reviews_sources_load_with_rejects(spark, lakehouse, write_
     (tmp_path / "products.csv").write_text(PRODUCTS_CSV)
     (tmp_path / "reviews.csv").write_text(REVIEWS_CSV)
     cfg = _conf(write_conf, lakehouse, (
-        f"  orders:\n    path: {tmp_path / 'orders.csv'}\n    columns: {{user_id: u, order_id: o, order_ts: t, amount: a}}\n"
+        f"  orders:\n    path: {tmp_path / 'orders.csv'}\n"
+        "    columns: {user_id: u, order_id: o, order_ts: t, amount: a}\n"
         f"  products:\n    path: {tmp_path / 'products.csv'}\n"
         f"    columns: {{product_id: sku, title: name, description: blurb, category: cat, price: list_price}}\n"
         f"  reviews:\n    path: {tmp_path / 'reviews.csv'}\n"

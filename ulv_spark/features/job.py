@@ -2,8 +2,9 @@
 
 Reads the bronze tables (orders required; events, campaign_exposures and user_attributes when
 they exist) and the text tables (order_lines, product_embeddings projected through the stored
-text_projection, review_embeddings scored against the sentiment concepts), builds the frames with the pure builders and replaces the as_of_date = D
-partition of each output table, so re-running a date replaces that date only.
+text_projection, review_embeddings scored against the sentiment concepts), builds the frames
+with the pure builders and replaces the as_of_date = D partition of each output table, so
+re-running a date replaces that date only.
 """
 from __future__ import annotations
 
