@@ -37,8 +37,9 @@ STAGING = "staging"          # intermediate results of a job (raw model outputs)
 SCORES = "scores"            # what SQL consumers read, each with a latest_<name> view
 EVALUATION = "evaluation"    # backtest metrics
 TRUTH = "truth"              # ground truth of generated data (written by `ulv-spark generate`)
-TEXT = "text"                # product / review texts and their embeddings (`ulv-spark embed`)
-GROUPS = (BRONZE, REJECTS, FEATURES, STAGING, SCORES, EVALUATION, TRUTH, TEXT)
+DERIVED = "derived"          # bronze tables ingest derives from a source of another name (order_lines)
+TEXT = "text"                # product / review embeddings (`ulv-spark embed`) and the text projection
+GROUPS = (BRONZE, REJECTS, DERIVED, FEATURES, STAGING, SCORES, EVALUATION, TRUTH, TEXT)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,62 @@ USER_ATTRIBUTES = register(BRONZE, TableContract(
     ),
     keys=(USER_ID,),
     extra_columns=True,
+))
+
+
+PRODUCTS = register(BRONZE, TableContract(
+    name="products",
+    comment=("Bronze product catalog. Grain: one row per product_id. Title and description may each be "
+             "missing (kept, never rejected); the embed job embeds title + '. ' + description (normalised). "
+             "From sources.products, or, without one, derived from the order lines that carry product texts "
+             "(the text of each product's latest line in the run). Key: product_id. Written by jobs/ingest.py "
+             "with MERGE; read by jobs/embed.py."),
+    columns=(
+        _c(PRODUCT_ID, "STRING", "Product id (SKU) as given by the source; orders and events refer to it", False),
+        _c("title", "STRING", "Product title / name as given by the source"),
+        _c("description", "STRING", "Longer product description"),
+        _c("category", "STRING", "Product category as given by the source"),
+        _c("price", "DOUBLE", "List price in the source currency"),
+        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
+    ),
+    keys=PRODUCT_KEYS,
+))
+
+REVIEWS = register(BRONZE, TableContract(
+    name="reviews",
+    comment=("Bronze product reviews. Grain: one row per (user_id, product_id, review_ts). Missing, empty or "
+             "very long texts are kept (the embed job handles them). Key: (user_id, product_id, review_ts). "
+             "Written by jobs/ingest.py with MERGE; read by jobs/embed.py and the text features."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id of the reviewer", False),
+        _c(PRODUCT_ID, "STRING", "Product reviewed", False),
+        _c(REVIEW_TS, "TIMESTAMP", "When the review was written (UTC)", False),
+        _c("rating", "DOUBLE", "Star rating as given by the source (0 .. sources.reviews.max_rating); null when none"),
+        _c("text", "STRING", "Review text; may be missing or empty"),
+        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
+    ),
+    keys=REVIEW_KEYS,
+))
+
+ORDER_LINES = register(DERIVED, TableContract(
+    name="order_lines",
+    comment=("Bronze order lines with their products. Grain: one row per loaded line of an orders source that "
+             "maps product_id (line-level logs: every line of every loaded order; order-level logs: one line per "
+             "order). Key: (order_id, line_id). order_id is the id of the orders row the line was aggregated "
+             "into (return lines of a mixed order: <order_id>-R). Written by jobs/ingest.py with MERGE; read by "
+             "the text features (spend per product)."),
+    columns=(
+        _c("order_id", "STRING", "Id of the orders row this line belongs to", False),
+        _c("line_id", "STRING", "Line id from the source when mapped, else the line's number within its order "
+                                "(1, 2, ... ordered by a hash of the source row)", False),
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(PRODUCT_ID, "STRING", "Product of the line; null when the line names none"),
+        _c("order_ts", "TIMESTAMP", "Order time (UTC)", False),
+        _c("quantity", "DOUBLE", "Units on the line; negative for returns"),
+        _c("amount", "DOUBLE", "Net line value in the source currency; negative for returns", False),
+        _c(RUN_ID, "STRING", "Id of the ingest run that last wrote the row", False),
+    ),
+    keys=("order_id", "line_id"),
 ))
 
 
@@ -482,42 +539,8 @@ TRUTH_UPLIFT = register(TRUTH, TableContract(
 
 
 # --------------------------------------------------------------------------------------------
-# Text: product and review texts (inputs of `embed`) and their sentence embeddings
+# Text: sentence embeddings of the product and review texts (bronze products / reviews)
 # --------------------------------------------------------------------------------------------
-PRODUCTS = register(TEXT, TableContract(
-    name="products",
-    comment=("Bronze product catalog. Grain: one row per product_id. Title and description may each be "
-             "missing; the embed job embeds title + '. ' + description (normalised). Loaded by the job that "
-             "owns the catalogue (a MERGE on product_id with this contract; ingest has no products source "
-             "yet); read by jobs/embed.py."),
-    columns=(
-        _c(PRODUCT_ID, "STRING", "Product id (SKU) as given by the source; orders and events refer to it", False),
-        _c("title", "STRING", "Product title / name as given by the source"),
-        _c("description", "STRING", "Longer product description"),
-        _c("category", "STRING", "Product category as given by the source"),
-        _c("price", "DOUBLE", "List price in the source currency"),
-        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
-    ),
-    keys=PRODUCT_KEYS,
-))
-
-REVIEWS = register(TEXT, TableContract(
-    name="reviews",
-    comment=("Bronze product reviews. Grain: one row per (user_id, product_id, review_ts). Loaded by the job "
-             "that owns the reviews (a MERGE on that key with this contract; ingest has no reviews source yet); "
-             "read by jobs/embed.py."),
-    columns=(
-        _c(USER_ID, "STRING", "Customer id of the reviewer", False),
-        _c(PRODUCT_ID, "STRING", "Product reviewed", False),
-        _c(REVIEW_TS, "TIMESTAMP", "When the review was written (UTC)", False),
-        _c("rating", "DOUBLE", "Star rating as given by the source (e.g. 1-5); null when none"),
-        _c("text", "STRING", "Review text; may be missing or empty"),
-        _c(RUN_ID, "STRING", "Id of the run that last wrote the row", False),
-    ),
-    keys=REVIEW_KEYS,
-))
-
-
 def _embedding_cols() -> tuple[Col, ...]:
     return (
         _c(TEXT_HASH, "STRING", "Hex SHA-256 of the normalised text's UTF-8 bytes (ulv_spark.text.normalise); "
@@ -566,4 +589,25 @@ REVIEW_EMBEDDINGS = register(TEXT, TableContract(
         *_embedding_cols(),
     ),
     keys=REVIEW_KEYS,
+))
+
+TEXT_PROJECTION = register(TEXT, TableContract(
+    name="text_projection",
+    comment=("The projection of product text embeddings onto the few dimensions of the users' product-text "
+             "profile (features text_dim_*): the leading principal components of product_embeddings (products "
+             "with text) of one encoder. Grain: one row per (model_id, component). Fitted once per encoder and "
+             "features.text_dims by jobs/features.py when no projection is stored (MERGE), then reused by every "
+             "later features, training and scoring run, so a model always sees the projection it was trained "
+             "with; delete the rows to refit."),
+    columns=(
+        _c(MODEL_ID, "STRING", "Encoder (product_embeddings.model_id) whose embeddings were fitted", False),
+        _c("component", "INT", "Component index i: the weights of feature text_dim_<i>", False),
+        _c(DIM, "INT", "Embedding length (length of weights)", False),
+        _c("weights", "ARRAY<DOUBLE>", "Unit-length principal direction in embedding space", False),
+        _c("explained_variance", "DOUBLE", "Share of the embeddings' variance along this component"),
+        _c("products", "INT", "Products with text the projection was fitted on", False),
+        _c("fitted_at", "TIMESTAMP", "When the projection was fitted (UTC)", False),
+        _c(RUN_ID, "STRING", "Id of the features run that fitted it", False),
+    ),
+    keys=(MODEL_ID, "component"),
 ))

@@ -23,7 +23,7 @@ D = dt.date(2025, 10, 1)
 def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse, write_conf, tmp_path):
     raw = tmp_path / "raw"
     sources = "".join(f"  {t}: {{path: {raw / t}}}\n" for t in ("orders", "events", "campaign_exposures",
-                                                                 "user_attributes"))
+                                                                 "user_attributes", "products", "reviews"))
     conf = write_conf(
         f"extends: {REPO / 'conf' / 'local.yaml'}\n"
         f"lakehouse: {{root: {lakehouse.root}, schema: {lakehouse.schema}, shared_dir: {lakehouse.shared_dir}}}\n"
@@ -46,8 +46,12 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
             expected.append((user_id(r.user), ("C" if r.is_cancellation else "") + number,
                              r.ordered_at.strftime("%Y-%m-%dT%H:%M:%S"), r.order_total, r.items,
                              CATEGORY_NAMES[r.category], r.discount_total, r.is_cancellation))
-    got = [tuple(r) for r in orders.collect()]
+    got = [tuple(r) for r in orders.drop("product_sku").collect()]
     assert sorted(got) == sorted(expected)
+    # generate.texts (the demo conf): every order names a product of its own category, from the catalogue
+    skus = {r[0] for r in spark.read.parquet(str(raw / "products")).select("sku").collect()}
+    assert len(skus) == 8 * 500 and orders.filter(~F.col("product_sku").startswith(F.col("main_category"))).count() == 0
+    assert {r[0] for r in orders.select("product_sku").distinct().collect()} <= skus
     assert summary["rows"]["orders"] == len(expected)
 
     truth = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "truth_users"))
@@ -84,8 +88,10 @@ def test_generate_writes_raw_files_and_truth_that_ingest_loads(spark, lakehouse,
     # a second night with the same files changes nothing (MERGE; attributes with schema evolution)
     again_cfg = load_config(conf, {"sources.events": None, "sources.campaign_exposures": None})
     again = job.run_ingest(JobContext(cfg=again_cfg, as_of=D, run_id="ing-2", command="ingest"))["tables"]
-    assert {t: (v["inserted"], v["updated"]) for t, v in again.items()} == {"orders": (0, 0),
-                                                                           "user_attributes": (0, 0)}
+    assert {t: (v["inserted"], v["updated"]) for t, v in again.items()} == {
+        "orders": (0, 0), "order_lines": (0, 0), "user_attributes": (0, 0), "products": (0, 0), "reviews": (0, 0)}
+    assert result["order_lines"]["inserted"] == due and result["products"]["inserted"] == len(skus)
+    assert result["reviews"]["inserted"] > 0
     assert sorted(tuple(r) for r in attributes.collect()) == sorted(
         tuple(r) for r in lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_attributes")).collect())
 

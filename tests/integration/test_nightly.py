@@ -105,7 +105,6 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     code, first = nights.first
     assert code == 0, first
     assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score"]
-    assert _stage(first, "embed")["skipped"] == "no products or reviews table: nothing to embed"
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert _stage(first, "train")["trained"] is True
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
@@ -116,8 +115,14 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     assert nights.uplift_rows == users * len(nights.arms)
     assert nights.deciles == (1, 10)
 
+    # generate.texts (local.yaml): the catalogue and the due reviews are embedded, a re-run embeds nothing
+    embedded = _stage(first, "embed")["tables"]
+    assert embedded["product_embeddings"]["rows_written"] == 8 * 500 and embedded["review_embeddings"]["rows_written"] > 0
+
     code, again = nights.again
     assert code == 0 and _stage(again, "train")["trained"] is False
+    assert {t: v["rows_written"] for t, v in _stage(again, "embed")["tables"].items()} == {
+        "product_embeddings": 0, "review_embeddings": 0}
     assert nights.after_again == nights.before_again
 
     code, next_day = nights.next_day

@@ -43,7 +43,10 @@ def test_the_feature_contract_is_generated_from_the_declarations():
     contract = catalog.user_features_contract(cfg)
     assert feature_columns([(c.name, c.type) for c in contract.columns]) == declared
     assert declared[:6] == ["frequency", "recency", "T", "monetary_value", "has_purchase", "orders_total"]
-    assert len(declared) == 58 and declared[-1] == "campaign_response_value"
+    without_text = [d.name for d in build.declared_features(FeaturesConf(text=False))]
+    assert len(without_text) == 58 and without_text[-1] == "campaign_response_value"
+    assert declared == without_text + ["has_product_text"] + [f"text_dim_{i}" for i in range(8)] + [
+        "review_count", "review_mean_rating", "review_sentiment"]
 
 
 def test_a_declared_feature_that_no_builder_produces_is_an_error(spark, monkeypatch):

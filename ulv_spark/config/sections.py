@@ -62,6 +62,7 @@ class SourceConf:
     max_abs_quantity: float = 1e9        # larger abs(quantity): quantity_out_of_range
     min_date: dt.date = dt.date(1900, 1, 1)    # rows dated before this day: ts_out_of_range
     max_date: dt.date = dt.date(2099, 12, 31)  # rows dated after this day: ts_out_of_range (never deferred)
+    max_rating: float = 5.0              # reviews: a rating below 0 or above this is bad_rating
 
     def __post_init__(self):
         if not (self.max_abs_amount > 0 and self.max_abs_quantity > 0):
@@ -85,6 +86,8 @@ class SourcesConf:
     events: Optional[SourceConf] = None
     campaign_exposures: Optional[SourceConf] = None
     user_attributes: Optional[SourceConf] = None
+    products: Optional[SourceConf] = None   # product catalogue (texts); None: derived from order lines with product texts
+    reviews: Optional[SourceConf] = None    # product reviews (user, product, time, rating, text)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class GenerateConf:
     # true: the campaign_exposures file also carries each exposure's outcome in its response
     # window, from the generated orders: converted (a purchase) and spend (net spend, floored at 0)
     observed_outcomes: bool = False
+    texts: bool = False                  # also a product catalogue with texts, a product per order, and reviews
     # truth tables are written for these as-of dates (plus the run date and run date - horizon)
     truth_dates: list[dt.date] = field(default_factory=lambda: [dt.date(2025, 7, 3), dt.date(2025, 10, 1)])
 
@@ -185,6 +189,11 @@ class FeaturesConf:
     # Categorical user attributes to one-hot encode: column -> values (attr_<col>_<value>); other
     # string attributes are left out so the table schema never depends on the data.
     attribute_onehot: dict[str, list[str]] = field(default_factory=dict)
+    text: bool = True                   # text features (products bought / viewed, reviews); false: columns left out
+    text_dims: int = 8                  # product-text profile dimensions: PCA of the product embeddings
+    # review_sentiment = cosine of a review's embedding to the positive concept minus that to the negative one
+    text_positive_concept: str = "great quality, love it, works perfectly"
+    text_negative_concept: str = "broken, bad quality, want a refund"  # see text_positive_concept
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -205,6 +214,9 @@ class FeaturesConf:
         need(self.training_origins >= 1, "training_origins", "must be >= 1")
         need(self.origin_step_days >= 1, "origin_step_days", "must be >= 1")
         need(self.default_response_window_days >= 1, "default_response_window_days", "must be >= 1")
+        need(1 <= self.text_dims <= 64, "text_dims", f"must be in [1, 64], got {self.text_dims}")
+        need(bool(self.text_positive_concept.strip()) and bool(self.text_negative_concept.strip()),
+             "text_positive_concept", "and text_negative_concept must be non-empty texts")
         names = [t.strip().lower() for t in self.event_types]
         need(all(names) and len(set(names)) == len(names) and not {"purchase", "return"} & set(names),
              "event_types", f"must be distinct non-empty names other than purchase/return, got {self.event_types}")

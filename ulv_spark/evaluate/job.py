@@ -9,7 +9,9 @@ from ulv_spark.context import JobContext, Summary
 
 # EvaluationInputs field -> table: the bronze inputs and the truth tables; only orders is required
 _FIELD_NAMES = {catalog.CAMPAIGN_EXPOSURES.name: "exposures", catalog.USER_ATTRIBUTES.name: "attributes"}
-INPUT_TABLES = {_FIELD_NAMES.get(name, name): name for name in catalog.names(catalog.BRONZE, catalog.TRUTH)}
+INPUT_TABLES = {_FIELD_NAMES.get(name, name): name for name in catalog.names(catalog.BRONZE, catalog.TRUTH)
+                if _FIELD_NAMES.get(name, name) in ("orders", "events", "exposures", "attributes", "truth_users",
+                                                    "truth_uplift")}  # text tables: via read_text_inputs
 
 
 def read_inputs(spark, lake_cfg):
@@ -42,6 +44,8 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     if inputs.orders is None:
         raise JobFailed(f"{lake.table_ref(cfg.lakehouse, catalog.ORDERS.name).name} does not exist: "
                         "run `ulv-spark ingest` first")
+    from ulv_spark.features.job import read_inputs as read_feature_inputs, read_text_inputs
+    inputs.text, _ = read_text_inputs(spark, cfg, read_feature_inputs(spark, cfg), run_id=ctx.run_id)
     splits = pipeline.splits_from_conf(ctx.as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
     try:
         result, facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset=dataset)

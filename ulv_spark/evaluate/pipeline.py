@@ -41,6 +41,7 @@ class EvaluationInputs:
     attributes: Optional[object] = None
     truth_users: Optional[object] = None
     truth_uplift: Optional[object] = None
+    text: Optional[object] = None   # features.text.TextInputs (features.job.read_text_inputs), or None
 
 
 def splits_from_conf(as_of: dt.date, *, horizon_days: int, evaluate_cfg) -> list[Split]:
@@ -67,7 +68,7 @@ def examples_at_origins(inputs: EvaluationInputs, *, origins: Sequence[dt.date],
     single = dataclasses.replace(features_cfg, training_origins=1)
     parts = [build_training_examples(inputs.orders, inputs.events, inputs.exposures, inputs.attributes,
                                      as_of=origin + dt.timedelta(days=horizon_days), horizon_days=horizon_days,
-                                     features_cfg=single)
+                                     features_cfg=single, text=inputs.text)
              for origin in sorted(origins)]
     return reduce(lambda a, b: a.unionByName(b), parts)
 

@@ -17,8 +17,11 @@ from pyspark.sql import functions as F
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features import behaviour, labels, rfm, sequences
+from ulv_spark.features import text as text_features
 from ulv_spark.features.behaviour import ATTR_MISSING
-from ulv_spark.features.declare import ATTRIBUTES, EVENTS, EXPOSURES, ORDERS, Declared, Feature, block, expand
+from ulv_spark.features.declare import (ATTRIBUTES, EVENTS, EXPOSURES, ORDERS, PRODUCT_TEXT, REVIEW_TEXT, Declared,
+                                        Feature, block, expand)
+from ulv_spark.features.text import TextInputs
 from ulv_spark.features.inputs import history, prepare_events, prepare_exposures, prepare_orders, with_dates
 from ulv_spark.names import FREQUENCY, HAS_PURCHASE
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
@@ -36,6 +39,7 @@ FEATURE_BLOCKS = (
     rfm.RFM, PURCHASE_INDICATOR, behaviour.ORDER_TOTALS, TENURE, behaviour.ORDER_WINDOWS, behaviour.TRENDS,
     rfm.GAPS, behaviour.BASKET, behaviour.CATEGORIES, behaviour.RETURNS_AND_DISCOUNTS, behaviour.EVENT_TOTALS,
     behaviour.EVENT_WINDOWS, behaviour.EVENT_TYPES, behaviour.EVENT_RECENCY, behaviour.CAMPAIGNS,
+    text_features.PRODUCT_PROFILE, text_features.PRODUCT_DIMS, text_features.REVIEWS,
 )
 
 
@@ -78,9 +82,30 @@ def _stack(parts: list[DataFrame], keys: Sequence[str]) -> tuple[DataFrame, dict
     return stacked.groupBy(*keys).agg(*[F.max(c).alias(c) for c in values]), producer
 
 
+def _text_parts(text: Optional[TextInputs], raw_events: Optional[DataFrame], *, dates: Sequence[dt.date],
+                features_cfg: FeaturesConf) -> dict[str, DataFrame]:
+    """The text feature parts by source (product_text, review_text) that the inputs allow."""
+    if text is None or not features_cfg.text:
+        return {}
+    parts = {}
+    views = None
+    if raw_events is not None and "product_id" in raw_events.columns:
+        view_type = features_cfg.view_event_type.strip().lower()
+        views = history(raw_events.filter(F.lower(F.trim(F.col("event_type"))) == F.lit(view_type))
+                        .select(USER_ID, "event_ts", "product_id"), "event_ts", dates)
+    lines = history(text.order_lines.select(USER_ID, "product_id", "order_ts", "amount"), "order_ts", dates) \
+        if text.order_lines is not None else None
+    if text.product_vectors is not None and (lines is not None or views is not None):
+        parts[PRODUCT_TEXT] = text_features.product_profile(lines, views, text.product_vectors,
+                                                            dims=features_cfg.text_dims)
+    if text.reviews is not None:
+        parts[REVIEW_TEXT] = text_features.review_activity(history(text.reviews, "review_ts", dates))
+    return parts
+
+
 def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Optional[DataFrame],
                    attributes: Optional[DataFrame], *, dates: Sequence[dt.date],
-                   features_cfg: FeaturesConf) -> list[DataFrame]:
+                   features_cfg: FeaturesConf, text_parts: Sequence[DataFrame] = ()) -> list[DataFrame]:
     """The feature parts keyed by (user_id, as_of_date) for every date in `dates` (prepared inputs)."""
     windows = features_cfg.windows_days
     order_history = history(orders, "order_ts", dates)
@@ -100,14 +125,14 @@ def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Opt
     if attributes is not None:
         attrs = behaviour.attribute_features(attributes, onehot=features_cfg.attribute_onehot)
         parts.append(with_dates(attrs.withColumn(ATTR_MISSING, F.lit(0.0)), dates))
-    return parts
+    return parts + list(text_parts)
 
 
-def _sources(events, outcomes, attributes) -> set[str]:
-    """The feature sources present (orders always)."""
+def _sources(events, outcomes, attributes, text_parts: Optional[dict] = None) -> set[str]:
+    """The feature sources present (orders always; a text source when its part is built)."""
     present = {ORDERS: True, EVENTS: events is not None, EXPOSURES: outcomes is not None,
                ATTRIBUTES: attributes is not None}
-    return {source for source, there in present.items() if there}
+    return {source for source, there in present.items() if there} | set(text_parts or ())
 
 
 def _with_default(name: str, default: float, producer: dict[str, str]) -> Column:
@@ -181,7 +206,7 @@ def _prepare(orders, events, exposures, features_cfg: FeaturesConf):
 
 def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, exposures: Optional[DataFrame] = None,
                         attributes: Optional[DataFrame] = None, *, as_of: dt.date,
-                        features_cfg: FeaturesConf) -> DataFrame:
+                        features_cfg: FeaturesConf, text: Optional[TextInputs] = None) -> DataFrame:
     """Point-in-time features of every user seen before `as_of` (the user_features rows, less run_id).
 
     Grain: one row per user_id with an order or event (or a campaign exposure with an observed
@@ -198,18 +223,22 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
         attributes: bronze user_attributes (unique user_id), or None.
         as_of: the date D.
         features_cfg: the features conf section.
+        text: the text inputs (order lines, projected product vectors, scored reviews; see
+            features.text), or None: then the text features are their defaults (0).
 
     Returns:
         user_id, as_of_date, the feature columns of feature_table_columns(features_cfg) (DOUBLE;
         null only where a builder produced null for a user with rows in its source), attr_*
         columns when `attributes` is given, seq_tokens, seq_mask.
     """
+    text_parts = _text_parts(text, events, dates=[as_of], features_cfg=features_cfg)
     orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
-    parts = _feature_parts(orders, events, outcomes, attributes, dates=[as_of], features_cfg=features_cfg)
+    parts = _feature_parts(orders, events, outcomes, attributes, dates=[as_of], features_cfg=features_cfg,
+                           text_parts=list(text_parts.values()))
     merged, producer = _stack(parts, [USER_ID, AS_OF_DATE])
     derived, features = _finish(merged, producer, features_cfg=features_cfg,
                                 attr_cols=attribute_feature_columns(attributes, features_cfg),
-                                sources=_sources(events, outcomes, attributes))
+                                sources=_sources(events, outcomes, attributes, text_parts))
     return derived.select(USER_ID, AS_OF_DATE, *features)
 
 
@@ -221,7 +250,8 @@ def origins(as_of: dt.date, *, horizon_days: int, features_cfg: FeaturesConf) ->
 
 def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = None,
                             exposures: Optional[DataFrame] = None, attributes: Optional[DataFrame] = None, *,
-                            as_of: dt.date, horizon_days: int, features_cfg: FeaturesConf) -> DataFrame:
+                            as_of: dt.date, horizon_days: int, features_cfg: FeaturesConf,
+                            text: Optional[TextInputs] = None) -> DataFrame:
     """Features at each rolling origin D_k joined with labels from [D_k, D_k + horizon_days).
 
     Grain: one row per (user_id, origin_date) for every user with an order or event (or an
@@ -236,10 +266,11 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
         is_control, label_converted, label_response_value.
     """
     dates = origins(as_of, horizon_days=horizon_days, features_cfg=features_cfg)
+    text_parts = _text_parts(text, events, dates=dates, features_cfg=features_cfg)
     orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
     parts = [part.withColumnRenamed(AS_OF_DATE, ORIGIN_DATE)
              for part in _feature_parts(orders, events, outcomes, attributes, dates=dates,
-                                        features_cfg=features_cfg)]
+                                        features_cfg=features_cfg, text_parts=list(text_parts.values()))]
     parts.append(labels.window_labels(orders, origins=dates, horizon_days=horizon_days))
     if outcomes is not None:
         parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))
@@ -249,7 +280,7 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
     derived, features = _finish(merged.withColumnRenamed(ORIGIN_DATE, AS_OF_DATE), producer,
                                 features_cfg=features_cfg,
                                 attr_cols=attribute_feature_columns(attributes, features_cfg),
-                                sources=_sources(events, outcomes, attributes))
+                                sources=_sources(events, outcomes, attributes, text_parts))
 
     def label(name: str, type_: str, default=None) -> Column:
         value = (F.col(name) if name in derived.columns else F.lit(None)).cast(type_)

@@ -14,8 +14,10 @@ the blocks in table order, and the ``user_features`` / ``training_examples`` con
 
 A block may expand over a conf list (``per``): ``"window"`` over ``features.windows_days``
 (``{w}``), ``"trend_pair"`` over consecutive windows (``{a}``, ``{b}``), ``"event_type"`` over
-``features.event_types`` (``{type}``, ``{type_slug}``). Comments may name conf values as
-``{cfg.<key>}``. No Spark here.
+``features.event_types`` (``{type}``, ``{type_slug}``), ``"text_dim"`` over the
+``features.text_dims`` projected text dimensions (``{i}``). Blocks from a text source are left
+out entirely with ``features.text: false``. Comments may name conf values as ``{cfg.<key>}``.
+No Spark here.
 """
 from __future__ import annotations
 
@@ -25,10 +27,13 @@ from typing import Any, Iterator, Optional
 
 from ulv_spark.schemas import Col
 
-# Inputs a feature summarises (the bronze tables of the same names).
+# Inputs a feature summarises (the bronze tables of the same names; the text sources are the
+# product embeddings of the bought / viewed products and the review embeddings).
 ORDERS, EVENTS, EXPOSURES, ATTRIBUTES = "orders", "events", "campaign_exposures", "user_attributes"
-SOURCES = (ORDERS, EVENTS, EXPOSURES, ATTRIBUTES)
-PER = ("window", "trend_pair", "event_type")
+PRODUCT_TEXT, REVIEW_TEXT = "product_text", "review_text"
+TEXT_SOURCES = (PRODUCT_TEXT, REVIEW_TEXT)   # left out of the tables with features.text: false
+SOURCES = (ORDERS, EVENTS, EXPOSURES, ATTRIBUTES) + TEXT_SOURCES
+PER = ("window", "trend_pair", "event_type", "text_dim")
 
 ATTRIBUTE_PREFIX = "attr_"           # joined user attributes: attr_<name> DOUBLE
 
@@ -82,6 +87,8 @@ class Block:
             return list(features_cfg.windows_days)
         if self.per == "trend_pair":
             return trend_pairs(features_cfg.windows_days)
+        if self.per == "text_dim":
+            return list(range(features_cfg.text_dims))
         return list(features_cfg.event_types)
 
     def _vars(self, value) -> dict[str, Any]:
@@ -91,13 +98,21 @@ class Block:
             return {"a": value[0], "b": value[1]}
         if self.per == "event_type":
             return {"type": str(value).strip().lower(), "type_slug": slug(value)}
+        if self.per == "text_dim":
+            return {"i": value}
         return {}
 
     def names(self, value=None) -> tuple[str, ...]:
         """Column names of the block for one conf value (a window, a trend pair, an event type)."""
         return tuple(f.name.format(**self._vars(value)) for f in self.features)
 
+    def enabled(self, features_cfg) -> bool:
+        """False for a text block when features.text is off (its columns are not in the tables)."""
+        return self.source not in TEXT_SOURCES or bool(getattr(features_cfg, "text", True))
+
     def expand(self, features_cfg) -> Iterator[Declared]:
+        if not self.enabled(features_cfg):
+            return
         for value in self.values(features_cfg):
             variables = {**self._vars(value), "cfg": features_cfg}
             for f in self.features:

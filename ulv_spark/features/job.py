@@ -1,8 +1,10 @@
 """`ulv-spark features --as-of D`: write user_features, training_examples and token_vocabulary for D.
 
 Reads the bronze tables (orders required; events, campaign_exposures and user_attributes when
-they exist), builds the frames with the pure builders and replaces the as_of_date = D
-partition of each output table, so re-running a date replaces that date only.
+they exist) and the text tables (order_lines, product_embeddings projected through the stored
+text_projection, review_embeddings scored against the sentiment concepts), builds the frames
+with the pure builders and replaces the as_of_date = D partition of each output table, so
+re-running a date replaces that date only.
 """
 from __future__ import annotations
 
@@ -28,10 +30,124 @@ def read_inputs(spark, cfg: Config) -> dict:
     if not lake.is_delta(spark, orders_ref):
         raise JobFailed(f"table {orders_ref.name} does not exist (at {orders_ref.path}); run `ulv-spark ingest` first")
     inputs = {}
-    for name in catalog.names(catalog.BRONZE):
+    for name in catalog.names(catalog.BRONZE, catalog.DERIVED):
         ref = lake.table_ref(cfg.lakehouse, name)
         inputs[name] = lake.read_table(spark, ref) if lake.is_delta(spark, ref) else None
     return inputs
+
+
+def fit_projection(product_embeddings, *, model_id: str, dims: int) -> tuple[list[list[float]], list[float], int]:
+    """PCA of the product embeddings (products with text, of encoder `model_id`): (components, variance shares, n).
+
+    Spark ML's PCA (a distributed covariance, then an eigendecomposition of the dim x dim matrix
+    on the driver); only the `dims` components of length dim come back. Empty lists when no
+    product of that encoder has text.
+    """
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    rows = product_embeddings.filter(F.col("has_text") & (F.col("model_id") == F.lit(model_id)))
+    n = rows.count()
+    if n == 0:
+        return [], [], 0
+    vectors = rows.select(array_to_vector(F.col("embedding").cast("array<double>")).alias("v"))
+    dim = len(rows.select("embedding").first()[0])
+    model = PCA(k=min(dims, dim), inputCol="v", outputCol="p").fit(vectors)
+    matrix = model.pc.toArray()  # dim x k
+    components = []
+    for j in range(matrix.shape[1]):
+        column = matrix[:, j]
+        sign = 1.0 if column[abs(column).argmax()] >= 0 else -1.0  # a fixed sign: the largest weight positive
+        components.append([float(sign * w) for w in column])
+    return components, [float(v) for v in model.explainedVariance.toArray()], int(n)
+
+
+def load_projection(spark, cfg: Config, *, run_id: str, log=None) -> tuple[Optional[str], list[list[float]], str]:
+    """The stored projection of the current product embeddings, fitted and stored first when there is none.
+
+    Returns (model_id, components, how) with how = "stored" / "fitted" / "no product texts";
+    components is empty without product embeddings with text.
+    """
+    import datetime as _dt
+
+    from pyspark.sql import functions as F
+
+    dims = cfg.features.text_dims
+    emb_ref = lake.table_ref(cfg.lakehouse, catalog.PRODUCT_EMBEDDINGS.name)
+    if not lake.is_delta(spark, emb_ref):
+        return None, [], "no product_embeddings table"
+    embeddings = lake.read_table(spark, emb_ref)
+    latest = embeddings.orderBy(F.col("embedded_at").desc(), F.col("model_id")).select("model_id").first()
+    if latest is None:
+        return None, [], "no product texts"
+    model_id = latest[0]
+    ref = lake.table_ref(cfg.lakehouse, catalog.TEXT_PROJECTION.name)
+    if lake.is_delta(spark, ref):
+        stored = (lake.read_table(spark, ref).filter(F.col("model_id") == F.lit(model_id))
+                  .orderBy("component").select("weights").collect())  # dims rows of one vector each
+        if len(stored) >= dims:
+            return model_id, [list(r[0]) for r in stored[:dims]], "stored"
+    components, variance, n = fit_projection(embeddings, model_id=model_id, dims=dims)
+    if not components:
+        return model_id, [], "no product texts"
+    fitted_at = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    rows = [(model_id, i, len(c), c, variance[i] if i < len(variance) else None, n, fitted_at, run_id)
+            for i, c in enumerate(components)]
+    df = spark.createDataFrame(rows, catalog.TEXT_PROJECTION.ddl().replace(" NOT NULL", ""))
+    lake.merge(spark, df, ref, catalog.TEXT_PROJECTION)
+    if log:
+        log.info("text projection: %d components fitted on %d products (%s)", len(components), n, model_id)
+    return model_id, components, "fitted"
+
+
+def concept_vectors(cfg: Config) -> tuple[str, list[float], list[float]]:
+    """(model_id, positive, negative): the conf-named sentiment concepts embedded by the configured encoder."""
+    from ulv_spark.text.encoder import get_encoder
+
+    encoder = get_encoder(cfg.embed.encoder_dir, max_length=cfg.embed.max_length)
+    vectors = encoder.encode([cfg.features.text_positive_concept, cfg.features.text_negative_concept]).vectors
+    return encoder.model_id, [float(x) for x in vectors[0]], [float(x) for x in vectors[1]]
+
+
+def read_text_inputs(spark, cfg: Config, inputs: dict, *, run_id: str, log=None):
+    """The text inputs of the builders (features.text.TextInputs) and what was found, or (None, facts).
+
+    None when features.text is off or no text table exists (the text features are then their
+    defaults). Only rows of the current encoder's embeddings are used.
+    """
+    from pyspark.sql import functions as F
+
+    from ulv_spark.features.text import TextInputs, project_products, review_scores
+
+    if not cfg.features.text:
+        return None, {"text": "off (features.text: false)"}
+    facts = {}
+    model_id, components, how = load_projection(spark, cfg, run_id=run_id, log=log)
+    facts["projection"] = how
+    vectors = None
+    if components:
+        embeddings = lake.read_table(spark, lake.table_ref(cfg.lakehouse, catalog.PRODUCT_EMBEDDINGS.name))
+        vectors = project_products(embeddings.filter(F.col("model_id") == F.lit(model_id)), components)
+        facts["product_text_model"] = model_id
+    reviews = None
+    review_ref = lake.table_ref(cfg.lakehouse, catalog.REVIEW_EMBEDDINGS.name)
+    if lake.is_delta(spark, review_ref):
+        from ulv_spark.errors import JobFailed
+        from ulv_spark.text.encoder import EncoderNotFound
+
+        try:
+            review_model, positive, negative = concept_vectors(cfg)
+        except EncoderNotFound as exc:
+            raise JobFailed(str(exc)) from None
+        stored = lake.read_table(spark, review_ref).filter(F.col("model_id") == F.lit(review_model))
+        reviews = review_scores(stored, positive=positive, negative=negative)
+        facts["review_text_model"] = review_model
+    facts["order_lines"] = inputs.get(catalog.ORDER_LINES.name) is not None
+    if vectors is None and reviews is None:
+        return None, {**facts, "text": "no text tables: text features are their defaults"}
+    return TextInputs(order_lines=inputs.get(catalog.ORDER_LINES.name), product_vectors=vectors,
+                      reviews=reviews), facts
 
 
 def _check_columns(spark, ref: lake.TableRef, contract: TableContract) -> None:
@@ -63,15 +179,18 @@ def write_feature_tables(spark, cfg: Config, *, as_of: dt.date, run_id: str, inp
     for name in OUTPUT_TABLES:
         _check_columns(spark, refs[name], contracts[name])
 
-    summary = {"inputs": {name: df is not None for name, df in inputs.items()},
+    text, text_facts = read_text_inputs(spark, cfg, inputs, run_id=run_id, log=log)
+    behaviour_inputs = (catalog.ORDERS.name, catalog.EVENTS.name, catalog.CAMPAIGN_EXPOSURES.name,
+                        catalog.USER_ATTRIBUTES.name)  # the text tables are described under "text"
+    summary = {"inputs": {name: inputs[name] is not None for name in behaviour_inputs}, "text": text_facts,
                "origins": [d.isoformat() for d in origins(as_of, horizon_days=cfg.run.horizon_days,
                                                           features_cfg=feats)],
                "vocab_size": vocab_size(feats), "vocabulary_fingerprint": vocabulary_fingerprint(feats),
                "rows": {}, "seconds": {}}
     builds = {
-        catalog.USER_FEATURES.name: lambda: build_user_features(*frames, as_of=as_of, features_cfg=feats),
+        catalog.USER_FEATURES.name: lambda: build_user_features(*frames, as_of=as_of, features_cfg=feats, text=text),
         catalog.TRAINING_EXAMPLES.name: lambda: build_training_examples(
-            *frames, as_of=as_of, horizon_days=cfg.run.horizon_days, features_cfg=feats),
+            *frames, as_of=as_of, horizon_days=cfg.run.horizon_days, features_cfg=feats, text=text),
         catalog.TOKEN_VOCABULARY.name: lambda: build_token_vocabulary(spark, feats, as_of=as_of),
     }
     for name in OUTPUT_TABLES:

@@ -1,10 +1,12 @@
 """`ulv-spark ingest --as-of D`: load the configured sources into the bronze Delta tables.
 
-For each configured source (orders required; events, campaign_exposures, user_attributes
-optional): read it, check that every mapped column exists (before anything is computed or
+For each configured source (orders required; events, campaign_exposures, user_attributes,
+products and reviews optional): read it, check that every mapped column exists (before anything is computed or
 written), validate every row, count the rejects per reason, and only when no table's reject
 share passes ``ingest.max_reject_share`` MERGE the good rows into bronze and append the
-rejects to ``<table>_rejects``.
+rejects to ``<table>_rejects``. An orders source that maps ``product_id`` also gives
+``order_lines`` (the loaded lines with their products), and, when it maps a product text and no
+products source is configured, the ``products`` catalog (each product's latest line text).
 
 Orders may be left out (``sources.orders: null``) when the campaign exposures carry their own
 observed outcomes (a campaign export): the orders table is then created empty, so every later
@@ -26,7 +28,7 @@ from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import presets
 from ulv_spark.ingest.mapping import (MALFORMED_COLUMN, MappingError, attribute_source_columns, map_columns,
                                       resolve_columns)
-from ulv_spark.ingest.validate import Outcome, prepare, reject_counts
+from ulv_spark.ingest.validate import Outcome, derived_rows, prepare, reject_counts
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import Col, TableContract
 
@@ -154,11 +156,16 @@ def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 100
         for table, (frame, rules) in mapped.items():
             prepared[table], outcomes[table] = _validate(table, frame, rules, ctx, rejected_at, log)
         _check_reject_shares(outcomes, cfg.ingest.max_reject_share)
-        written = {}
+        written, derived = {}, {}
         for table, prep in prepared.items():
             with stage(f"write {table}", log) as info:
                 written[table] = _write(ctx.spark, cfg.lakehouse, table, prep, outcomes[table])
                 info.update(written[table])
+            for name, rows in derived_rows(table, prep.labelled, run_id=ctx.run_id,
+                                           products_source="products" in mapped).items():
+                with stage(f"write {name} (from {table})", log) as info:
+                    derived[name] = {"derived_from": table, **_write_derived(ctx.spark, cfg.lakehouse, name, rows)}
+                    info.update(derived[name])
     finally:
         for prep in prepared.values():
             prep.labelled.unpersist()
@@ -166,6 +173,7 @@ def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 100
     tables = {t: {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
                   "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected,
                   "deferred": o.deferred, **written[t]} for t, o in outcomes.items()}
+    tables.update(derived)
     if "orders" not in mapped:
         tables["orders"] = _empty_orders(ctx.spark, cfg.lakehouse, log)
     return {"tables": tables}
@@ -283,21 +291,31 @@ def with_attribute_columns(contract: TableContract, df) -> TableContract:
     return dataclasses.replace(contract, columns=contract.columns + extra)
 
 
-def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
-    contract = CONTRACTS[table]
-    ref = lake.table_ref(lake_cfg, table)
+def _merge_or_create(spark, ref, contract: TableContract, rows) -> dict:
+    """MERGE `rows` into the table (a first load is a plain append); Delta's insert / update counts."""
     if lake.is_delta(spark, ref):
-        metrics = lake.merge(spark, prep.good, ref, contract)
+        metrics = lake.merge(spark, rows, ref, contract)
     else:
         # first load: MERGE into a new table inserts every row, and a plain write does that in one pass
-        lake.append(spark, prep.good, ref, with_attribute_columns(contract, prep.good))
+        lake.append(spark, rows, ref, with_attribute_columns(contract, rows))
         written = lake.last_operation_metrics(spark, ref)
         metrics = {"numTargetRowsInserted": written.get("numOutputRows", 0)}
+    return {"table": ref.name, "inserted": int(metrics.get("numTargetRowsInserted", 0)),
+            "updated": int(metrics.get("numTargetRowsUpdated", 0))}
+
+
+def _write_derived(spark, lake_cfg, name: str, rows) -> dict:
+    """MERGE the rows of a derived bronze table (order_lines, products from lines); no rejects of its own."""
+    return _merge_or_create(spark, lake.table_ref(lake_cfg, name), catalog.contract(name), rows)
+
+
+def _write(spark, lake_cfg, table: str, prep, outcome: Outcome) -> dict:
+    contract = CONTRACTS[table]
+    facts = _merge_or_create(spark, lake.table_ref(lake_cfg, table), contract, prep.good)
     rejects = catalog.rejects_contract(contract)
     rejects_ref = lake.table_ref(lake_cfg, rejects.name)
     if outcome.rejected_total:
         lake.append(spark, prep.rejects, rejects_ref, rejects)
     else:
         lake.ensure_table(spark, rejects_ref, rejects)
-    return {"table": ref.name, "inserted": int(metrics.get("numTargetRowsInserted", 0)),
-            "updated": int(metrics.get("numTargetRowsUpdated", 0))}
+    return facts

@@ -32,15 +32,19 @@ class SourceSpec:
     required: tuple[str, ...]
     optional: tuple[str, ...]
     keeps_other_columns: bool = False  # user_attributes: unmapped source columns are kept
+    # optional fields that appear in the mapped frame only when the source has them (the
+    # product columns of an order log: a log without them maps exactly as before)
+    conditional: tuple[str, ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return self.required + self.optional
+        return self.required + self.optional + self.conditional
 
 
 SPECS = {
     "orders": SourceSpec("orders", required=("user_id", "order_id", "order_ts", "amount"),
-                         optional=("quantity", "unit_price", "category", "discount", "is_return", "line_id")),
+                         optional=("quantity", "unit_price", "category", "discount", "is_return", "line_id"),
+                         conditional=("product_id", "product_title", "product_description")),
     "events": SourceSpec("events", required=("user_id", "event_ts", "event_type"),
                          optional=("event_id", "product_id", "category", "session_id")),
     "campaign_exposures": SourceSpec("campaign_exposures",
@@ -49,6 +53,9 @@ SPECS = {
                                                "observed_value")),
     "user_attributes": SourceSpec("user_attributes", required=("user_id",), optional=(),
                                   keeps_other_columns=True),
+    "products": SourceSpec("products", required=("product_id",),
+                           optional=("title", "description", "category", "price")),
+    "reviews": SourceSpec("reviews", required=("user_id", "product_id", "review_ts"), optional=("rating", "text")),
 }
 
 
@@ -112,12 +119,13 @@ def map_columns(raw: DataFrame, table: str, columns: dict[str, str]) -> DataFram
     """The source with its columns renamed to the contract's fields; the source row kept in `_src`.
 
     Grain: unchanged (one row per source row). Columns: `_src` (struct of every source column),
-    then every field of the table's spec (unmapped ones as null), then for user_attributes the
-    attribute columns (named by the mapping key, or the slug of the source name when the
-    mapping names none besides user_id).
+    then every field of the table's spec (unmapped ones as null; a conditional one only when
+    mapped), then for user_attributes the attribute columns (named by the mapping key, or the
+    slug of the source name when the mapping names none besides user_id).
     """
     spec = SPECS[table]
-    fields = [(_quoted(columns[f]) if f in columns else F.lit(None)).alias(f) for f in spec.fields]
+    fields = [(_quoted(columns[f]) if f in columns else F.lit(None)).alias(f) for f in spec.fields
+              if f in columns or f not in spec.conditional]
     named = {k: v for k, v in columns.items() if k not in spec.fields}
     kept = attribute_source_columns(table, columns, raw.columns)
     extras = [_quoted(src).alias(slug(name)) for name, src in named.items()] if named \

@@ -18,6 +18,7 @@ null_event_id           mapped event id null or blank (events)
 null_campaign_id        campaign id null or blank (campaign_exposures)
 null_arm                arm null or blank (campaign_exposures)
 null_event_type         event type null or blank (events)
+null_product_id         product id null or blank (products, reviews)
 bad_id                  an id column (user, order, line, event, product, session, campaign) holds a
                         number that is not a whole number held exactly: 17850.5, NaN, inf, 1e20
                         (17850.0 is fine and becomes '17850')
@@ -35,6 +36,8 @@ bad_discount            discount present but not a finite number
 bad_flag                a flag (is_return, is_control, observed_converted) not in the true/false values
 bad_response_window     response_window_days present but not a whole number in [0, 3660]
 bad_observed_value      observed_value present but not a finite number
+bad_price               price present but not a finite number >= 0 (products)
+bad_rating              rating present but not a finite number in [0, max_rating] (reviews)
 after_run_date          timestamp on a day after the run date (with future_rows: reject)
 duplicate_key           another valid row has the same key (the first by time, then by a hash of
                         the whole source row, is kept)
@@ -42,6 +45,10 @@ conflicting_user_id     lines of one order carry different user ids (line-level 
 rejected_sibling_line   another line of the same order was rejected (line-level orders: an
                         order is loaded whole or not at all)
 ======================  ======================================================================
+
+Texts (product titles and descriptions, order-line product texts, review texts) are never a
+reason: missing, empty, non-UTF-8 (already replaced by U+FFFD when the reader decoded it) or very
+long texts are loaded as they are, and the embed job normalises and truncates them.
 """
 from __future__ import annotations
 
@@ -68,6 +75,7 @@ NULL_EVENT_ID = "null_event_id"
 NULL_CAMPAIGN_ID = "null_campaign_id"
 NULL_ARM = "null_arm"
 NULL_EVENT_TYPE = "null_event_type"
+NULL_PRODUCT_ID = "null_product_id"
 BAD_ID = "bad_id"
 NULL_TIMESTAMP = "null_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"
@@ -81,15 +89,18 @@ BAD_DISCOUNT = "bad_discount"
 BAD_FLAG = "bad_flag"
 BAD_RESPONSE_WINDOW = "bad_response_window"
 BAD_OBSERVED_VALUE = "bad_observed_value"
+BAD_PRICE = "bad_price"
+BAD_RATING = "bad_rating"
 AFTER_RUN_DATE = "after_run_date"
 DUPLICATE_KEY = "duplicate_key"
 CONFLICTING_USER_ID = "conflicting_user_id"
 REJECTED_SIBLING_LINE = "rejected_sibling_line"
 
 REASONS = (MALFORMED_ROW, NULL_USER_ID, NULL_ORDER_ID, NULL_EVENT_ID, NULL_CAMPAIGN_ID, NULL_ARM, NULL_EVENT_TYPE,
-           BAD_ID, NULL_TIMESTAMP, BAD_TIMESTAMP, TS_OUT_OF_RANGE, BAD_QUANTITY, QUANTITY_OUT_OF_RANGE, BAD_AMOUNT,
-           NULL_AMOUNT, AMOUNT_OUT_OF_RANGE, BAD_DISCOUNT, BAD_FLAG, BAD_RESPONSE_WINDOW, BAD_OBSERVED_VALUE,
-           AFTER_RUN_DATE, DUPLICATE_KEY, CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
+           NULL_PRODUCT_ID, BAD_ID, NULL_TIMESTAMP, BAD_TIMESTAMP, TS_OUT_OF_RANGE, BAD_QUANTITY,
+           QUANTITY_OUT_OF_RANGE, BAD_AMOUNT, NULL_AMOUNT, AMOUNT_OUT_OF_RANGE, BAD_DISCOUNT, BAD_FLAG,
+           BAD_RESPONSE_WINDOW, BAD_OBSERVED_VALUE, BAD_PRICE, BAD_RATING, AFTER_RUN_DATE, DUPLICATE_KEY,
+           CONFLICTING_USER_ID, REJECTED_SIBLING_LINE)
 
 MAX_RESPONSE_WINDOW_DAYS = 3660  # ten years: a longer window is a typo, and would overflow timestamp arithmetic
 
@@ -198,6 +209,7 @@ def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> Dat
     discount, bad_discount = parse_number(mapped, "discount")
     flag, bad_flag = parse_flag(mapped, "is_return", rules.true_values, rules.false_values)
     order_id = parse_id(mapped, "order_id")
+    products = _product_line_columns(mapped)
     parsed = mapped.select(
         SOURCE_STRUCT,
         parse_id(mapped, "user_id").alias(USER_ID),
@@ -210,8 +222,9 @@ def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> Dat
         discount.alias("discount"), bad_discount.alias("_bad_discount"),
         flag.alias("_flag"), bad_flag.alias("_bad_flag"),
         parse_id(mapped, "line_id").alias("line_id"),
+        *products.values(),
         malformed(mapped).alias("_malformed"),
-        _bad_ids(mapped, ("user_id", "order_id", "line_id")).alias("_bad_id"),
+        _bad_ids(mapped, ("user_id", "order_id", "line_id") + (("product_id",) if products else ())).alias("_bad_id"),
     )
     checks = [(F.col("_malformed"), MALFORMED_ROW), (F.col(USER_ID).isNull(), NULL_USER_ID)]
     if not rules.derive_order_id:
@@ -248,7 +261,87 @@ def label_orders(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> Dat
     else:
         labelled = flag_duplicates(labelled, ["order_id"], ["order_ts"])
     return labelled.select(SOURCE_STRUCT, USER_ID, "order_id", "order_ts", "amount", "quantity", "category",
-                           "discount", "is_return", "line_id", REASON, DEFERRED)
+                           "discount", "is_return", "line_id", *products, REASON, DEFERRED)
+
+
+LINE_HASH = "_line_hash"  # a hash of the source line: numbers the lines of an order, picks a product's text
+PRODUCT_TEXT_FIELDS = ("product_title", "product_description")
+
+
+def _product_line_columns(mapped: DataFrame) -> dict[str, Column]:
+    """The product columns an order log maps (product_id, its texts) plus the line hash; {} without product_id.
+
+    Texts are kept as the source has them (no trimming, nothing rejected): the embed job
+    normalises them.
+    """
+    if "product_id" not in mapped.columns:
+        return {}
+    out = {"product_id": parse_id(mapped, "product_id").alias("product_id")}
+    for name in PRODUCT_TEXT_FIELDS:
+        if name in mapped.columns:
+            out[name] = F.col(name).cast("string").alias(name)
+    out[LINE_HASH] = _row_hash(mapped).alias(LINE_HASH)
+    return out
+
+
+def _good(labelled: DataFrame) -> DataFrame:
+    return labelled.filter(F.col(REASON).isNull() & ~F.col(DEFERRED))
+
+
+def order_lines_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `order_lines` rows: the good lines of an orders source that maps product_id.
+
+    Grain: one row per loaded source line. Columns: the ORDER_LINES contract. order_id is the
+    id of the orders row the line went into (return lines of a mixed order: <order_id>-R, as in
+    aggregate_lines); line_id is the source's, else the line's number within that order by its
+    source-row hash (so it does not depend on file order).
+    """
+    good = _good(labelled)
+    per_order = Window.partitionBy("order_id").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    mixed = F.max(F.col("is_return").cast("int")).over(per_order) > F.min(F.col("is_return").cast("int")).over(
+        per_order)
+    order_id = F.when(mixed & F.col("is_return"), F.concat(F.col("order_id"), F.lit(RETURN_SUFFIX))) \
+        .otherwise(F.col("order_id"))
+    lines = good.withColumn("order_id", order_id)
+    numbered = Window.partitionBy("order_id").orderBy(LINE_HASH).rowsBetween(Window.unboundedPreceding,
+                                                                             Window.currentRow)
+    line_id = F.coalesce(F.col("line_id"), F.row_number().over(numbered).cast("string"))
+    return lines.select("order_id", line_id.alias("line_id"), USER_ID, "product_id", "order_ts", "quantity",
+                        "amount", F.lit(run_id).alias(RUN_ID))
+
+
+def products_from_lines(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `products` rows derived from order lines that carry product texts (no products source).
+
+    Grain: one row per product_id of the good lines. Title, description and category are those
+    of the product's latest line (by order_ts, ties by the source-row hash), kept even when
+    missing or empty; price is that line's |amount| / |quantity| (null without a quantity).
+    Columns: the PRODUCTS contract.
+    """
+    good = _good(labelled).filter(F.col("product_id").isNotNull())
+    latest = Window.partitionBy("product_id").orderBy(F.col("order_ts").desc(), LINE_HASH).rowsBetween(
+        Window.unboundedPreceding, Window.currentRow)
+    first = good.withColumn("_n", F.row_number().over(latest)).filter(F.col("_n") == 1)
+    text = {name: (F.col(f"product_{name}") if f"product_{name}" in labelled.columns else F.lit(None).cast("string"))
+            for name in ("title", "description")}
+    quantity = F.abs(F.col("quantity"))
+    price = F.when(quantity > 0, F.abs(F.col("amount")) / quantity)
+    return first.select("product_id", text["title"].alias("title"), text["description"].alias("description"),
+                        "category", price.alias("price"), F.lit(run_id).alias(RUN_ID))
+
+
+def derived_rows(table: str, labelled: DataFrame, *, run_id: str, products_source: bool) -> dict[str, DataFrame]:
+    """Bronze tables derived from the labelled rows of source `table`: name -> rows.
+
+    An orders source that maps product_id gives `order_lines`; when it also maps a product text
+    and there is no products source (`products_source` false), it gives the `products` catalog.
+    """
+    if table != "orders" or "product_id" not in labelled.columns:
+        return {}
+    out = {"order_lines": order_lines_bronze(labelled, run_id=run_id)}
+    if not products_source and set(PRODUCT_TEXT_FIELDS) & set(labelled.columns):
+        out["products"] = products_from_lines(labelled, run_id=run_id)
+    return out
 
 
 def _derive_order_ids(df: DataFrame) -> DataFrame:
@@ -454,6 +547,78 @@ def user_attributes_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
     return good.select(USER_ID, F.lit(run_id).alias(RUN_ID), *extras)
 
 
+# -------------------------------------------------------------------- products and reviews
+def _text_col(mapped: DataFrame, name: str) -> Column:
+    """A text column as the source has it (not trimmed; null stays null): texts are never a reject reason."""
+    return F.col(name).cast("string")
+
+
+def label_products(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
+    """Parse and check a mapped product catalog; duplicates of product_id are rejected.
+
+    Grain: one row per source row. Columns: _src, user_id (always null: rejects have the
+    column), product_id, title, description, category, price, _reason, _deferred (always false:
+    a catalog row carries no time). Missing, empty or very long texts are kept.
+    """
+    price, bad_price = parse_number(mapped, "price")
+    parsed = mapped.select(
+        SOURCE_STRUCT, F.lit(None).cast("string").alias(USER_ID),
+        parse_id(mapped, "product_id").alias("product_id"),
+        _text_col(mapped, "title").alias("title"), _text_col(mapped, "description").alias("description"),
+        parse_id(mapped, "category").alias("category"),
+        price.alias("price"), (bad_price | (F.coalesce(price, F.lit(0.0)) < 0)).alias("_bad_price"),
+        malformed(mapped).alias("_malformed"), bad_id(mapped, "product_id").alias("_bad_id"))
+    checks = [(F.col("_malformed"), MALFORMED_ROW), (F.col("product_id").isNull(), NULL_PRODUCT_ID),
+              (F.col("_bad_id"), BAD_ID), (F.col("_bad_price"), BAD_PRICE)]
+    labelled = parsed.withColumns({REASON: _first_reason(checks), DEFERRED: F.lit(False)})
+    labelled = flag_duplicates(labelled, ["product_id"], [])
+    return labelled.select(SOURCE_STRUCT, USER_ID, "product_id", "title", "description", "category", "price",
+                           REASON, DEFERRED)
+
+
+def products_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `products` rows. Grain: one row per product_id. Columns: the PRODUCTS contract."""
+    return _good(labelled).select("product_id", "title", "description", "category", "price",
+                                  F.lit(run_id).alias(RUN_ID))
+
+
+def label_reviews(mapped: DataFrame, *, as_of: dt.date, rules: SourceConf) -> DataFrame:
+    """Parse and check mapped reviews; duplicates of (user_id, product_id, review_ts) are rejected.
+
+    Grain: one row per source row. Columns: _src, user_id, product_id, review_ts, rating, text,
+    _reason, _deferred. A rating must be a finite number in [0, rules.max_rating] when present;
+    the text is kept whatever it is (missing, empty, very long).
+    """
+    rating, bad_rating = parse_number(mapped, "rating")
+    out_of_range = (rating < F.lit(0.0)) | (rating > F.lit(float(rules.max_rating)))
+    parsed = mapped.select(
+        SOURCE_STRUCT,
+        parse_id(mapped, USER_ID).alias(USER_ID),
+        parse_id(mapped, "product_id").alias("product_id"),
+        parse_timestamp(mapped, "review_ts", rules.timestamp_format, rules.timezone).alias("review_ts"),
+        is_blank(mapped, "review_ts").alias("_ts_blank"),
+        rating.alias("rating"), (bad_rating | F.coalesce(out_of_range, F.lit(False))).alias("_bad_rating"),
+        _text_col(mapped, "text").alias("text"),
+        malformed(mapped).alias("_malformed"),
+        _bad_ids(mapped, (USER_ID, "product_id")).alias("_bad_id"))
+    checks = [(F.col("_malformed"), MALFORMED_ROW),
+              (F.col(USER_ID).isNull(), NULL_USER_ID),
+              (F.col("product_id").isNull(), NULL_PRODUCT_ID),
+              (F.col("_bad_id"), BAD_ID),
+              (F.col("_ts_blank"), NULL_TIMESTAMP),
+              (F.col("review_ts").isNull(), BAD_TIMESTAMP),
+              (_ts_out_of_range("review_ts", rules), TS_OUT_OF_RANGE),
+              (F.col("_bad_rating"), BAD_RATING)]
+    labelled = flag_duplicates(_with_dates(parsed, "review_ts", as_of, rules.future_rows, checks),
+                               [USER_ID, "product_id", "review_ts"], [])
+    return labelled.select(SOURCE_STRUCT, USER_ID, "product_id", "review_ts", "rating", "text", REASON, DEFERRED)
+
+
+def reviews_bronze(labelled: DataFrame, *, run_id: str) -> DataFrame:
+    """Bronze `reviews` rows. Grain: one row per review. Columns: the REVIEWS contract."""
+    return _good(labelled).select(USER_ID, "product_id", "review_ts", "rating", "text", F.lit(run_id).alias(RUN_ID))
+
+
 # -------------------------------------------------------------------- rejects and entry points
 def reject_rows(labelled: DataFrame, *, run_id: str, as_of: dt.date, rejected_at: dt.datetime) -> DataFrame:
     """Rows of the `<table>_rejects` contract for the rejected rows of `labelled`.
@@ -468,7 +633,7 @@ def reject_rows(labelled: DataFrame, *, run_id: str, as_of: dt.date, rejected_at
 
 
 LABELLERS = {"orders": label_orders, "events": label_events, "campaign_exposures": label_exposures,
-             "user_attributes": label_user_attributes}
+             "user_attributes": label_user_attributes, "products": label_products, "reviews": label_reviews}
 
 
 def prepare(table: str, mapped: DataFrame, *, rules: SourceConf, as_of: dt.date, run_id: str,
@@ -482,6 +647,10 @@ def prepare(table: str, mapped: DataFrame, *, rules: SourceConf, as_of: dt.date,
         good = events_bronze(labelled, run_id=run_id)
     elif table == "campaign_exposures":
         good = exposures_bronze(labelled, run_id=run_id)
+    elif table == "products":
+        good = products_bronze(labelled, run_id=run_id)
+    elif table == "reviews":
+        good = reviews_bronze(labelled, run_id=run_id)
     else:
         good = user_attributes_bronze(labelled, run_id=run_id)
     rejects = reject_rows(with_source, run_id=run_id, as_of=as_of, rejected_at=rejected_at)

@@ -689,6 +689,12 @@ TABLES: dict[str, tuple[Callable, str, Callable]] = {
 }
 
 
+# the text tables (products, reviews; generate.texts) are simulated in synthetic/text.py
+from ulv_spark.synthetic import text as _text  # noqa: E402  (it uses the names above)
+
+TABLES.update(_text.TABLES)
+
+
 def partition_frames(params: GeneratorParams, table: str, partitions: Sequence[int]) -> Iterator[pd.DataFrame]:
     """The coded rows of `table` for the given partitions, in batches of at most CHUNK_ROWS."""
     builder = TABLES[table][0]

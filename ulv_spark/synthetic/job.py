@@ -1,7 +1,7 @@
 """`ulv-spark generate`: write the synthetic raw inputs (Parquet) and the truth tables (Delta).
 
 Raw files go to ``<generate.output_dir>/<orders|events|campaign_exposures|user_attributes>``
-(overwritten), in the shop's own column names, so ``ingest`` reads them through the mapping in
+(plus ``products`` and ``reviews``, and a product per order, with ``generate.texts``; overwritten), in the shop's own column names, so ``ingest`` reads them through the mapping in
 ``sources:``. The truth tables ``truth_users`` and ``truth_uplift`` get one partition per truth
 date: ``generate.truth_dates`` plus the run date and the run date minus the horizon when those
 lie inside the simulated period.
@@ -18,6 +18,7 @@ from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE
+from ulv_spark.synthetic import text
 from ulv_spark.synthetic.generator import TABLES, GeneratorParams, generated_table
 
 RAW_TABLES = tuple(name for name in catalog.names(catalog.BRONZE) if name in TABLES)  # the inputs it simulates
@@ -44,9 +45,14 @@ def run_generate(ctx: JobContext) -> Summary:
     summary = {"output_dir": cfg.generate.output_dir, "users": params.gen.users, "partitions": params.gen.partitions,
                "seed": params.gen.seed, "truth_dates": [d.isoformat() for d in params.truth_dates], "rows": {}}
     for table in RAW_TABLES:
+        if table in text.TABLES and not cfg.generate.texts:
+            continue
         path = raw_path(cfg.generate.output_dir, table)
         with stage(f"generate {table}", log) as info:
-            generated_table(spark, params, table).write.mode("overwrite").parquet(path)
+            raw = generated_table(spark, params, table)
+            if table == "orders" and cfg.generate.texts:
+                raw = text.with_order_products(spark, params, raw)
+            raw.write.mode("overwrite").parquet(path)
             info["rows"] = summary["rows"][table] = spark.read.parquet(path).count()
     for contract in (t.contract for t in catalog.tables(catalog.TRUTH)):
         ref = lake.table_ref(cfg.lakehouse, contract.name)

@@ -1,0 +1,158 @@
+"""Text features before the as-of date D: what the user bought (or viewed), and what they wrote.
+
+* Product-text profile: the spend-weighted mean of the text embeddings of the products the user
+  bought before D (bronze ``order_lines``: net spend per product, products with net spend > 0),
+  or, for a user without such a purchase, the view-weighted mean over the products they viewed
+  (``events.product_id``). Embeddings enter projected onto ``features.text_dims`` principal
+  components fitted on the product embeddings (a product-level fit, stored in the
+  ``text_projection`` table by the features job, so scoring uses the training projection). The
+  projection is linear, so the mean of projected vectors is the projection of the mean vector.
+* Reviews written before D: count, mean rating, and a sentiment score per review — cosine
+  similarity of its embedding to the conf-named positive concept minus that to the negative one —
+  averaged over the reviews with text.
+
+Pure DataFrame -> DataFrame functions over histories keyed by as_of_date (inputs.history); no
+Python UDFs, nothing collected. The product catalogue and its embeddings are a snapshot (like
+user attributes): a product's current text describes its past purchases too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from ulv_spark.features.declare import PRODUCT_TEXT, REVIEW_TEXT, Feature, block
+from ulv_spark.features.inputs import exact_sum
+from ulv_spark.schemas import AS_OF_DATE, USER_ID
+
+PRODUCT_ID = "product_id"
+SENTIMENT = "sentiment"
+KEYS = (USER_ID, AS_OF_DATE)
+
+PRODUCT_PROFILE = block(
+    Feature("has_product_text", "1 when the user bought (order_lines) or viewed (events) a product with an embedded "
+                                "text before as_of_date, else 0"),
+    source=PRODUCT_TEXT,
+)
+PRODUCT_DIMS = block(
+    Feature("text_dim_{i}", "Component {i} of the user's product-text profile: spend-weighted mean of the bought "
+                            "products' text embeddings (view-weighted over viewed products without a purchase), "
+                            "projected on principal component {i} of the product embeddings (table text_projection); "
+                            "0 without"),
+    source=PRODUCT_TEXT, per="text_dim",
+)
+REVIEWS = block(
+    Feature("review_count", "Reviews the user wrote before as_of_date"),
+    Feature("review_mean_rating", "Mean rating of the user's reviews with a rating before as_of_date; 0 when none"),
+    Feature("review_sentiment", "Mean over the user's reviews with text before as_of_date of the cosine similarity "
+                                "to features.text_positive_concept minus that to features.text_negative_concept; "
+                                "0 when none"),
+    source=REVIEW_TEXT,
+)
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """The text inputs of the feature builders, prepared by the features job (see features.job).
+
+    Attributes:
+        order_lines: bronze order_lines (user_id, product_id, order_ts, amount), or None.
+        product_vectors: project_products output (product_id, text_dim_0..k-1; products with text), or None.
+        reviews: review_scores output (user_id, review_ts, rating, sentiment), or None.
+    """
+
+    order_lines: Optional[DataFrame] = None
+    product_vectors: Optional[DataFrame] = None
+    reviews: Optional[DataFrame] = None
+
+
+def dim_names(dims: int) -> list[str]:
+    """The profile columns text_dim_0 .. text_dim_{dims-1}."""
+    return list(PRODUCT_DIMS.names(i)[0] for i in range(dims))
+
+
+def _dot(array_col: str, weights: Sequence[float]) -> Column:
+    """Dot product of an ARRAY<FLOAT|DOUBLE> column with constant `weights` (Spark SQL higher-order functions)."""
+    constant = F.array(*[F.lit(float(w)) for w in weights])
+    products = F.zip_with(F.col(array_col), constant, lambda a, b: a.cast("double") * b)
+    return F.aggregate(products, F.lit(0.0), lambda acc, x: acc + F.coalesce(x, F.lit(0.0)))
+
+
+def project_products(product_embeddings: DataFrame, components: Sequence[Sequence[float]]) -> DataFrame:
+    """Product embeddings projected on `components` (one weight list per profile dimension).
+
+    Grain: one row per product with text (has_text). Columns: product_id, text_dim_0 ..
+    text_dim_{k-1} (k = len(components)).
+    """
+    with_text = product_embeddings.filter(F.col("has_text"))
+    return with_text.select(PRODUCT_ID, *[_dot("embedding", c).alias(name)
+                                          for name, c in zip(dim_names(len(components)), components)])
+
+
+def review_scores(review_embeddings: DataFrame, *, positive: Sequence[float], negative: Sequence[float]) -> DataFrame:
+    """Reviews with their sentiment score: cos(embedding, positive) - cos(embedding, negative).
+
+    The embeddings and the concept vectors are L2-normalised, so a dot product is the cosine.
+    Grain: one row per review. Columns: user_id, review_ts, rating, sentiment (null without text).
+    """
+    score = _dot("embedding", positive) - _dot("embedding", negative)
+    return review_embeddings.select(USER_ID, "review_ts", F.col("rating").cast("double").alias("rating"),
+                                    F.when(F.col("has_text"), score).alias(SENTIMENT))
+
+
+def product_profile(line_history: Optional[DataFrame], view_history: Optional[DataFrame],
+                    product_vectors: DataFrame, *, dims: int) -> DataFrame:
+    """The product-text profile per (user_id, as_of_date) from keyed histories.
+
+    Grain: one row per (user_id, as_of_date) with a bought (net spend > 0) or viewed product
+    that has a vector. Columns: user_id, as_of_date, has_product_text (1.0), text_dim_0 ..
+    text_dim_{dims-1}: the spend-weighted mean over bought products, else the view-weighted
+    mean over viewed products.
+
+    Args:
+        line_history: order lines keyed by as_of_date (user_id, product_id, amount), or None.
+        view_history: view events keyed by as_of_date (user_id, product_id), or None.
+        product_vectors: project_products output.
+        dims: profile dimensions (the columns of product_vectors).
+    """
+    names = dim_names(dims)
+    weighted = []
+    if line_history is not None:
+        spend = (line_history.filter(F.col(PRODUCT_ID).isNotNull())
+                 .groupBy(*KEYS, PRODUCT_ID).agg(exact_sum(F.col("amount")).alias("_w"))
+                 .filter(F.col("_w") > 0))
+        weighted.append(spend.select(*KEYS, PRODUCT_ID, "_w", F.lit(1).alias("_bought")))
+    if view_history is not None:
+        views = (view_history.filter(F.col(PRODUCT_ID).isNotNull())
+                 .groupBy(*KEYS, PRODUCT_ID).agg(F.count(F.lit(1)).cast("double").alias("_w")))
+        weighted.append(views.select(*KEYS, PRODUCT_ID, "_w", F.lit(0).alias("_bought")))
+    if not weighted:
+        raise ValueError("product_profile needs order lines or view events")
+    rows = weighted[0] if len(weighted) == 1 else weighted[0].unionByName(weighted[1])
+    with_vectors = rows.join(product_vectors, on=PRODUCT_ID, how="inner")
+    # the bought products when there are any, else the viewed ones
+    best = with_vectors.groupBy(*KEYS).agg(F.max("_bought").alias("_use"))
+    used = with_vectors.join(best, on=list(KEYS), how="inner").filter(F.col("_bought") == F.col("_use"))
+    total = exact_sum(F.col("_w"))
+    return used.groupBy(*KEYS).agg(
+        F.lit(1.0).alias("has_product_text"),
+        *[(exact_sum(F.col("_w") * F.col(n)) / total).alias(n) for n in names])
+
+
+def review_activity(review_history: DataFrame) -> DataFrame:
+    """Review count, mean rating and mean sentiment per (user_id, as_of_date) from keyed review scores.
+
+    Grain: one row per (user_id, as_of_date) with a review before the date. Columns: user_id,
+    as_of_date, review_count, review_mean_rating (0 without a rating), review_sentiment (0
+    without a text).
+    """
+    def mean(name: str) -> Column:
+        n = F.count(F.col(name))
+        return F.when(n > 0, exact_sum(F.col(name)) / n).otherwise(F.lit(0.0))
+
+    return review_history.groupBy(*KEYS).agg(
+        F.count(F.lit(1)).cast("double").alias("review_count"),
+        mean("rating").alias("review_mean_rating"),
+        mean(SENTIMENT).alias("review_sentiment"))
