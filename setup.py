@@ -32,6 +32,7 @@ EXTRAS = {
         "nbformat>=5.9",
         "nbclient>=0.10",
         "ipykernel>=6.29",
+        "scikit-uplift==0.5.1",  # independent reference for the class-transformation uplift baseline's test
     ],
     "mlflow": ["mlflow-skinny>=2.10"],
 }

@@ -220,20 +220,14 @@ def run_cdnow(workdir: Path, *, model: str = "train", test_share: float = 0.5, s
 
 
 SYNTHETIC_RUN_DATE = dt.date(2025, 11, 21)  # evaluation origin D - 90 = 2025-08-23, a campaign wave day
-SYNTHETIC_SOURCES = {
-    "orders": {"format": "parquet", "columns": {
-        "user_id": "customer_id", "order_id": "order_no", "order_ts": "ordered_at", "amount": "order_total",
-        "quantity": "items", "category": "main_category", "discount": "discount_total",
-        "is_return": "is_cancellation"}, "timestamp_format": "yyyy-MM-dd'T'HH:mm:ss", "future_rows": "defer"},
-    "events": {"format": "parquet", "columns": {
-        "event_id": "event_uid", "user_id": "customer_id", "event_ts": "event_time", "event_type": "event_name",
-        "product_id": "product_sku", "category": "product_category", "session_id": "session_key"},
-        "future_rows": "defer"},
-    "campaign_exposures": {"format": "parquet", "columns": {
-        "user_id": "customer_id", "campaign_id": "campaign", "arm": "variant", "exposed_ts": "sent_at",
-        "response_window_days": "window_days"}, "future_rows": "defer"},
-    "user_attributes": {"format": "parquet", "columns": {"user_id": "customer_id"}},
-}
+
+
+def _local_sources() -> dict:
+    """The demo's source mappings (conf/local.yaml): the generator writes the files they read."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "conf" / "local.yaml").read_text(encoding="utf-8"))["sources"]
+    return {table: source for table, source in raw.items() if source}
 
 
 def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", run_date: dt.date = SYNTHETIC_RUN_DATE,
@@ -256,7 +250,7 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
                       "generate.output_dir": str(raw), "evaluate.dataset": "synthetic", "evaluate.model": model,
                       **(overrides or {})}
     cfg = _config(workdir, conf_overrides)
-    sources = {t: {**s, "path": str(raw / t)} for t, s in SYNTHETIC_SOURCES.items()}
+    sources = {t: {**s, "path": str(raw / t)} for t, s in _local_sources().items()}
     conf_file = workdir / "synthetic.yaml"
     conf_file.write_text(yaml.safe_dump({"extends": str(REPO / "conf" / "local.yaml"), "sources": sources}),
                          encoding="utf-8")
