@@ -12,11 +12,14 @@ def test_every_table_is_registered_once_in_group_order():
     assert catalog.names() == (
         "orders", "orders_rejects", "events", "events_rejects", "campaign_exposures", "campaign_exposures_rejects",
         "user_attributes", "user_attributes_rejects", "user_features", "training_examples", "token_vocabulary",
-        "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "evaluation_metrics",
-        "truth_users", "truth_uplift")
+        "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "promo_plan",
+        "campaign_forecast", "evaluation_metrics", "truth_users", "truth_uplift", "products", "reviews",
+        "product_embeddings", "review_embeddings")
     assert catalog.names(catalog.SCORES) == ("user_value", "user_churn", "promo_uplift", "user_segments")
+    assert catalog.names(catalog.PLANS) == ("promo_plan", "campaign_forecast")
     assert catalog.names(catalog.FEATURES) == ("user_features", "training_examples", "token_vocabulary")
-    assert catalog.latest_views() == ("user_features", "user_value", "user_churn", "promo_uplift", "user_segments")
+    assert catalog.latest_views() == ("user_features", "user_value", "user_churn", "promo_uplift", "user_segments",
+                                      "promo_plan", "campaign_forecast")
 
 
 def test_each_bronze_table_brings_its_rejects_table():
