@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from ulv_spark import catalog, lake
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
-from ulv_spark.plan.allocate import allocate, best_arm_for_everyone, plan_candidates
+from ulv_spark.plan.allocate import ELIGIBLE, allocate, best_arm_for_everyone, plan_candidates
 from ulv_spark.plan.contracts import ALL_ARMS, LONG_TERM_MISSING, PLAN, SHORT_TERM_WEIGHT, UPLIFT_VALUE_LONG
 from ulv_spark.plan.forecast import campaign_forecast, scenario_targets
 from ulv_spark.runtime import get_logger, stage
@@ -44,7 +44,7 @@ def run_plan(ctx: JobContext) -> Summary:
     try:
         stamp = [F.lit(conf.name).alias(PLAN), F.lit(float(conf.short_term_weight)).alias(SHORT_TERM_WEIGHT),
                  F.lit(ctx.run_id).alias(RUN_ID)]
-        plan_rows = allocation.plan.select("*", *stamp)
+        plan_rows = allocation.plan.drop(ELIGIBLE).select("*", *stamp)
         with stage("plan.forecast", log):
             targets = scenario_targets(allocation.plan, best_arm_for_everyone(candidates))
             forecast = campaign_forecast(targets, margin=cfg.score.margin, replicates=conf.bootstrap_replicates,
