@@ -269,6 +269,11 @@ class Allocation:
             self.cached.unpersist()
 
 
+def _exact_sum(col: str) -> Column:
+    """A double sum added up in decimal: independent of row order, so a re-run decides alike."""
+    return F.sum(F.col(col).cast("decimal(24,12)")).cast("double")
+
+
 def _counts_by_price(options: DataFrame, prices: Sequence[float]) -> list[dict]:
     rows = price_counts(options, prices).collect()  # at most len(prices) * arms rows
     out: list[dict] = [{} for _ in prices]
@@ -279,8 +284,8 @@ def _counts_by_price(options: DataFrame, prices: Sequence[float]) -> list[dict]:
 
 def _sums(selected: DataFrame) -> dict[int, tuple[int, float, float]]:
     """arm index -> (users, cost, objective) of a selection: one aggregation, one row per arm."""
-    rows = selected.groupBy(ARM_INDEX).agg(F.count(F.lit(1)).alias("n"), F.sum(COST).alias("c"),
-                                           F.sum(OBJECTIVE).alias("o")).collect()
+    rows = selected.groupBy(ARM_INDEX).agg(F.count(F.lit(1)).alias("n"), _exact_sum(COST).alias("c"),
+                                           _exact_sum(OBJECTIVE).alias("o")).collect()
     return {r[ARM_INDEX]: (int(r["n"]), float(r["c"]), float(r["o"])) for r in rows}
 
 
@@ -323,7 +328,7 @@ def allocate(candidates: DataFrame, *, arms: Sequence[str], budget: Optional[flo
     if (search.price_low is not None or capped) and open_arms and (left is None or left > 0):
         price = search.price_low if search.price_low is not None else search.price
         fill = within_capacity(marginal_moves(options, kept, price=price, allowed=open_arms), room)
-        if left is not None and (fill.agg(F.sum("_extra_cost")).first()[0] or 0.0) > left:
+        if left is not None and (fill.agg(_exact_sum("_extra_cost")).first()[0] or 0.0) > left:
             fill = within_budget(fill, left, cost="_extra_cost")
         fill = fill.select(USER_ID, TIE, ARM_INDEX, ADJUSTED, COST, OBJECTIVE)
         selected = kept.join(fill.select(USER_ID), on=USER_ID, how="left_anti").unionByName(fill)

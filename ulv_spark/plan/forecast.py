@@ -6,7 +6,8 @@ bootstrap over users: replicate r weighs user u by w(u, r) ~ Poisson(1), drawn f
 ``xxhash64(user_id, seed, r)`` by the inverse CDF (a hash, so the same users get the same weights
 in every scenario, on every executor, in every re-run); each replicate is a weighted sum (a Spark
 aggregation over users × replicates), and the bounds are exact percentiles over the replicates.
-Nothing user-level is collected.
+Sums are added up in decimal (per-user values to 1e-12), so a re-run writes bit-identical
+totals whatever order Spark adds the rows in. Nothing user-level is collected.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ulv_spark.plan.contracts import (ALL_ARMS, COST, SCENARIO, SCENARIO_PLAN, S
                                       UPLIFT_CONVERSION, UPLIFT_VALUE, UPLIFT_VALUE_LONG)
 from ulv_spark.schemas import ARM, USER_ID
 
+_DECIMAL = "decimal(24,12)"  # per-user values to 1e-12 (up to 1e12); decimal sums are exact, so order-free
 _MAX_WEIGHT = 10  # Poisson(1) weights are capped here (P(w > 10) < 1e-8)
 _MEASURES = {"conversions": UPLIFT_CONVERSION, "revenue": UPLIFT_VALUE}
 FORECAST_COLUMNS = ("scenario", "arm", "users_targeted", "expected_conversions", "conversions_low", "conversions_high",
@@ -35,6 +37,15 @@ def poisson_weight(seed: int, replicate: Column) -> Column:
         cdf += math.exp(-1.0) / math.factorial(k)
         weight = weight + F.when(uniform >= F.lit(cdf), 1).otherwise(0)
     return weight
+
+
+def _exact(col) -> Column:
+    return (F.col(col) if isinstance(col, str) else col).cast(_DECIMAL)
+
+
+def exact_sum(col) -> Column:
+    """Sum as a double, added up in decimal: the same total whatever the order of the rows (re-runs are equal)."""
+    return F.sum(_exact(col)).cast("double")
 
 
 def scenario_targets(plan: DataFrame, send_all: DataFrame) -> DataFrame:
@@ -66,16 +77,16 @@ def campaign_forecast(targets: DataFrame, *, margin: float, replicates: int, see
         targets.select(SCENARIO, F.lit(ALL_ARMS).alias(ARM), USER_ID, UPLIFT_CONVERSION, UPLIFT_VALUE,
                        UPLIFT_VALUE_LONG, COST, profit.alias("_profit")))
     points = both.groupBy(SCENARIO, ARM).agg(
-        F.count(F.lit(1)).alias("users_targeted"), F.sum(UPLIFT_CONVERSION).alias("expected_conversions"),
-        F.sum(UPLIFT_VALUE).alias("expected_revenue"), F.sum(UPLIFT_VALUE_LONG).alias("_long"),
-        F.sum(COST).alias(COST), F.sum("_profit").alias("expected_profit"))
+        F.count(F.lit(1)).alias("users_targeted"), exact_sum(UPLIFT_CONVERSION).alias("expected_conversions"),
+        exact_sum(UPLIFT_VALUE).alias("expected_revenue"), exact_sum(UPLIFT_VALUE_LONG).alias("_long"),
+        exact_sum(COST).alias(COST), exact_sum("_profit").alias("expected_profit"))
     reps = spark.range(int(replicates)).select(F.col("id").cast("int").alias("_replicate"))
     weighted = both.crossJoin(F.broadcast(reps)).select(
         SCENARIO, ARM, "_replicate", poisson_weight(seed, F.col("_replicate")).alias("_w"), UPLIFT_CONVERSION,
         UPLIFT_VALUE, "_profit")
     per_rep = weighted.groupBy(SCENARIO, ARM, "_replicate").agg(
-        *[F.sum(F.col("_w") * F.col(c)).alias(name) for name, c in _MEASURES.items()],
-        F.sum(F.col("_w") * F.col("_profit")).alias("profit"))
+        *[exact_sum(F.col("_w") * _exact(c)).alias(name) for name, c in _MEASURES.items()],
+        exact_sum(F.col("_w") * _exact("_profit")).alias("profit"))
     tail = (1.0 - float(interval)) / 2.0
     bounds = per_rep.groupBy(SCENARIO, ARM).agg(*[
         F.percentile(F.col(name), F.array(F.lit(tail), F.lit(1.0 - tail))).alias(f"_{name}_bounds")
