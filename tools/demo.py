@@ -1,7 +1,7 @@
 """`make demo`: generate data, run the nightly job end to end on the embedded default, say where things are.
 
 Steps: `ulv-spark generate` (synthetic shop with known truth) -> `ulv-spark nightly --evaluate`
-(ingest, features, train, score with quality gates, backtest + HTML report) for the run date
+(ingest, features, train, score with quality gates, plan, backtest + HTML report) for the run date
 in the conf -> a short summary of the tables, their row counts and the report's path.
 
 The demo has no model from before the backtest origin D - H, so by default the backtest trains
@@ -50,7 +50,8 @@ def summarize(conf_path: str) -> int:
     lake.attach(spark, cfg.lakehouse, catalog.names(), views_for=catalog.latest_views())
     print("\n=== demo done ===")
     print(f"lakehouse: {cfg.lakehouse.root}")
-    shown = [n for group in (catalog.SCORES, catalog.FEATURES, catalog.EVALUATION) for n in catalog.names(group)]
+    shown = [n for group in (catalog.SCORES, catalog.PLANS, catalog.FEATURES, catalog.EVALUATION)
+             for n in catalog.names(group)]
     for name in (n for n in shown if n != catalog.TOKEN_VOCABULARY.name):
         ref = lake.table_ref(cfg.lakehouse, name)
         if lake.is_delta(spark, ref):

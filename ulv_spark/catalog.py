@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features.build import feature_table_columns
+from ulv_spark.plan.contracts import (ALL_ARMS, COST, LONG_TERM_MISSING, OBJECTIVE, PLAN, SCENARIO, SCENARIOS,
+                                      SHORT_TERM_WEIGHT, UPLIFT_CONVERSION, UPLIFT_VALUE, UPLIFT_VALUE_LONG)
 from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
                              VALUE_P90)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
@@ -34,12 +36,13 @@ BRONZE = "bronze"            # ingest's MERGE targets, one per input source (sou
 REJECTS = "rejects"          # <bronze>_rejects: quarantined source rows with a reason
 FEATURES = "features"        # gold features written by the features job
 STAGING = "staging"          # intermediate results of a job (raw model outputs)
-SCORES = "scores"            # what SQL consumers read, each with a latest_<name> view
+SCORES = "scores"            # what SQL consumers read, each with a latest_<name> view (written by score)
+PLANS = "plans"              # promotion plans from the scores, with latest_<name> views (written by `ulv-spark plan`)
 EVALUATION = "evaluation"    # backtest metrics
 TRUTH = "truth"              # ground truth of generated data (written by `ulv-spark generate`)
 DERIVED = "derived"          # bronze tables ingest derives from a source of another name (order_lines)
 TEXT = "text"                # product / review embeddings (`ulv-spark embed`) and the text projection
-GROUPS = (BRONZE, REJECTS, DERIVED, FEATURES, STAGING, SCORES, EVALUATION, TRUTH, TEXT)
+GROUPS = (BRONZE, REJECTS, DERIVED, FEATURES, STAGING, SCORES, PLANS, EVALUATION, TRUTH, TEXT)
 
 
 @dataclass(frozen=True)
@@ -456,6 +459,78 @@ USER_SEGMENTS = register(SCORES, TableContract(
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
+), latest_view=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Plans: budgeted promotion plans from promo_uplift (written by jobs/plan.py)
+# --------------------------------------------------------------------------------------------
+_LONG = (f"uplift_value_long is promo_uplift's long-term (full horizon) uplift when the model has it; without it "
+         f"the objective uses uplift_value for both terms and the column is null ({LONG_TERM_MISSING}).")
+
+PROMO_PLAN = register(PLANS, TableContract(
+    name="promo_plan",
+    comment=("Budgeted promotion plan: whom to send which arm. Grain: one row per (user_id, as_of_date, plan) for "
+             "every user the plan sends an arm (at most one arm per user; users not sent have no row). The arms "
+             "maximise objective = (short_term_weight * uplift_value + (1 - short_term_weight) * uplift_value_long) "
+             "* score.margin - cost under the plan's budget, per-arm capacities and min ROI (conf plan.*), by a "
+             "Lagrangian price on the budget (see ulv_spark/plan/allocate.py). " + _LONG + " Written by "
+             "jobs/plan.py (replaceWhere per as_of_date and plan)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date of the promo_uplift rows planned from", False),
+        _c(PLAN, "STRING", "Plan name (conf plan.name); each (as_of_date, plan) is replaced as a whole", False),
+        _c(CAMPAIGN_ID, "STRING", "Campaign the arm belongs to (as in promo_uplift)", False),
+        _c(ARM, "STRING", "Arm to send", False),
+        _c(OBJECTIVE, "DOUBLE", "(short_term_weight * uplift_value + (1 - short_term_weight) * long-term uplift) * "
+                                "score.margin - cost; > 0 and >= plan.min_roi * cost", False),
+        _c(COST, "DOUBLE", "Cost of sending the arm (score.arm_costs; 0 when not listed)", False),
+        _c(UPLIFT_CONVERSION, "DOUBLE", "Expected incremental conversion probability in the response window", False),
+        _c(UPLIFT_VALUE, "DOUBLE", "Expected incremental spend in the response window (short term)", False),
+        _c(UPLIFT_VALUE_LONG, "DOUBLE", "Expected incremental spend over the full horizon (long term); null when "
+                                        "promo_uplift has no long-term uplift"),
+        _c(SHORT_TERM_WEIGHT, "DOUBLE", "lambda of the objective (plan.short_term_weight)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE, PLAN),
+), latest_view=True)
+
+CAMPAIGN_FORECAST = register(PLANS, TableContract(
+    name="campaign_forecast",
+    comment=("What a plan is expected to bring, beside sending to everyone and to nobody. Grain: one row per "
+             "(as_of_date, plan, scenario, arm): scenarios " + ", ".join(SCENARIOS) + f"; arm '{ALL_ARMS}' is the "
+             "scenario's total. Expectations are sums of the model's per-user uplift; the _low/_high bounds are a "
+             "Poisson bootstrap over users (plan.bootstrap_replicates, central plan.interval), computed with Spark "
+             "aggregates. " + _LONG + " Written by jobs/plan.py (replaceWhere per as_of_date and plan)."),
+    columns=(
+        _c(AS_OF_DATE, "DATE", "Run date of the promo_uplift rows planned from", False),
+        _c(PLAN, "STRING", "Plan name (conf plan.name)", False),
+        _c(SCENARIO, "STRING", "plan: the budgeted plan; send_all_best_arm: every user gets the arm with the "
+                               "highest objective (no budget, capacity or ROI floor); send_none: nobody is sent", False),
+        _c(ARM, "STRING", f"Arm, or '{ALL_ARMS}' for the scenario's total", False),
+        _c("users_targeted", "BIGINT", "Users sent the arm", False),
+        _c("expected_conversions", "DOUBLE", "Expected incremental conversions (sum of uplift_conversion)", False),
+        _c("conversions_low", "DOUBLE", "Lower bound of the bootstrap interval of expected_conversions", False),
+        _c("conversions_high", "DOUBLE", "Upper bound of the bootstrap interval of expected_conversions", False),
+        _c("expected_revenue", "DOUBLE", "Expected incremental spend in the response window (sum of uplift_value)",
+           False),
+        _c("revenue_low", "DOUBLE", "Lower bound of the bootstrap interval of expected_revenue", False),
+        _c("revenue_high", "DOUBLE", "Upper bound of the bootstrap interval of expected_revenue", False),
+        _c("expected_revenue_long", "DOUBLE", "Expected incremental spend over the full horizon (long-term value); "
+                                              "null without long-term uplift"),
+        _c(COST, "DOUBLE", "Total arm cost", False),
+        _c("expected_profit", "DOUBLE", "expected_revenue * score.margin - cost", False),
+        _c("profit_low", "DOUBLE", "Lower bound of the bootstrap interval of expected_profit", False),
+        _c("profit_high", "DOUBLE", "Upper bound of the bootstrap interval of expected_profit", False),
+        _c("expected_profit_long", "DOUBLE", "expected_revenue_long * score.margin - cost; null without "
+                                             "long-term uplift"),
+        _c("roi", "DOUBLE", "expected_profit / cost; null when cost is 0"),
+        _c("budget", "DOUBLE", "The plan's budget (plan.budget); null when unlimited"),
+        _c("interval", "DOUBLE", "Central coverage of the _low/_high bounds (plan.interval)", False),
+        _c("bootstrap_replicates", "INT", "Bootstrap replicates behind the bounds", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(AS_OF_DATE, PLAN, SCENARIO, ARM),
 ), latest_view=True)
 
 

@@ -108,16 +108,22 @@ def _save(writer, ref: TableRef) -> None:
 
 
 def write_partition(spark, df, ref: TableRef, contract: TableContract, *, as_of: dt.date,
-                    partition_col: str = AS_OF_DATE) -> None:
+                    partition_col: str = AS_OF_DATE, also: Optional[dict[str, str]] = None) -> None:
     """Replace exactly the ``partition_col = as_of`` partition with ``df`` (one transaction).
 
     Re-running a date replaces that partition only; readers see the old version until commit.
     Rows of ``df`` outside the partition make Delta fail the write (nothing is replaced).
+    ``also`` narrows what is replaced to rows whose string columns equal these values too
+    (e.g. ``{"plan": "default"}``: one plan of the date; the other plans stay).
     """
     ensure_table(spark, ref, contract)
     data = conform(df, contract)
-    writer = (_writer(data, ref).mode("overwrite")
-              .option("replaceWhere", f"{partition_col} = DATE'{as_of.isoformat()}'"))
+    predicate = f"{partition_col} = DATE'{as_of.isoformat()}'"
+    for column, value in (also or {}).items():
+        if "'" in value or "\\" in value:
+            raise ValueError(f"{contract.name}: cannot replace where {column} = {value!r} (quote in the value)")
+        predicate += f" AND `{column}` = '{value}'"
+    writer = _writer(data, ref).mode("overwrite").option("replaceWhere", predicate)
     _save(writer, ref)
 
 

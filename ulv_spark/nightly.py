@@ -1,4 +1,4 @@
-"""`ulv-spark nightly`: ingest -> embed -> features -> train (when due) -> score -> quality gates -> evaluate.
+"""`ulv-spark nightly`: ingest -> embed -> features -> train (when due) -> score -> quality gates -> plan -> evaluate.
 
 Each stage logs its start, end, duration and row counts; quality gates (thresholds in
 `gates.*`) run between stages, and a failing gate stops the night before the output tables
@@ -18,10 +18,10 @@ from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
-STAGES = ("ingest", "embed", "features", "train", "score", "evaluate")
+STAGES = ("ingest", "embed", "features", "train", "score", "plan", "evaluate")
 # tables whose Delta versions the summary lists: the order log, the training inputs and the outputs
 SUMMARY_TABLES = (catalog.ORDERS.name, catalog.USER_FEATURES.name, catalog.TRAINING_EXAMPLES.name,
-                  *catalog.names(catalog.SCORES))
+                  *catalog.names(catalog.SCORES), *catalog.names(catalog.PLANS))
 log = get_logger("ulv_spark.nightly")
 
 
@@ -138,6 +138,16 @@ def score_shift_gate(ctx, predictions) -> gates.GateResult:
                           gates.bin_counts(predictions, "expected_value", edges), limit)
 
 
+def stage_plan(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    """The budgeted promotion plan of the night; skipped when promo_uplift has no rows (no campaign arms)."""
+    from ulv_spark.plan.job import NothingToPlan, run_plan
+
+    try:
+        return run_plan(ctx)
+    except NothingToPlan as exc:
+        return {"skipped": str(exc)}
+
+
 def stage_evaluate(ctx: JobContext, retrain: bool, report: dict) -> Summary:
     from ulv_spark.evaluate.job import run_evaluate
 
@@ -146,7 +156,7 @@ def stage_evaluate(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
 STAGE_FUNCTIONS: dict[str, Callable] = {
     "ingest": stage_ingest, "embed": stage_embed, "features": stage_features, "train": stage_train,
-    "score": stage_score, "evaluate": stage_evaluate,
+    "score": stage_score, "plan": stage_plan, "evaluate": stage_evaluate,
 }
 
 
@@ -162,6 +172,7 @@ def _record_gate(report: dict, gate: gates.GateResult, where: str) -> None:
 
 def _row_facts(result: dict) -> dict:
     keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables", "skipped",
+            "plan", "cost", "objective",  # the promotion plan
             # training: where and how far it ran
             "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped")
     return {k: result[k] for k in keep if k in result}

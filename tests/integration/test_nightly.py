@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 D = dt.date(2025, 10, 1)
-OUTPUTS = ("user_value", "user_churn", "promo_uplift", "user_segments")
+OUTPUTS = ("user_value", "user_churn", "promo_uplift", "user_segments", "promo_plan", "campaign_forecast")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,8 @@ def nights(night, spark):
     out.uplift_rows = spark.sql(f"SELECT count(*) FROM {schema}.promo_uplift WHERE as_of_date = DATE'{D}'").first()[0]
     out.deciles = tuple(spark.sql(f"SELECT min(value_decile), max(value_decile) FROM {schema}.latest_user_value")
                         .first())
+    out.plan_rows = tuple(spark.sql(f"SELECT count(*), count(DISTINCT user_id) FROM {schema}.latest_promo_plan")
+                          .first())
     out.before_again = _snapshot(spark, cfg)
     out.again = _run_json(night, "--as-of", D.isoformat())
     out.after_again = _snapshot(spark, cfg)
@@ -104,7 +106,7 @@ def _stage(summary: dict, name: str) -> dict:
 def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     code, first = nights.first
     assert code == 0, first
-    assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score"]
+    assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score", "plan"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert _stage(first, "train")["trained"] is True
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
@@ -114,6 +116,9 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     assert nights.arms == ["coupon_10", "free_shipping"]  # generate.campaign_arms less the control
     assert nights.uplift_rows == users * len(nights.arms)
     assert nights.deciles == (1, 10)
+    plan = _stage(first, "plan")
+    assert plan["plan"] == "default" and plan["tables"]["promo_plan"]["rows"] == plan["users"]
+    assert nights.plan_rows == (plan["users"], plan["users"])  # at most one arm per user
 
     # generate.texts (local.yaml): the catalogue and the due reviews are embedded, a re-run embeds nothing
     embedded = _stage(first, "embed")["tables"]

@@ -417,6 +417,39 @@ class EmbedConf:
 
 
 @dataclass(frozen=True)
+class PlanConf:
+    """Budgeted promotion planning (`ulv-spark plan`) from the night's promo_uplift; margin and arm costs are score.*."""
+
+    name: str = "default"               # plan name: a re-run of (as_of_date, name) replaces that plan only
+    short_term_weight: float = 0.5      # lambda: objective = (lambda * short + (1 - lambda) * long uplift) * margin - cost
+    budget: Optional[float] = None      # most total arm cost (sum of score.arm_costs over users sent); None = no limit
+    capacities: dict[str, int] = field(default_factory=dict)  # arm -> most users sent that arm; missing = no limit
+    min_roi: float = 0.0                # send (user, arm) only when objective / cost >= this (and objective > 0)
+    price_passes: int = 4               # aggregate passes searching the budget's Lagrangian price
+    prices_per_pass: int = 16           # prices evaluated per pass (one aggregation each pass)
+    bootstrap_replicates: int = 200     # Poisson bootstrap replicates over users for campaign_forecast intervals
+    interval: float = 0.9               # central coverage of the forecast intervals
+    seed: int = 7                       # seeds the bootstrap weights (and nothing else)
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'plan.{key}' {what}")
+
+        need(bool(self.name) and all(ch.isalnum() or ch in "_-" for ch in self.name), "name",
+             f"must be letters, digits, '_' or '-', got {self.name!r}")
+        need(0.0 <= self.short_term_weight <= 1.0, "short_term_weight", f"must be in [0, 1], got {self.short_term_weight}")
+        need(self.budget is None or self.budget >= 0, "budget", f"must be >= 0 or null, got {self.budget}")
+        bad = sorted(arm for arm, cap in self.capacities.items() if cap < 0)
+        need(not bad, "capacities", f"must be >= 0 users per arm, got negative for {bad}")
+        need(self.min_roi >= 0, "min_roi", f"must be >= 0, got {self.min_roi}")
+        need(self.price_passes >= 1, "price_passes", f"must be >= 1, got {self.price_passes}")
+        need(self.prices_per_pass >= 2, "prices_per_pass", f"must be >= 2, got {self.prices_per_pass}")
+        need(self.bootstrap_replicates >= 10, "bootstrap_replicates", f"must be >= 10, got {self.bootstrap_replicates}")
+        need(0.0 < self.interval < 1.0, "interval", f"must be in (0, 1), got {self.interval}")
+
+
+@dataclass(frozen=True)
 class RunConf:
     horizon_days: int = 90
     as_of: Optional[dt.date] = None  # default run date; None = today (UTC)
@@ -437,6 +470,7 @@ class Config:
     gates: GatesConf = field(default_factory=GatesConf)
     nightly: NightlyConf = field(default_factory=NightlyConf)
     embed: EmbedConf = field(default_factory=EmbedConf)
+    plan: PlanConf = field(default_factory=PlanConf)
     source_file: Optional[str] = None  # set by load_config, not read from YAML
 
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:
