@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch lakehouse")
     parser.add_argument("--reuse", action="store_true",
                         help="synthetic: reuse the lakehouse already generated and ingested in --workdir")
+    parser.add_argument("--test-share", type=float, default=0.5,
+                        help="cdnow: share of customers scored (the rest trains the supervised methods)")
     parser.add_argument("--tag", default="", help="suffix of the result files (variants: evaluate_<name>_<tag>.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="conf override, e.g. --set train.epochs=2")
@@ -303,7 +305,8 @@ def main(argv=None) -> int:
     overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
     try:
         if args.benchmark == "cdnow":
-            out = run_cdnow(workdir, model=args.model, overrides=overrides, tag=args.tag)
+            out = run_cdnow(workdir, model=args.model, test_share=args.test_share, overrides=overrides,
+                            tag=args.tag)
         else:
             out = run_synthetic(workdir, users=args.users, model=args.model, overrides=overrides, tag=args.tag,
                                 reuse=args.reuse)

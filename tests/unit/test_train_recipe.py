@@ -286,15 +286,22 @@ def test_the_encoder_stays_bit_identical_after_it_is_frozen_and_the_rest_trains_
     assert free["status"] == "finished" and not all(torch.equal(ck[k], after_one[k]) for k in encoder)
 
 
-def test_training_fits_the_calibration_on_the_validation_rows_and_stores_it_in_meta(tmp_path):
+def test_training_fits_the_calibration_on_training_and_validation_rows_and_stores_it_in_meta(tmp_path):
     root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 128, files=2, val_rows=64, seq_len=SEQ,
                                           vocab_size=VOCAB, seed=3)
     summary = loop.train_rank(_spec(tmp_path, root, epochs=2))
     meta = read_meta(summary["model_dir"])
     assert set(meta.calibration) == {"value_a", "value_b", "churn_c", "churn_d"}
-    assert meta.calibration == summary["metrics"]["calibration"] and summary["metrics"]["calibration_rows"] == 64
+    assert meta.calibration == summary["metrics"]["calibration"]
     assert meta.calibration["value_b"] >= 0.05 and meta.calibration["churn_d"] >= 0.05
-    # the calibrated total over the validation rows matches the observed total (the Poisson fit's score equation)
-    assert summary["metrics"]["val_expected_value_ratio_calibrated"] == pytest.approx(1.0, abs=1e-6)
+    # fitted on every training + validation row (the default): the calibrated total over them is the observed one
+    # (the Poisson fit's score equation)
+    assert 64 < summary["metrics"]["calibration_rows"] <= 128 + 64
+    assert summary["metrics"]["calibration_expected_value_ratio"] == pytest.approx(1.0, abs=1e-6)
+    # the validation rows only: another map from the same weights
+    val_only = loop.train_rank(_spec(tmp_path / "val", root, epochs=2, calibration_rows="validation"))
+    assert val_only["metrics"]["calibration_rows"] == 64
+    assert val_only["metrics"]["calibration_expected_value_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert read_meta(val_only["model_dir"]).calibration != meta.calibration
     off = loop.train_rank(_spec(tmp_path / "off", root, epochs=2, calibration="none"))
     assert read_meta(off["model_dir"]).calibration == {} and "calibration" not in off["metrics"]

@@ -260,7 +260,8 @@ class TrainConf:
     sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
     freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
     arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
-    calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn on validation rows
+    calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn (rows: calibration_rows)
+    calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
     seed: int = 7
     retrain_every_days: int = 7
     mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"

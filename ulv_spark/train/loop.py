@@ -377,14 +377,18 @@ def train_rank(spec: TrainSpec) -> dict:
     return summary
 
 
-def validation_predictions(model, spec: TrainSpec, device, autocast) -> dict:
-    """Rank 0 alone: raw expected value / churn predictions and labels over the whole validation feed (numpy)."""
+def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None) -> dict:
+    """Rank 0 alone: raw expected value / churn predictions and labels over one whole pass of ``feed``.
+
+    ``feed`` defaults to the validation feed; the training feed is read the same way (one
+    unshuffled pass, a batch size that covers nearly every row) for the calibration levels.
+    """
     import numpy as np
     import torch
 
     from ulv_spark.train.model import head_predictions
 
-    cfg, feed = spec.train, spec.val_feed
+    cfg, feed = spec.train, feed if feed is not None else spec.val_feed
     parts: dict[str, list] = {"ev": [], "y_value": [], "churn": [], "y_churn": []}
     model.eval()
     with feeds.open_batches(feed, rank=0, world=1, batch_size=feeds.covering_batch_size(feed.rows, spec.batch_size, 1),
@@ -402,17 +406,27 @@ def validation_predictions(model, spec: TrainSpec, device, autocast) -> dict:
 
 
 def _fit_calibration(model, spec: TrainSpec, device, autocast) -> tuple[dict, dict]:
-    """(meta.calibration, metrics) from the selected weights' validation predictions; ({}, {}) when off."""
+    """(meta.calibration, metrics) from the selected weights' predictions; ({}, {}) when off.
+
+    Fitted on the validation rows, plus every training row when ``train.calibration_rows`` is
+    ``all`` (see :mod:`ulv_spark.train.calibration`); the selected epoch is still the one with
+    the best validation loss.
+    """
+    import numpy as np
+
     from ulv_spark.train.calibration import fit_power_calibration
 
     if spec.train.calibration != "power" or spec.val_feed is None or spec.val_feed.rows == 0:
         return {}, {}
-    val = validation_predictions(model, spec, device, autocast)
-    calibration = fit_power_calibration(val["ev"], val["y_value"], val["churn"], val["y_churn"])
-    observed = float(val["y_value"].sum())
-    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(val["ev"]))}
-    if observed > 0:
-        metrics["val_expected_value_ratio_calibrated"] = float(calibration.value(val["ev"]).sum()) / observed
+    rows = validation_predictions(model, spec, device, autocast)
+    if spec.train.calibration_rows == "all" and spec.train_feed is not None and spec.train_feed.rows > 0:
+        fit = validation_predictions(model, spec, device, autocast, feed=spec.train_feed)
+        rows = {k: np.concatenate([fit[k], rows[k]]) for k in rows}
+    calibration = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"])
+    observed = float(rows["y_value"].sum())
+    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(rows["ev"]))}
+    if observed > 0:   # 1 up to rounding: the Poisson fit's score equation matches the totals
+        metrics["calibration_expected_value_ratio"] = float(calibration.value(rows["ev"]).sum()) / observed
     return calibration.to_dict(), metrics
 
 
