@@ -94,6 +94,9 @@ class SourcesConf:
 class IngestConf:
     # fail (write nothing) when more rows than this are rejected (per table); also the nightly's reject_share gate
     max_reject_share: float = 0.05
+    # read only what earlier nights did not: file / Delta-path sources as a stream with a checkpoint per
+    # source under lakehouse.shared_dir (needs future_rows: reject); `ingest --full-reload` reads all once
+    incremental: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.max_reject_share <= 1.0:
