@@ -98,3 +98,25 @@ def test_a_batch_over_the_reject_limit_fails_and_is_read_again_next_run(spark, l
     conf.write_text(conf.read_text().replace("max_reject_share: 0.5", "max_reject_share: 0.7"))
     retried = _run(conf, dt.date(2024, 1, 8), "g2")["orders"]
     assert (retried["rows_read"], retried["inserted"], retried["rejected"]) == (3, 1, 2)
+
+
+def test_delta_source_reads_new_versions_only_and_a_rewrite_fails_clearly(spark, lakehouse, write_conf, tmp_path):
+    source = str(tmp_path / "source_delta")
+    schema = "u string, o string, t timestamp, a double"
+    spark.createDataFrame([("u1", "o1", dt.datetime(2024, 1, 2), 1.0), ("u2", "o2", dt.datetime(2024, 1, 3), 2.0)],
+                          schema).write.format("delta").save(source)
+    lh = lakehouse
+    conf = write_conf(
+        f"lakehouse:\n  root: {lh.root}\n  schema: {lh.schema}\n  shared_dir: {lh.shared_dir}\n"
+        "spark:\n  shuffle_partitions: 2\ningest:\n  incremental: true\n"
+        f"sources:\n  orders:\n    format: delta\n    path: {source}\n"
+        "    columns: {user_id: u, order_id: o, order_ts: t, amount: a}\n", name="delta.yaml")
+    first = _run(conf, dt.date(2024, 1, 8), "d1")["orders"]
+    assert (first["mode"], first["rows_read"], first["inserted"]) == ("incremental", 2, 2)
+    spark.createDataFrame([("u3", "o3", dt.datetime(2024, 1, 4), 3.0)], schema).write.format("delta") \
+        .mode("append").save(source)
+    second = _run(conf, dt.date(2024, 1, 8), "d2")["orders"]
+    assert (second["rows_read"], second["inserted"], second["table_rows"]) == (1, 1, 3)
+    spark.sql(f"UPDATE delta.`{source}` SET a = 9.0 WHERE o = 'o1'")
+    with pytest.raises(JobFailed, match=r"^sources\.orders: the incremental read failed: .*skipChangeCommits"):
+        _run(conf, dt.date(2024, 1, 8), "d3")

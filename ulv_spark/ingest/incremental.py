@@ -87,10 +87,16 @@ def run_available(stream, checkpoint: str, process: Callable, *, name: str) -> i
              .option("checkpointLocation", checkpoint).trigger(availableNow=True).start())
     try:
         query.awaitTermination()
-    except Exception:
+    except Exception as exc:
         if failures:
             raise failures[0] from None
-        raise
+        from ulv_spark.errors import JobFailed
+
+        # the engine's own failure (a Delta source that updated or deleted rows, a vanished file): its first line
+        text = str(getattr(exc, "desc", None) or exc)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        raise JobFailed(f"sources.{name}: the incremental read failed: {first[:400]} (a Delta source that "
+                        "rewrites rows needs option skipChangeCommits: true, or --full-reload)") from None
     if failures:
         raise failures[0]
     return len(batches)
