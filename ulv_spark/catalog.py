@@ -368,6 +368,25 @@ TOKEN_VOCABULARY = register(FEATURES, TableContract(
 # --------------------------------------------------------------------------------------------
 # Staging: raw model outputs (written by jobs/score.py)
 # --------------------------------------------------------------------------------------------
+USER_DAY = register(STAGING, TableContract(
+    name="user_day",
+    comment=("Per-user daily order aggregates: the incremental features state. Grain: one row per (user_id, "
+             "order_day) with an order (purchase or return) in bronze orders. Key: (user_id, order_day). "
+             "Maintained by features.state.update_user_day from the users with new or changed orders (their "
+             "days are recomputed from bronze, so late rows, returns and corrections land exactly); the RFM "
+             "columns of user_features at any date follow from it (features.state.rfm_from_user_day)."),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c("order_day", "DATE", "Calendar day (UTC) of the orders", False),
+        _c("purchase_amount", "DOUBLE", "Exact sum (DECIMAL, returned as DOUBLE) of the day's purchase amounts; "
+                                        "null without purchases"),
+        _c("purchase_orders", "BIGINT", "Purchase orders (is_return = false) on the day", False),
+        _c("return_amount", "DOUBLE", "Exact sum of the day's return amounts (negative); null without returns"),
+        _c("return_orders", "BIGINT", "Returns and cancellations on the day", False),
+    ),
+    keys=(USER_ID, "order_day"),
+))
+
 SCORE_PREDICTIONS = register(STAGING, TableContract(
     name="score_predictions",
     comment=("Staging: raw model outputs per user, computed once per run so the four score tables "

@@ -53,6 +53,8 @@ COMMANDS: dict[str, Command] = {
                                       "parsed rows and the reject counts by reason; write nothing"),
         Option(("--sample-rows",), "sample_rows", {"type": int, "default": 1000, "metavar": "N",
                                                    "help": "rows read per source by --dry-run (default 1000)"}),
+        _flag("--full-reload", "full_reload", "read every source whole even with ingest.incremental (the "
+                                              "streaming checkpoints stay as they are)"),
     )),
     "features": Command("ulv_spark.features.job:run_features",
                         "build user_features and training_examples for --as-of"),

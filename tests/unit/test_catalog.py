@@ -13,7 +13,7 @@ def test_every_table_is_registered_once_in_group_order():
         "orders", "orders_rejects", "events", "events_rejects", "campaign_exposures", "campaign_exposures_rejects",
         "user_attributes", "user_attributes_rejects", "products", "products_rejects", "reviews", "reviews_rejects",
         "order_lines", "user_features", "training_examples", "token_vocabulary",
-        "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "promo_plan",
+        "user_day", "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "promo_plan",
         "campaign_forecast", "evaluation_metrics", "truth_users", "truth_uplift", "product_embeddings",
         "review_embeddings", "text_projection")
     assert catalog.names(catalog.DERIVED) == ("order_lines",)

@@ -94,6 +94,9 @@ class SourcesConf:
 class IngestConf:
     # fail (write nothing) when more rows than this are rejected (per table); also the nightly's reject_share gate
     max_reject_share: float = 0.05
+    # read only what earlier nights did not: file / Delta-path sources as a stream with a checkpoint per
+    # source under lakehouse.shared_dir (needs future_rows: reject); `ingest --full-reload` reads all once
+    incremental: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.max_reject_share <= 1.0:
@@ -280,6 +283,7 @@ class TrainConf:
     steps_per_epoch: int = 0            # cap on steps per epoch; 0 = rows // (batch_size * processes)
     resume: bool = True                 # continue from the run's last checkpoint when one exists
     stop_after_epochs: Optional[int] = None  # end this invocation after N epochs, keeping the checkpoint
+    max_rows: Optional[int] = None      # cap on training rows: a seeded hash sample of users, stratified by origin; None = all
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -300,6 +304,7 @@ class TrainConf:
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, "stop_after_epochs",
              f"must be >= 1 when set, got {self.stop_after_epochs}")
+        need(self.max_rows is None or self.max_rows >= 1, "max_rows", f"must be >= 1 when set, got {self.max_rows}")
         unknown = sorted(set(self.loss_weights) - set(TASKS))
         need(not unknown, "loss_weights", f"has unknown task(s) {unknown} (known: {', '.join(TASKS)})")
         need(self.encoder.hidden_size % self.encoder.num_heads == 0, "encoder.hidden_size",

@@ -70,9 +70,17 @@ def purchase_periods(order_history: DataFrame) -> DataFrame:
         user_id, as_of_date, frequency, recency, T, monetary_value, gap_mean_days,
         gap_std_days (population), gap_last_days (DOUBLE; the gaps are 0 when frequency = 0).
     """
+    return periods_from_days(purchase_days(order_history))
+
+
+def periods_from_days(purchase_days_: DataFrame) -> DataFrame:
+    """purchase_periods from the purchase days (the output of purchase_days, or of features.state).
+
+    Grain: one row per (user_id, as_of_date) with a purchase day. Columns: as purchase_periods.
+    """
     # lag() has its own fixed frame (the previous row); Spark rejects any other frame for it
     by_day = Window.partitionBy(*KEYS).orderBy("order_day")
-    days = purchase_days(order_history).select(
+    days = purchase_days_.select(
         *KEYS, "order_day", "day_amount",
         F.datediff("order_day", F.lag("order_day").over(by_day)).cast("double").alias("gap"))
     repeat = F.col("gap").isNotNull()

@@ -25,7 +25,7 @@ from ulv_spark import catalog, lake
 from ulv_spark.config import ConfigError
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
-from ulv_spark.ingest import presets
+from ulv_spark.ingest import incremental, presets
 from ulv_spark.ingest.mapping import (MALFORMED_COLUMN, MappingError, attribute_source_columns, map_columns,
                                       resolve_columns)
 from ulv_spark.ingest.validate import Outcome, derived_rows, prepare, reject_counts
@@ -137,46 +137,149 @@ def _check_sources(sources: dict) -> None:
                               "attribute columns in sources.user_attributes.columns")
 
 
-def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 1000) -> Summary:
+def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 1000,
+               full_reload: bool = False) -> Summary:
     """The `ingest` stage: validate every configured source and MERGE the good rows into bronze.
+
+    With ``ingest.incremental`` (and not `full_reload`), file and Delta-path sources are read as a
+    stream that hands over only what earlier nights did not read (see ingest.incremental); the
+    others, and every source with `full_reload`, are read whole. Each table's summary says which
+    (`mode`), the rows read this night (`rows_read`) and the rows of the bronze table after it
+    (`table_rows`).
 
     Args:
         dry_run: read the first `sample_rows` rows of each source, validate them and report the
             mapping, parsed types, a few parsed rows and the reject counts (also on stderr);
             write nothing.
         sample_rows: rows per source read by the dry run.
+        full_reload: read every source whole even when ``ingest.incremental`` is on (the
+            streaming checkpoints are left as they are).
     """
     if dry_run:
         return dry_run_ingest(ctx, sample_rows=sample_rows)
     cfg, log = ctx.cfg, get_logger("ulv_spark.ingest")
-    mapped = {t: (m.mapped, m.src) for t, m in _map_sources(ctx.spark, cfg).items()}
+    sources = _map_sources(ctx.spark, cfg)
+    streamed = {t: m for t, m in sources.items()
+                if cfg.ingest.incremental and not full_reload and incremental.is_incremental(m.src)}
+    for table, m in streamed.items():
+        incremental.check_source(table, m.src)
+    mapped = {t: (m.mapped, m.src) for t, m in sources.items() if t not in streamed}
+    products_source = "products" in sources
+    rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tables = _ingest_whole(ctx, mapped, rejected_at, log, products_source=products_source)
+    for table, m in streamed.items():
+        tables.update(_ingest_new(ctx, m, rejected_at, log, products_source=products_source))
+    for table, info in tables.items():
+        if table in sources:
+            info["mode"] = "incremental" if table in streamed else "full"
+            info["table_rows"] = _table_rows(ctx.spark, cfg.lakehouse, table)
+    if "orders" not in sources:
+        tables["orders"] = _empty_orders(ctx.spark, cfg.lakehouse, log)
+    return {"tables": tables}
+
+
+def _table_rows(spark, lake_cfg, table: str) -> int:
+    """Rows of the bronze table (Delta answers a plain count from its file statistics)."""
+    ref = lake.table_ref(lake_cfg, table)
+    return int(lake.read_table(spark, ref).count()) if lake.is_delta(spark, ref) else 0
+
+
+def _ingest_whole(ctx: JobContext, mapped: dict, rejected_at, log, *, products_source: bool) -> dict:
+    """Validate every source of `mapped` (table -> (frame, rules)), check the reject shares, then write.
+
+    Nothing is written when any table's reject share is above the limit. Returns the per-table
+    summary (derived tables included).
+    """
     prepared, outcomes = {}, {}
     try:
-        rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         for table, (frame, rules) in mapped.items():
             prepared[table], outcomes[table] = _validate(table, frame, rules, ctx, rejected_at, log)
-        _check_reject_shares(outcomes, cfg.ingest.max_reject_share)
+        _check_reject_shares(outcomes, ctx.cfg.ingest.max_reject_share)
         written, derived = {}, {}
         for table, prep in prepared.items():
-            with stage(f"write {table}", log) as info:
-                written[table] = _write(ctx.spark, cfg.lakehouse, table, prep, outcomes[table])
-                info.update(written[table])
-            for name, rows in derived_rows(table, prep.labelled, run_id=ctx.run_id,
-                                           products_source="products" in mapped).items():
-                with stage(f"write {name} (from {table})", log) as info:
-                    derived[name] = {"derived_from": table, **_write_derived(ctx.spark, cfg.lakehouse, name, rows)}
-                    info.update(derived[name])
+            written[table], more = _write_all(ctx, table, prep, outcomes[table], log, products_source=products_source)
+            derived.update(more)
     finally:
         for prep in prepared.values():
             prep.labelled.unpersist()
-    # source_rows: what the nightly reject gate divides by; reject_share is over the rows due
-    tables = {t: {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
-                  "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected,
-                  "deferred": o.deferred, **written[t]} for t, o in outcomes.items()}
+    tables = {t: {**_counts(o), **written[t]} for t, o in outcomes.items()}
     tables.update(derived)
-    if "orders" not in mapped:
-        tables["orders"] = _empty_orders(ctx.spark, cfg.lakehouse, log)
-    return {"tables": tables}
+    return tables
+
+
+def _counts(o: Outcome) -> dict:
+    # source_rows: what the nightly reject gate divides by; reject_share is over the rows due
+    return {"rows_read": o.rows_read, "source_rows": o.rows_read, "rejected": o.rejected_total,
+            "reject_share": round(o.reject_share, 6), "reject_reasons": o.rejected, "deferred": o.deferred}
+
+
+def _write_all(ctx: JobContext, table: str, prep, outcome: Outcome, log, *, products_source: bool):
+    """Write one validated source (bronze MERGE, rejects) and its derived tables: (facts, {derived: facts})."""
+    lake_cfg, derived = ctx.cfg.lakehouse, {}
+    with stage(f"write {table}", log) as info:
+        written = _write(ctx.spark, lake_cfg, table, prep, outcome)
+        info.update(written)
+    for name, rows in derived_rows(table, prep.labelled, run_id=ctx.run_id, products_source=products_source).items():
+        with stage(f"write {name} (from {table})", log) as info:
+            derived[name] = {"derived_from": table, **_write_derived(ctx.spark, lake_cfg, name, rows)}
+            info.update(derived[name])
+    return written, derived
+
+
+def _ingest_new(ctx: JobContext, source: MappedSource, rejected_at, log, *, products_source: bool) -> dict:
+    """Read only the new input of one source as a stream; each micro-batch is validated, gated and MERGEd.
+
+    The reject gate applies per batch of this source: a batch above the limit writes nothing
+    and fails the run, and stays unread for the next run.
+    """
+    table, spark = source.table, ctx.spark
+    totals: dict = {"outcomes": [], "written": [], "derived": {}}
+
+    def process(batch, batch_id):
+        frame = map_columns(batch, table, source.columns)
+        prep, outcome = _validate(table, frame, source.src, ctx, rejected_at, log)
+        try:
+            _check_reject_shares({table: outcome}, ctx.cfg.ingest.max_reject_share)
+            written, derived = _write_all(ctx, table, prep, outcome, log, products_source=products_source)
+        finally:
+            prep.labelled.unpersist()
+        totals["outcomes"].append(outcome)
+        totals["written"].append(written)
+        for name, facts in derived.items():
+            _add_facts(totals["derived"], name, facts)
+
+    checkpoint = incremental.checkpoint_dir(ctx.cfg.lakehouse.shared_dir, table)
+    stream = incremental.stream_source(spark, source.src, source.raw.schema)
+    with stage(f"read new {table}", log) as info:
+        batches = incremental.run_available(stream, checkpoint, process, name=table)
+        info.update(batches=batches)
+    outcome = Outcome.merged(totals["outcomes"])
+    written = {"table": lake.table_ref(ctx.cfg.lakehouse, table).name, "inserted": 0, "updated": 0}
+    for facts in totals["written"]:
+        _add_facts({table: written}, table, facts)
+    if not totals["written"]:
+        _ensure_bronze(spark, ctx.cfg.lakehouse, table)
+    log.info("%s: %d new rows in %d batch(es) since the last night (checkpoint %s)", table, outcome.rows_read,
+             batches, checkpoint)
+    return {table: {**_counts(outcome), **written, "batches": batches}, **totals["derived"]}
+
+
+def _add_facts(into: dict, name: str, facts: dict) -> None:
+    """Sum the inserted / updated counts of `facts` into `into[name]` (first facts kept as they are)."""
+    if name not in into:
+        into[name] = dict(facts)
+        return
+    for key in ("inserted", "updated"):
+        into[name][key] = into[name].get(key, 0) + facts.get(key, 0)
+
+
+def _ensure_bronze(spark, lake_cfg, table: str) -> None:
+    """A night with nothing new still leaves the bronze table and its rejects table in place."""
+    contract = CONTRACTS[table]
+    if not contract.extra_columns:
+        lake.ensure_table(spark, lake.table_ref(lake_cfg, table), contract)
+    rejects = catalog.rejects_contract(contract)
+    lake.ensure_table(spark, lake.table_ref(lake_cfg, rejects.name), rejects)
 
 
 def _empty_orders(spark, lake_cfg, log) -> dict:

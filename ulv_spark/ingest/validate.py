@@ -692,3 +692,11 @@ class Outcome:
                 deferred += n
         order = {r: i for i, r in enumerate(REASONS)}
         return cls(total, deferred, dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], 99))))
+
+    @classmethod
+    def merged(cls, outcomes: Sequence["Outcome"]) -> "Outcome":
+        """The counts of several batches of one source added up (no batch: all zero)."""
+        rows = [(reason, False, n) for o in outcomes for reason, n in o.rejected.items()]
+        rows += [(None, True, o.deferred) for o in outcomes]
+        rows += [(None, False, o.rows_read - o.deferred - o.rejected_total) for o in outcomes]
+        return cls.from_counts(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ulv_spark.context import JobContext, Summary
 
 SUMMARY_KEYS = ("model_version", "model_dir", "epochs_run", "early_stopped", "best_epoch", "resumed_from_epoch",
-                "rows_train", "rows_val", "rows_pretrain", "validation_origins", "loader", "world_size", "device", "seconds",
+                "rows_train", "rows_val", "rows_pretrain", "validation_origins", "train_sample", "loader", "world_size", "device", "seconds",
                 "metrics", "mlflow_run_id")
 
 

@@ -63,6 +63,65 @@ def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> 
     return {"rows": int(row["rows"]), "horizon_days": horizon, "origins": sorted(row["origins"])}
 
 
+def origin_quotas(counts: dict, max_rows: int) -> dict:
+    """Rows to keep per origin so that they add up to ``min(max_rows, total)``, proportional to `counts`.
+
+    Largest remainder: each origin gets floor(max_rows * n / total), and the rows left over go
+    one each to the origins with the largest fractional parts (ties: the earlier origin).
+    """
+    total = sum(counts.values())
+    if total <= max_rows:
+        return dict(counts)
+    exact = {o: max_rows * n / total for o, n in counts.items()}
+    quotas = {o: int(v) for o, v in exact.items()}
+    left = max_rows - sum(quotas.values())
+    for origin in sorted(exact, key=lambda o: (-(exact[o] - quotas[o]), str(o)))[:left]:
+        quotas[origin] += 1
+    return quotas
+
+
+def sample_per_origin(examples, quotas: dict, *, seed: int):
+    """The first ``quotas[origin]`` rows of each origin in the order of a seeded hash of the user.
+
+    Grain: unchanged (a subset of the rows). The same seed keeps the same users, and since the
+    hash is of the user alone, a user kept at one origin tends to be kept at the others.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if not quotas:
+        return examples
+    quota = F.lit(None).cast("long")
+    for origin, n in quotas.items():
+        quota = F.when(F.col(S.ORIGIN_DATE) == F.lit(origin), F.lit(int(n))).otherwise(quota)
+    order = Window.partitionBy(S.ORIGIN_DATE).orderBy(F.xxhash64(S.USER_ID, F.lit(int(seed))), S.USER_ID) \
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    ranked = examples.withColumn("_sample_rank", F.row_number().over(order))
+    return ranked.filter(F.col("_sample_rank") <= F.coalesce(quota, F.lit(0))).drop("_sample_rank")
+
+
+def cap_examples(examples, *, rows: int, max_rows: Optional[int], seed: int, log=None):
+    """(examples, sample facts or None): at most `max_rows` rows, stratified by origin (train.max_rows).
+
+    Only the per-origin row counts reach the driver. The facts say why and how many rows were
+    kept per origin; they go into the train summary as ``train_sample``.
+    """
+    from pyspark.sql import functions as F
+
+    if max_rows is None or rows <= max_rows:
+        return examples, None
+    counts = {r[S.ORIGIN_DATE]: int(r["n"]) for r in
+              examples.groupBy(S.ORIGIN_DATE).agg(F.count(F.lit(1)).alias("n")).collect()}
+    quotas = origin_quotas(counts, max_rows)
+    facts = {"reason": f"training_examples has {rows} rows, more than train.max_rows = {max_rows}: kept a seeded "
+                       "hash sample of users, the same share of every origin",
+             "rows_before": rows, "rows_after": sum(quotas.values()), "max_rows": max_rows, "seed": seed,
+             "per_origin": {str(o): {"rows": counts[o], "kept": quotas[o]} for o in sorted(counts)}}
+    if log is not None:
+        log.info("train.max_rows: %s", facts["reason"])
+    return sample_per_origin(examples, quotas, seed=seed), facts
+
+
 @dataclass(frozen=True)
 class PreparedFeed:
     """The driver's half of a run: feeds, model shapes and metadata, ready to train."""
@@ -74,6 +133,7 @@ class PreparedFeed:
     label_stats: dict
     validation_origins: list
     pretrain: Optional[feeds.FeedSpec] = None  # train split + extra sequences (None: pretrain on train)
+    sample: Optional[dict] = None  # train.max_rows: why and how the training rows were sampled (None: all rows)
 
     def feeds(self) -> list:
         return [f for f in (self.train, self.val, self.pretrain) if f is not None]
@@ -81,7 +141,7 @@ class PreparedFeed:
     def rows(self) -> dict:
         """rows_train, rows_val, rows_pretrain (the pretraining rows are the train split's without a feed of their own)."""
         return {"rows_train": self.train.rows, "rows_val": self.val.rows if self.val else 0,
-                "rows_pretrain": (self.pretrain or self.train).rows}
+                "rows_pretrain": (self.pretrain or self.train).rows, "train_sample": self.sample}
 
     def delete(self) -> None:
         """Remove every materialised feed."""
@@ -104,6 +164,8 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
     if not feature_cols:
         raise ValueError("training_examples has no numeric tabular feature column")
     profile = profile_examples(examples, seq_len=seq_len, horizon_days=horizon_days, log=get_logger(LOG_NAME))
+    examples, sample = cap_examples(examples, rows=profile["rows"], max_rows=train_cfg.max_rows, seed=train_cfg.seed,
+                                    log=get_logger(LOG_NAME))
     train_df, val_df, val_origins = feeds.split_examples(examples, method=train_cfg.validation_split,
                                                          validation_share=train_cfg.validation_share,
                                                          origins=profile["origins"])
@@ -144,4 +206,4 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
     val = built.get("val")
     return PreparedFeed(train=built["train"], val=val if val is not None and val.rows > 0 else None, model=model,
                         meta=meta, label_stats=stats.labels, validation_origins=val_origins,
-                        pretrain=built.get("pretrain"))
+                        pretrain=built.get("pretrain"), sample=sample)
