@@ -79,7 +79,7 @@ def simulate_bronze(n: int = 400, seed: int = 0):
     lift = alive * (trait > 0.5) * (np.exp(-lam * 30) - np.exp(-2 * lam * 30))
     truth_uplift = pd.DataFrame({"user_id": ids, "as_of_date": E, "campaign_id": "wave1", "arm": "coupon",
                                  "true_uplift_conversion": lift, "true_uplift_value": lift * spend,
-                                 "response_window_days": 30})[acquired]
+                                 "true_uplift_value_long": 1.5 * lift * spend, "response_window_days": 30})[acquired]
     orders = pd.DataFrame(orders, columns=["user_id", "order_id", "order_ts", "order_date", "amount", "quantity",
                                            "n_lines", "category", "discount", "is_return"])
     exposures = pd.DataFrame(exposures, columns=["user_id", "campaign_id", "arm", "is_control", "exposed_ts",
@@ -178,7 +178,9 @@ def test_evaluate_scores_every_method_on_one_split_and_writes_the_metrics_table(
         for metric in ("value_gini", "value_decile_mape", "value_spearman", "churn_auc", "churn_pr_auc", "churn_ece"):
             assert np.isfinite(wide.loc[metric, method]), (metric, method)
     for method in ("model", "oracle", "two_model_gbm", "x_learner", "class_transformation"):
-        assert np.isfinite(wide.loc["qini_conversion", method]), method
+        for metric in ("qini_conversion", "qini_value", "qini_value_long"):   # long: the horizon's spend
+            assert np.isfinite(wide.loc[metric, method]), (metric, method)
+    assert np.isfinite(wide.loc["uplift_value_long_truth_pearson[coupon]", "model"])
     # the oracle predicts the truth itself; the others are measured against it
     assert wide.loc["value_truth_pearson", "oracle"] == pytest.approx(1.0)
     assert wide.loc["value_gini", "oracle"] > wide.loc["value_gini", "rfm_heuristic"]
