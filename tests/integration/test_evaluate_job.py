@@ -112,7 +112,7 @@ def _save_tiny_model(cfg, trained_as_of: dt.date) -> str:
     arms = ARMS
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=vocab_size(cfg.features), seq_len=cfg.features.sequence_length,
-                     n_features=len(features), n_arms=len(arms), tabular_hidden=8, head_hidden=8,
+                     n_features=len(features), n_arms=len(arms), tabular_hidden=8, head_hidden=8, long_term=True,
                      encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0))
     meta = ModelMeta(version="", feature_columns=features, feature_mean=[0.5, 3.0, 4.0, 2.0],
                      feature_std=[1.0] * 4, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
