@@ -22,7 +22,7 @@ from ulv_spark.config import FeaturesConf
 from ulv_spark.features.build import feature_table_columns
 from ulv_spark.plan.contracts import (ALL_ARMS, COST, LONG_TERM_MISSING, OBJECTIVE, PLAN, SCENARIO, SCENARIOS,
                                       SHORT_TERM_WEIGHT, UPLIFT_CONVERSION, UPLIFT_VALUE, UPLIFT_VALUE_LONG)
-from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
+from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, ARM_VALUE_LONG, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
                              VALUE_P90)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
                                LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION, ORIGIN_DATE,
@@ -402,6 +402,8 @@ SCORE_PREDICTIONS = register(STAGING, TableContract(
         _c(CHURN_PROBABILITY, "DOUBLE", "Probability of no purchase in the horizon", False),
         _c(ARM_CONVERSION, "ARRAY<DOUBLE>", "P(convert | arm) per model arm, control first", False),
         _c(ARM_VALUE, "ARRAY<DOUBLE>", "E[spend | arm] in the response window per model arm, control first", False),
+        _c(ARM_VALUE_LONG, "ARRAY<DOUBLE>", "E[spend in the horizon | arm sent at as_of_date] per model arm, control "
+           "first; empty for a model without the long-term head", True),
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
@@ -457,6 +459,9 @@ PROMO_UPLIFT = register(SCORES, TableContract(
         _c(ARM, "STRING", "Treatment arm", False),
         _c("uplift_conversion", "DOUBLE", "P(convert | arm) - P(convert | control) in the response window", False),
         _c("uplift_value", "DOUBLE", "E[spend | arm] - E[spend | control] in the response window", False),
+        _c("uplift_value_long", "DOUBLE", "E[spend | arm] - E[spend | control] over the whole horizon (long term: "
+           "includes what the window's purchases do to later ones); null for a model without the long-term head",
+           True),
         _c("expected_profit", "DOUBLE", "uplift_value * margin - cost of the arm (conf: score.margin, score.arm_costs)", False),
         _c("recommended", "BOOLEAN", "True when this arm has the highest positive expected_profit for the user", False),
     ) + _run_cols(),
@@ -625,6 +630,8 @@ TRUTH_UPLIFT = register(TRUTH, TableContract(
            False),
         _c("true_uplift_value", "DOUBLE", "E[net spend in the window | arm] - E[net spend in the window | control]",
            False),
+        _c("true_uplift_value_long", "DOUBLE", "E[net spend in [D, D + horizon) | arm sent at D] - the same for the "
+           "control: the long-term effect (later waves as assigned)", True),
         _c("response_window_days", "INT", "Length of the response window in days", False),
     ),
     partition_by=(AS_OF_DATE,),

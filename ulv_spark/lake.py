@@ -64,11 +64,14 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
 
     The contract supplies the table comment, every column's type, nullability and comment, and
     the partition columns, so the table documents itself in ``DESCRIBE TABLE EXTENDED``.
+    An existing table written by an older version gains the contract's new nullable columns
+    (:func:`add_new_columns`), so an upgrade needs no manual migration.
     """
     from delta.tables import DeltaTable
 
     if is_delta(spark, ref):
         _register(spark, ref)
+        add_new_columns(spark, ref, contract)
         return DeltaTable.forName(spark, ref.name)
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ref.schema_name)}")
     builder = DeltaTable.createIfNotExists(spark).tableName(ref.name).comment(contract.comment)
@@ -79,6 +82,25 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
     if ref.path is not None:
         builder = builder.location(ref.path)
     return builder.execute()
+
+
+def add_new_columns(spark, ref: TableRef, contract: TableContract) -> list[str]:
+    """``ALTER TABLE ADD COLUMNS`` for the contract's nullable columns the existing table lacks.
+
+    Returns the added names (older rows read null there). A missing NOT NULL column cannot be
+    added to existing rows: SchemaMismatchError naming it (nothing is changed).
+    """
+    existing = {f.name for f in spark.table(ref.name).schema.fields}
+    missing = [c for c in contract.columns if c.name not in existing]
+    required = [c.name for c in missing if not c.nullable]
+    if required:
+        raise SchemaMismatchError(f"{contract.name}: the existing table lacks NOT NULL column(s) {required}; "
+                                  f"rebuild it (older rows have no value for them)")
+    if missing:
+        spec = ", ".join(f"`{c.name}` {c.type} COMMENT '{c.comment.replace(chr(39), chr(92) + chr(39))}'"
+                         for c in missing)
+        spark.sql(f"ALTER TABLE {_quote(ref.name)} ADD COLUMNS ({spec})")
+    return [c.name for c in missing]
 
 
 def conform(df, contract: TableContract):

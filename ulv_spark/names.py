@@ -21,13 +21,15 @@ VALUE_P90 = "value_p90"
 CHURN_PROBABILITY = "churn_probability"
 ARM_CONVERSION = "arm_conversion"    # ARRAY<DOUBLE>: P(convert | arm) for the model's arms, control first
 ARM_VALUE = "arm_value"              # ARRAY<DOUBLE>: E[response spend | arm], control first
+ARM_VALUE_LONG = "arm_value_long"    # ARRAY<DOUBLE>: E[spend over the horizon | arm sent at D], control first;
+                                     # empty for models without the long-term head
 ARM_PROPENSITY = "arm_propensity"    # (B, A) P(arm | user), only with a propensity head
 
 SCALAR_OUTPUTS = (EXPECTED_VALUE, P_PURCHASE, VALUE_P10, VALUE_P90, CHURN_PROBABILITY)
-ARM_OUTPUTS = (ARM_CONVERSION, ARM_VALUE)
+ARM_OUTPUTS = (ARM_CONVERSION, ARM_VALUE, ARM_VALUE_LONG)
 
 # ---- training tasks (loss parts, loss weights in train.loss_weights, validation losses) -------
-TASKS = ("value", "churn", "uplift", "propensity")
+TASKS = ("value", "churn", "uplift", "uplift_long", "propensity")
 
 # ---- feature columns read by name outside features/ (declared in features.rfm / features.build) --
 FREQUENCY = "frequency"              # lifetimes definitions, in days

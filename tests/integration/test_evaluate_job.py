@@ -79,7 +79,7 @@ def simulate_bronze(n: int = 400, seed: int = 0):
     lift = alive * (trait > 0.5) * (np.exp(-lam * 30) - np.exp(-2 * lam * 30))
     truth_uplift = pd.DataFrame({"user_id": ids, "as_of_date": E, "campaign_id": "wave1", "arm": "coupon",
                                  "true_uplift_conversion": lift, "true_uplift_value": lift * spend,
-                                 "response_window_days": 30})[acquired]
+                                 "true_uplift_value_long": 1.5 * lift * spend, "response_window_days": 30})[acquired]
     orders = pd.DataFrame(orders, columns=["user_id", "order_id", "order_ts", "order_date", "amount", "quantity",
                                            "n_lines", "category", "discount", "is_return"])
     exposures = pd.DataFrame(exposures, columns=["user_id", "campaign_id", "arm", "is_control", "exposed_ts",
@@ -112,7 +112,7 @@ def _save_tiny_model(cfg, trained_as_of: dt.date) -> str:
     arms = ARMS
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=vocab_size(cfg.features), seq_len=cfg.features.sequence_length,
-                     n_features=len(features), n_arms=len(arms), tabular_hidden=8, head_hidden=8,
+                     n_features=len(features), n_arms=len(arms), tabular_hidden=8, head_hidden=8, long_term=True,
                      encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0))
     meta = ModelMeta(version="", feature_columns=features, feature_mean=[0.5, 3.0, 4.0, 2.0],
                      feature_std=[1.0] * 4, seq_len=cfg.features.sequence_length, vocab_size=vocab_size(cfg.features),
@@ -178,7 +178,9 @@ def test_evaluate_scores_every_method_on_one_split_and_writes_the_metrics_table(
         for metric in ("value_gini", "value_decile_mape", "value_spearman", "churn_auc", "churn_pr_auc", "churn_ece"):
             assert np.isfinite(wide.loc[metric, method]), (metric, method)
     for method in ("model", "oracle", "two_model_gbm", "x_learner", "class_transformation"):
-        assert np.isfinite(wide.loc["qini_conversion", method]), method
+        for metric in ("qini_conversion", "qini_value", "qini_value_long"):   # long: the horizon's spend
+            assert np.isfinite(wide.loc[metric, method]), (metric, method)
+    assert np.isfinite(wide.loc["uplift_value_long_truth_pearson[coupon]", "model"])
     # the oracle predicts the truth itself; the others are measured against it
     assert wide.loc["value_truth_pearson", "oracle"] == pytest.approx(1.0)
     assert wide.loc["value_gini", "oracle"] > wide.loc["value_gini", "rfm_heuristic"]

@@ -105,3 +105,27 @@ def test_content_fingerprint_ignores_row_order_and_run_id_but_not_values(spark):
     assert lake.content_fingerprint(a).startswith("2-")
     assert lake.content_fingerprint(a) != lake.content_fingerprint(changed)
     assert lake.content_fingerprint(a.limit(0)) == "0-0"
+
+
+def test_an_older_table_gains_the_contracts_new_nullable_columns_and_keeps_its_rows(spark, lakehouse):
+    import dataclasses
+
+    ref = lake.table_ref(lakehouse, "scores_evolving")
+    old = dataclasses.replace(SCORES, name="scores_evolving")
+    lake.write_partition(spark, spark.createDataFrame([("u1", D1, 1.0)], "user_id string, as_of_date date, score double"),
+                         ref, old, as_of=D1)
+    new = dataclasses.replace(old, columns=old.columns + (Col("score_long", "DOUBLE", True, "A long-term score"),))
+    lake.write_partition(spark, spark.createDataFrame([("u2", D2, 2.0, 20.0)],
+                                                      "user_id string, as_of_date date, score double, score_long double"),
+                         ref, new, as_of=D2)
+    got = sorted(tuple(r) for r in lake.read_table(spark, ref).select("user_id", "score", "score_long").collect())
+    assert got == [("u1", 1.0, None), ("u2", 2.0, 20.0)]
+    comments = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE {ref.name}").collect()}
+    assert comments["score_long"] == "A long-term score"
+    assert lake.add_new_columns(spark, ref, new) == []          # nothing left to add
+    # a new NOT NULL column cannot be back-filled: a clear error, the table unchanged
+    strict = dataclasses.replace(old, columns=old.columns + (Col("must", "DOUBLE", False, "required"),))
+    version = lake.current_version(spark, ref)
+    with pytest.raises(lake.SchemaMismatchError, match=r"NOT NULL column\(s\) \['must'\]"):
+        lake.ensure_table(spark, ref, strict)
+    assert lake.current_version(spark, ref) == version

@@ -38,11 +38,13 @@ score: {{margin: 0.5, arm_costs: {{coupon: 2.0, ship: 1.0}}}}
 plan: {{budget: 4.0, bootstrap_replicates: {REPLICATES}, price_passes: 3, prices_per_pass: 8}}
 """)
     cfg = load_config(conf)
+    # a model without the long-term head: uplift_value_long is null
     uplift = spark.createDataFrame(
-        [(u, D, "c1", a, v / 100.0, v, v * 0.5 - {"coupon": 2.0, "ship": 1.0}[a], False, "m1", "score-run")
+        [(u, D, "c1", a, v / 100.0, v, None, v * 0.5 - {"coupon": 2.0, "ship": 1.0}[a], False, "m1", "score-run")
          for u, a, v in ROWS],
         "user_id string, as_of_date date, campaign_id string, arm string, uplift_conversion double, "
-        "uplift_value double, expected_profit double, recommended boolean, model_version string, run_id string")
+        "uplift_value double, uplift_value_long double, expected_profit double, recommended boolean, "
+        "model_version string, run_id string")
     lake.write_partition(spark, uplift, lake.table_ref(cfg.lakehouse, "promo_uplift"), catalog.PROMO_UPLIFT, as_of=D)
     first = _plan(conf)
     return conf, cfg, first
@@ -74,6 +76,37 @@ def test_plan_writes_the_optimal_plan_and_says_long_term_uplift_is_missing(plann
        "model_version string")
     got = _table(spark, cfg, "promo_plan").drop("run_id")
     assert_approx_df_equality(got, spark.createDataFrame(expected.rdd, got.schema), 1e-12, ignore_row_order=True)
+
+
+def test_a_long_term_uplift_moves_the_plan_as_the_short_term_weight_says(planned, spark):
+    conf, cfg, _ = planned
+    d2 = D + dt.timedelta(days=1)
+    # the coupon pays back later (long term = value - 25: a's coupon 5, b's 0 ...), shipping keeps its value
+    long = {"coupon": -25.0, "ship": 0.0}
+    uplift = spark.createDataFrame(
+        [(u, d2, "c1", a, v / 100.0, v, v + long[a], v * 0.5 - {"coupon": 2.0, "ship": 1.0}[a], False, "m1", "s")
+         for u, a, v in ROWS],
+        "user_id string, as_of_date date, campaign_id string, arm string, uplift_conversion double, "
+        "uplift_value double, uplift_value_long double, expected_profit double, recommended boolean, "
+        "model_version string, run_id string")
+    lake.write_partition(spark, uplift, lake.table_ref(cfg.lakehouse, "promo_uplift"), catalog.PROMO_UPLIFT, as_of=d2)
+
+    def plan(weight):
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            assert cli.main(["plan", "--conf", str(conf), "--as-of", d2.isoformat(), "--set", f"plan.name=w{int(weight)}",
+                             "--set", f"plan.short_term_weight={weight}"]) == 0
+        return json.loads(buffer.getvalue())
+
+    short, longer = plan(1.0), plan(0.0)
+    assert short["long_term"] == longer["long_term"] == "uplift_value_long from promo_uplift"
+    # λ = 1: as on D (a coupon, b and d ship, objective 29.5); λ = 0: objective = long * 0.5 - cost, budget 4:
+    # ship to a (11.5), b (11.5), d (5.0), c (0.5); no coupon pays off over the horizon any more
+    assert short["objective"] == 29.5 and short["users_by_arm"] == {"coupon": 1, "ship": 2}
+    assert longer["objective"] == 28.5 and longer["users_by_arm"] == {"ship": 4}
+    forecast = _table(spark, cfg, "campaign_forecast").filter((F.col("as_of_date") == d2) & (F.col("plan") == "w0"))
+    row = forecast.filter((F.col("scenario") == "plan") & (F.col("arm") == "all")).first()
+    assert row["expected_revenue_long"] == pytest.approx(25.0 + 25.0 + 12.0 + 3.0)
 
 
 def test_forecast_sums_the_plan_send_all_and_send_none_with_bootstrap_bounds(planned, spark):

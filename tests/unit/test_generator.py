@@ -190,6 +190,36 @@ def test_truth_uplift_matches_randomised_waves(population):
     assert (uplift.loc[uplift["arm"] == "coupon_10", "true_uplift_value"] < 0).any()
 
 
+def test_long_term_truth_is_the_window_truth_when_the_horizon_is_the_window_and_matches_real_waves(population):
+    """value_long:<arm> = the window's value when H = the window (exactly), and over H days it
+    matches the realised spend of the users each real wave sent that arm (4 standard errors)."""
+    sim = population
+    window = sim.params.gen.response_window_days
+    short = sim.truth(sim.waves[5], window)
+    for arm in sim.arms:
+        np.testing.assert_allclose(short[f"value_long:{arm}"], short[f"value:{arm}"], rtol=1e-10, atol=1e-12)
+    orders = sim.order_details()
+    net = np.where(orders["cancel_t"].isna(), orders["amount"], 0.0)
+    t, owner = orders["t"].to_numpy(), orders["user"].to_numpy()
+    gaps = {arm: [] for arm in sim.arms}
+    for w, sent in enumerate(sim.waves):
+        if sent + H > sim.params.span_days or w < 4:
+            continue
+        truth = sim.truth(sent, H)
+        users = truth["user"]
+        arm_of = sim.assign[users, w]
+        inside = (t >= sent) & (t < sent + H)
+        spend = np.bincount(owner[inside], weights=net[inside], minlength=sim.n)[users]
+        for k, arm in enumerate(sim.arms):
+            gaps[arm].append(spend[arm_of == k] - truth[f"value_long:{arm}"][arm_of == k])
+    assert all(parts for parts in gaps.values())
+    for arm, parts in gaps.items():
+        assert abs(_z(np.concatenate(parts))) <= 4.0, arm
+    uplift = truth_uplift_frame(sim)
+    assert uplift["true_uplift_value_long"].notna().all()
+    assert not np.allclose(uplift["true_uplift_value_long"], uplift["true_uplift_value"])
+
+
 # ------------------------------------------------------------------ campaign_waves (a single campaign)
 CAMPAIGN_DAY = dt.date(2025, 7, 3)
 

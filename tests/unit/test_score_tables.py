@@ -11,16 +11,17 @@ from ulv_spark.score import tables
 D = dt.date(2025, 10, 1)
 PRED_SCHEMA = ("user_id string, as_of_date date, model_version string, run_id string, expected_value double, "
                "p_purchase double, value_p10 double, value_p90 double, churn_probability double, "
-               "arm_conversion array<double>, arm_value array<double>")
+               "arm_conversion array<double>, arm_value array<double>, arm_value_long array<double>")
 
 
 def _preds(spark, rows):
-    """rows: (user_id, expected_value, churn_probability[, arm_conversion, arm_value])."""
+    """rows: (user_id, expected_value, churn_probability[, arm_conversion, arm_value[, arm_value_long]])."""
     full = []
     for r in rows:
         uid, ev, churn = r[:3]
         conv, val = (r[3], r[4]) if len(r) > 3 else ([], [])
-        full.append((uid, D, "m1", "r1", ev, 0.5, 0.0, ev * 2, churn, conv, val))
+        long = r[5] if len(r) > 5 else []
+        full.append((uid, D, "m1", "r1", ev, 0.5, 0.0, ev * 2, churn, conv, val, long))
     return spark.createDataFrame(full, PRED_SCHEMA)
 
 
@@ -103,24 +104,26 @@ def test_promo_uplift_profit_and_single_recommended_arm(spark):
     arms = ["control", "coupon", "ship"]
     campaigns = {"control": "c1", "coupon": "c1", "ship": "c2"}
     preds = _preds(spark, [
-        # coupon: uplift 8 -> profit 8*0.5-1 = 3; ship: uplift 4 -> 2  => coupon recommended
-        ("u1", 1.0, 0.1, [0.25, 0.5, 0.375], [2.0, 10.0, 6.0]),
-        # both profits negative -> nothing recommended
+        # coupon: uplift 8 -> profit 8*0.5-1 = 3; ship: uplift 4 -> 2  => coupon recommended;
+        # long term: coupon 30 - 40 = -10 (the window's gain is paid back later), ship 45 - 40 = 5
+        ("u1", 1.0, 0.1, [0.25, 0.5, 0.375], [2.0, 10.0, 6.0], [40.0, 30.0, 45.0]),
+        # both profits negative -> nothing recommended; no long-term head: null long-term uplift
         ("u2", 1.0, 0.1, [0.5, 0.25, 0.5], [4.0, 2.0, 4.0]),
         # tie at profit 2 (coupon 6*0.5-1, ship 4*0.5) -> the arm listed first wins
-        ("u3", 1.0, 0.1, [0.0, 0.5, 0.5], [0.0, 6.0, 4.0]),
+        ("u3", 1.0, 0.1, [0.0, 0.5, 0.5], [0.0, 6.0, 4.0], [0.0, 6.0, 4.0]),
     ])
     out = tables.promo_uplift_table(preds, arms=arms, arm_campaigns=campaigns, margin=0.5,
                                     arm_costs={"coupon": 1.0, "unused": 9.0})
     expected = spark.createDataFrame([
-        ("u1", D, "c1", "coupon", 0.25, 8.0, 3.0, True, "m1", "r1"),
-        ("u1", D, "c2", "ship", 0.125, 4.0, 2.0, False, "m1", "r1"),
-        ("u2", D, "c1", "coupon", -0.25, -2.0, -2.0, False, "m1", "r1"),
-        ("u2", D, "c2", "ship", 0.0, 0.0, 0.0, False, "m1", "r1"),
-        ("u3", D, "c1", "coupon", 0.5, 6.0, 2.0, True, "m1", "r1"),
-        ("u3", D, "c2", "ship", 0.5, 4.0, 2.0, False, "m1", "r1")],
+        ("u1", D, "c1", "coupon", 0.25, 8.0, -10.0, 3.0, True, "m1", "r1"),
+        ("u1", D, "c2", "ship", 0.125, 4.0, 5.0, 2.0, False, "m1", "r1"),
+        ("u2", D, "c1", "coupon", -0.25, -2.0, None, -2.0, False, "m1", "r1"),
+        ("u2", D, "c2", "ship", 0.0, 0.0, None, 0.0, False, "m1", "r1"),
+        ("u3", D, "c1", "coupon", 0.5, 6.0, 6.0, 2.0, True, "m1", "r1"),
+        ("u3", D, "c2", "ship", 0.5, 4.0, 4.0, 2.0, False, "m1", "r1")],
         "user_id string, as_of_date date, campaign_id string, arm string, uplift_conversion double, "
-        "uplift_value double, expected_profit double, recommended boolean, model_version string, run_id string")
+        "uplift_value double, uplift_value_long double, expected_profit double, recommended boolean, "
+        "model_version string, run_id string")
     assert_df_equality(out, expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -130,7 +133,7 @@ def test_promo_uplift_is_empty_without_treatment_arms(spark, arms):
                                     margin=0.3, arm_costs={})
     assert out.count() == 0
     assert out.columns == ["user_id", "as_of_date", "campaign_id", "arm", "uplift_conversion", "uplift_value",
-                           "expected_profit", "recommended", "model_version", "run_id"]
+                           "uplift_value_long", "expected_profit", "recommended", "model_version", "run_id"]
 
 
 def test_promo_uplift_names_arms_without_campaign(spark):

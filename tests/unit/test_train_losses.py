@@ -107,10 +107,10 @@ def test_masked_event_loss_is_cross_entropy_over_picked_positions_and_zero_witho
     assert float(loss.detach()) == 0.0 and float(n) == 0.0 and loss.requires_grad
 
 
-def _heads(batch, arms=3, seed=0):
+def _heads(batch, arms=3, seed=0, arm_outputs=4):
     torch.manual_seed(seed)
     return {"value": torch.randn(batch, 3, requires_grad=True), "churn": torch.randn(batch, requires_grad=True),
-            "arm": torch.randn(batch, arms, 4, requires_grad=True)}
+            "arm": torch.randn(batch, arms, arm_outputs, requires_grad=True)}
 
 
 def test_multitask_loss_trains_each_row_only_on_the_arm_it_received():
@@ -150,3 +150,22 @@ def test_multitask_loss_parts_match_their_definitions():
     assert parts["churn"][0] == pytest.approx(float(churn), rel=1e-5)
     assert parts["uplift"][0] == pytest.approx(float(uplift), rel=1e-5)
     assert float(total.detach()) == pytest.approx(float(value + churn + uplift), rel=1e-5)
+
+
+def test_the_long_term_head_learns_the_horizon_spend_of_exposed_rows_under_their_own_arm():
+    out = _heads(3, arms=2, seed=4, arm_outputs=7)
+    batch = {"y_value": torch.tensor([30.0, 0.0, 12.0]), "y_churn": torch.tensor([0.0, 1.0, 0.0]),
+             "arm_index": torch.tensor([1, 0, -1]), "y_converted": torch.tensor([1.0, 0.0, 0.0]),
+             "y_response": torch.tensor([8.0, 0.0, 0.0])}
+    total, parts = multitask_loss(out, batch)
+    a = out["arm"].detach().double()
+    own = torch.stack([a[0, 1], a[1, 0]])                       # row 2 is not exposed
+    long = ziln_nll(own[:, 4], own[:, 5], losses.ziln_sigma(own[:, 6]), batch["y_value"][:2].double()).mean()
+    assert parts["uplift_long"] == (pytest.approx(float(long), rel=1e-5), 2.0)
+    assert float(total.detach()) == pytest.approx(sum(v for v, _ in parts.values()), rel=1e-5)
+    total.backward()
+    grad = out["arm"].grad
+    assert grad[2].abs().sum() == 0 and grad[0, 0].abs().sum() == 0 and grad[1, 1].abs().sum() == 0
+    assert grad[0, 1, 4:].abs().sum() > 0 and grad[1, 0, 4:].abs().sum() > 0
+    # without the long-term outputs there is no such part
+    assert "uplift_long" not in multitask_loss(_heads(3, arms=2, seed=4), batch)[1]

@@ -97,10 +97,10 @@ def test_calibrate_maps_ev_and_churn_and_scales_the_quantiles_by_the_same_ratio(
     np.testing.assert_array_equal(out["p_purchase"], preds["p_purchase"])
 
 
-def _tiny(n_arms=3, arm_heads="delta", sequence_dropout=0.0):
+def _tiny(n_arms=3, arm_heads="delta", sequence_dropout=0.0, long_term=False):
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=3, n_arms=n_arms, tabular_hidden=8, head_hidden=8,
-                     arm_heads=arm_heads, sequence_dropout=sequence_dropout,
+                     arm_heads=arm_heads, sequence_dropout=sequence_dropout, long_term=long_term,
                      encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0))
     return build_model(spec).eval()
 
@@ -126,6 +126,25 @@ def test_predict_arrays_applies_the_stored_calibration():
         assert key == "value_p10" or not np.allclose(got[key], raw[key]), key   # p10 is 0 below 90 % purchase
     for key in ("p_purchase", "arm_conversion", "arm_value"):
         np.testing.assert_array_equal(got[key], raw[key])
+
+
+def test_the_long_term_head_predicts_horizon_spend_per_arm_and_older_models_predict_none():
+    from ulv_spark.score.predict import outputs_to_frame
+
+    meta = ModelMeta(version="v", feature_columns=["a", "b", "c"], feature_mean=[0.0] * 3, feature_std=[1.0] * 3,
+                     seq_len=SEQ, vocab_size=VOCAB, vocab_fingerprint="fp", arms=["control", "x", "y"],
+                     arm_campaigns={}, horizon_days=90, trained_as_of="2025-01-01")
+    got = predict_arrays(_tiny(long_term=True), meta, *_inputs())
+    assert got["arm_value_long"].shape == (6, 3) and (got["arm_value_long"] > 0).all()
+    frame = outputs_to_frame([f"u{i}" for i in range(6)], got, 3)
+    np.testing.assert_array_equal(np.stack(frame["arm_value_long"].to_numpy()), got["arm_value_long"])
+    # a model written before the head (no long_term key in model_spec.json): no long-term numbers at all
+    old = ModelSpec.from_dict({k: v for k, v in _tiny().spec.to_dict().items() if k != "long_term"})
+    assert old.long_term is False and "long_term" not in old.to_dict()
+    assert ModelSpec.from_dict(_tiny(long_term=True).spec.to_dict()).long_term is True
+    none = predict_arrays(build_model(old), meta, *_inputs())
+    assert none["arm_value_long"].shape == (6, 0) and none["arm_value"].shape == (6, 3)
+    assert outputs_to_frame([f"u{i}" for i in range(6)], none, 3)["arm_value_long"].map(len).tolist() == [0] * 6
 
 
 # --------------------------------------------------------------------------------------------

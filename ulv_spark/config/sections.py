@@ -262,6 +262,7 @@ class TrainConf:
     encoder_lr_mult: float = 0.3        # learning-rate multiplier of the event encoder's own AdamW group
     sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
     freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
+    long_term_uplift: bool = True       # arm heads also learn the horizon's spend per arm (promo_uplift.uplift_value_long)
     arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
     calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn (rows: calibration_rows)
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation

@@ -43,7 +43,7 @@ from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, 
 METRIC_COLUMNS = ("dataset", "split", "method", "metric", "value")
 # Higher-is-better metrics also reported as a share of the oracle's value on synthetic data.
 ORACLE_SHARE_PREFIXES = ("value_gini", "value_spearman", "churn_auc", "qini_")
-UPLIFT_OUTCOME = {"conversion": LABEL_CONVERTED, "value": LABEL_RESPONSE_VALUE}
+UPLIFT_OUTCOME = {"conversion": LABEL_CONVERTED, "value": LABEL_RESPONSE_VALUE, "value_long": LABEL_VALUE}
 
 
 @dataclass(frozen=True)

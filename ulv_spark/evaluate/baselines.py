@@ -30,7 +30,8 @@ from ulv_spark.schemas import (ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, 
 
 EXPECTED_PURCHASES = "expected_purchases"
 P_ALIVE = "p_alive"
-UPLIFT_KINDS = ("conversion", "value")
+# conversion and value in the response window; value_long = spend over the whole horizon (label_value)
+UPLIFT_KINDS = ("conversion", "value", "value_long")
 
 
 # What a method predicts (its ``tasks`` attribute): the backtest skips a method when none of its
@@ -361,10 +362,11 @@ class TwoModelUplift:
     """Two-model (T-learner) uplift: one GBM per arm, uplift = arm prediction - control's.
 
     Fitted on the training rows with a campaign arm and an observed response: per arm a
-    classifier on ``label_converted`` and a Poisson regressor on ``label_response_value``.
-    Arms are pooled by name across campaigns; the control arm is the one flagged
-    ``is_control``. Predicts ``uplift_conversion:<arm>`` and ``uplift_value:<arm>`` for every
-    other arm.
+    classifier on ``label_converted`` and Poisson regressors on ``label_response_value`` and
+    on ``label_value`` (the horizon's spend: the long-term effect). Arms are pooled by name
+    across campaigns; the control arm is the one flagged ``is_control``. Predicts
+    ``uplift_conversion:<arm>``, ``uplift_value:<arm>`` and ``uplift_value_long:<arm>`` for
+    every other arm.
     """
 
     name = "two_model_gbm"
@@ -388,20 +390,23 @@ class TwoModelUplift:
                 continue
             x = _matrix(rows, self.features_)
             self.models_[str(arm)] = (_classifier(x, rows[LABEL_CONVERTED], **self.params),
-                                      _regressor(x, rows[LABEL_RESPONSE_VALUE].fillna(0.0), **self.params))
+                                      _regressor(x, rows[LABEL_RESPONSE_VALUE].fillna(0.0), **self.params),
+                                      _regressor(x, rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0), **self.params))
         self.arms_ = [a for a in self.models_ if a != self.control_arm_]
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         x = _matrix(frame, self.features_)
         threads = self.params["threads"]
-        base_conv, base_value = self.models_[self.control_arm_]
+        base_conv, base_value, base_long = self.models_[self.control_arm_]
         conv0, value0 = _predict(base_conv, x, threads, proba=True), _predict(base_value, x, threads)
+        long0 = _predict(base_long, x, threads)
         out = {USER_ID: frame[USER_ID].to_numpy()}
         for arm in self.arms_:
-            conv, value = self.models_[arm]
+            conv, value, long = self.models_[arm]
             out[uplift_column("conversion", arm)] = _predict(conv, x, threads, proba=True) - conv0
             out[uplift_column("value", arm)] = _predict(value, x, threads) - value0
+            out[uplift_column("value_long", arm)] = _predict(long, x, threads) - long0
         return pd.DataFrame(out)
 
 
@@ -437,7 +442,7 @@ class _ArmVsControl:
     Fitted on the exposed training rows of the arm and of the control arm (arms pooled by name,
     as two_model_gbm). The propensity of an arm is its empirical share among those rows (the
     arms of a randomised campaign are assigned with known, constant probabilities, which this
-    estimates; ``propensity_``). Predicts ``uplift_conversion:<arm>`` / ``uplift_value:<arm>``.
+    estimates; ``propensity_``). Predicts ``uplift_<kind>:<arm>`` for every kind of UPLIFT_KINDS.
     """
 
     fits_on = "train"
@@ -464,8 +469,10 @@ class _ArmVsControl:
             self.propensity_[arm] = p
             converted = rows[LABEL_CONVERTED].astype(float).to_numpy()
             value = rows[LABEL_RESPONSE_VALUE].fillna(0.0).astype(float).to_numpy()
+            horizon = rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0).astype(float).to_numpy()
             self.models_[arm] = {kind: self._fit_arm(x, y, w, p, binary=(kind == "conversion"))
-                                 for kind, y in (("conversion", converted), ("value", value))}
+                                 for kind, y in (("conversion", converted), ("value", value),
+                                                 ("value_long", horizon))}
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:

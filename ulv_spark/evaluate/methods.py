@@ -122,9 +122,12 @@ class ModelMethod:
         if len(arms) > 1 and len(out):
             conv = np.stack(out["arm_conversion"].to_numpy())
             value = np.stack(out["arm_value"].to_numpy())
+            long = np.stack(out["arm_value_long"].to_numpy())
             for j, arm in enumerate(arms[1:], start=1):
                 result[uplift_column("conversion", arm)] = conv[:, j] - conv[:, 0]
                 result[uplift_column("value", arm)] = value[:, j] - value[:, 0]
+                if long.ndim == 2 and long.shape[1] == len(arms):   # the long-term head
+                    result[uplift_column("value_long", arm)] = long[:, j] - long[:, 0]
         return result
 
 

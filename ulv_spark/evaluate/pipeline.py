@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from ulv_spark.evaluate.backtest import Split, partition, rolling_splits
-from ulv_spark.evaluate.baselines import (BgNbdGammaGamma, ClassTransformationUplift, RfmHeuristic, TabularGbm,
-                                          TwoModelUplift, XLearnerUplift)
+from ulv_spark.evaluate.baselines import (UPLIFT_KINDS, BgNbdGammaGamma, ClassTransformationUplift, RfmHeuristic,
+                                          TabularGbm, TwoModelUplift, XLearnerUplift)
 from ulv_spark.evaluate.methods import (TRUE_EXPECTED_PURCHASES, TRUE_EXPECTED_SPEND, TRUE_P_ALIVE, ModelMethod,
                                         Oracle, true_uplift_column)
 from ulv_spark.runtime import get_logger
@@ -98,7 +98,8 @@ def truth_at_origins(truth_users, truth_uplift, *, origins: Sequence[dt.date], h
         return users
     pivoted = (uplift.groupBy(USER_ID, F.col(AS_OF_DATE).alias(ORIGIN_DATE))
                .agg(*[F.max(F.when(F.col(ARM) == F.lit(arm), F.col(f"true_uplift_{kind}")))
-                      .alias(true_uplift_column(kind, arm)) for arm in arms for kind in ("conversion", "value")]))
+                      .alias(true_uplift_column(kind, arm)) for arm in arms for kind in UPLIFT_KINDS
+                      if f"true_uplift_{kind}" in uplift.columns]))
     return users.join(pivoted, on=[USER_ID, ORIGIN_DATE], how="left")
 
 

@@ -29,11 +29,10 @@ class NothingToPlan(JobFailed):
 def run_plan(ctx: JobContext) -> Summary:
     """Plan ctx.as_of with the conf's plan.*; returns the run summary."""
     cfg, spark, as_of, conf = ctx.cfg, ctx.spark, ctx.as_of, ctx.cfg.plan
-    uplift, arms, model_version = _read_uplift(spark, cfg.lakehouse, as_of)
+    uplift, arms, model_version, long_term = _read_uplift(spark, cfg.lakehouse, as_of)
     unknown = sorted(set(conf.capacities) - set(arms))
     if unknown:
         log.warning("plan.capacities names arm(s) promo_uplift of %s does not have: %s", as_of, unknown)
-    long_term = UPLIFT_VALUE_LONG in uplift.columns
     candidates = plan_candidates(uplift, margin=cfg.score.margin, arm_costs=cfg.score.arm_costs,
                                  short_term_weight=conf.short_term_weight, min_roi=conf.min_roi)
     with stage("plan.allocate", log) as info:
@@ -69,13 +68,20 @@ def run_plan(ctx: JobContext) -> Summary:
 
 
 def _read_uplift(spark, lake_cfg, as_of):
-    """promo_uplift rows of `as_of`, their arms (sorted) and model version; NothingToPlan when there are none."""
+    """promo_uplift rows of `as_of`, their arms (sorted), model version and whether they carry a long-term uplift.
+
+    NothingToPlan when there are none. Long term: the column exists (tables written before it
+    lack it) and is filled (a model without the long-term head writes nulls).
+    """
     ref = lake.table_ref(lake_cfg, catalog.PROMO_UPLIFT.name)
     if not lake.is_delta(spark, ref):
         raise NothingToPlan(f"table {ref.name} does not exist: run `ulv-spark score --as-of {as_of}` first")
     uplift = lake.read_table(spark, ref, as_of_date=as_of)
+    has_column = UPLIFT_VALUE_LONG in uplift.columns
+    filled = F.count(UPLIFT_VALUE_LONG) if has_column else F.lit(0)
     stats = uplift.agg(F.count(F.lit(1)).alias("rows"), F.sort_array(F.collect_set(ARM)).alias("arms"),
-                       F.count_distinct(MODEL_VERSION).alias("models"), F.min(MODEL_VERSION).alias("model")).first()
+                       F.count_distinct(MODEL_VERSION).alias("models"), F.min(MODEL_VERSION).alias("model"),
+                       filled.alias("long")).first()
     if stats["rows"] == 0:
         raise NothingToPlan(f"{ref.name} has no rows for {as_of}: score the date first (a model without "
                             f"campaign arms has nothing to plan)")
@@ -84,7 +90,7 @@ def _read_uplift(spark, lake_cfg, as_of):
     arms = list(stats["arms"])  # one entry per arm: a handful of names
     if ALL_ARMS in arms:
         raise JobFailed(f"an arm is named {ALL_ARMS!r}, which campaign_forecast uses for a scenario's total")
-    return uplift, arms, stats["model"]
+    return uplift, arms, stats["model"], stats["long"] > 0
 
 
 def _write(ctx, frames: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ulv_spark.names import ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, SCALAR_OUTPUTS
+from ulv_spark.names import ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, ARM_VALUE_LONG, SCALAR_OUTPUTS
 from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
 
 # Columns the model adds per user (the staging table `score_predictions` holds them).
@@ -67,7 +67,8 @@ def batch_to_arrays(pdf: pd.DataFrame, meta) -> tuple[np.ndarray, np.ndarray, np
 def outputs_to_frame(user_ids: Sequence, outputs: Mapping[str, np.ndarray], n_arms: int) -> pd.DataFrame:
     """The prediction frame (columns of `PREDICTION_SCHEMA`) from `predict_arrays`' outputs.
 
-    With no arms, the arm columns hold empty lists, so the schema never depends on the model.
+    With no arms, the arm columns hold empty lists, so the schema never depends on the model;
+    arm_value_long is empty too for a model without the long-term head.
     """
     n = len(user_ids)
     frame = {USER_ID: np.asarray(user_ids, dtype=object)}
@@ -76,11 +77,11 @@ def outputs_to_frame(user_ids: Sequence, outputs: Mapping[str, np.ndarray], n_ar
         if values.shape[0] != n:
             raise ValueError(f"model output {col} has {values.shape[0]} rows for a batch of {n}")
         frame[col] = values
-    key_for = {ARM_CONVERSION: "arm_conversion", ARM_VALUE: "arm_value"}
+    key_for = {ARM_CONVERSION: "arm_conversion", ARM_VALUE: "arm_value", ARM_VALUE_LONG: "arm_value_long"}
     for col in ARM_OUTPUTS:
         raw = outputs.get(key_for[col])
-        values = (np.zeros((n, 0)) if raw is None or n_arms == 0
-                  else np.asarray(raw, dtype=np.float64).reshape(n, n_arms))
+        absent = raw is None or n_arms == 0 or np.asarray(raw).size == 0
+        values = np.zeros((n, 0)) if absent else np.asarray(raw, dtype=np.float64).reshape(n, n_arms)
         frame[col] = list(values)
     return pd.DataFrame(frame)
 
@@ -98,7 +99,8 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu") -> pd.Dat
 
     Returns:
         Columns user_id, expected_value, p_purchase, value_p10, value_p90, churn_probability,
-        arm_conversion, arm_value (lists of len(meta.arms), control first).
+        arm_conversion, arm_value, arm_value_long (lists of len(meta.arms), control first;
+        arm_value_long empty without the long-term head).
     """
     from ulv_spark.train.model import predict_arrays
 

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
-                             VALUE_P90)
+from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, ARM_VALUE_LONG, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE,
+                             VALUE_P10, VALUE_P90)
 from ulv_spark.schemas import AS_OF_DATE, HORIZON_DAYS, MODEL_VERSION, RISK_TIER, RUN_ID, USER_ID, VALUE_DECILE
 
 RISK_TIER_NAMES = ("low", "medium", "high")
@@ -158,7 +158,8 @@ def promo_uplift_table(predictions: DataFrame, *, arms: Sequence[str], arm_campa
     """`promo_uplift` rows: every non-control arm vs the control (arms[0]).
 
     Grain: one row per (user_id, as_of_date, campaign_id, arm) for arms[1:]; no rows when the
-    model has fewer than two arms. uplift = arm outcome - control outcome; expected_profit =
+    model has fewer than two arms. uplift = arm outcome - control outcome (uplift_value_long:
+    over the horizon, null without the model's long-term head); expected_profit =
     uplift_value * margin - arm_costs.get(arm, 0); recommended marks, per user, the arm with
     the highest positive expected_profit (on a tie the one listed first in `arms`).
 
@@ -170,14 +171,14 @@ def promo_uplift_table(predictions: DataFrame, *, arms: Sequence[str], arm_campa
         arm_costs: arm -> cost of sending it (missing arms cost 0).
     """
     treated = list(arms[1:])
-    columns = [USER_ID, AS_OF_DATE, "campaign_id", "arm", "uplift_conversion", "uplift_value",
+    columns = [USER_ID, AS_OF_DATE, "campaign_id", "arm", "uplift_conversion", "uplift_value", "uplift_value_long",
                "expected_profit", "recommended", MODEL_VERSION, RUN_ID]
     if not treated:
         empty = predictions.where(F.lit(False))
         return empty.select(USER_ID, AS_OF_DATE, *[F.lit(None).cast(t).alias(c) for c, t in (
             ("campaign_id", "string"), ("arm", "string"), ("uplift_conversion", "double"),
-            ("uplift_value", "double"), ("expected_profit", "double"), ("recommended", "boolean"))],
-            MODEL_VERSION, RUN_ID).select(*columns)
+            ("uplift_value", "double"), ("uplift_value_long", "double"), ("expected_profit", "double"),
+            ("recommended", "boolean"))], MODEL_VERSION, RUN_ID).select(*columns)
     missing = [a for a in treated if a not in arm_campaigns]
     if missing:
         raise ValueError(f"arm(s) {missing} have no campaign in the model's arm_campaigns")
@@ -185,6 +186,11 @@ def promo_uplift_table(predictions: DataFrame, *, arms: Sequence[str], arm_campa
     # element_at is 1-based; index 1 is the control
     uplift_conv = {a: F.element_at(conv, i + 2) - F.element_at(conv, 1) for i, a in enumerate(treated)}
     uplift_val = {a: F.element_at(val, i + 2) - F.element_at(val, 1) for i, a in enumerate(treated)}
+    # long term: null when the model has no long-term head (its arm_value_long arrays are empty)
+    long = F.col(ARM_VALUE_LONG) if ARM_VALUE_LONG in predictions.columns else F.array().cast("array<double>")
+    has_long = F.coalesce(F.size(long), F.lit(0)) > F.lit(len(treated))
+    uplift_long = {a: F.when(has_long, F.element_at(long, i + 2) - F.element_at(long, 1))
+                   for i, a in enumerate(treated)}
     profit = {a: uplift_val[a] * F.lit(float(margin)) - F.lit(float(arm_costs.get(a, 0.0))) for a in treated}
     best = F.greatest(*profit.values()) if len(treated) > 1 else profit[treated[0]]
     structs = []
@@ -195,6 +201,7 @@ def promo_uplift_table(predictions: DataFrame, *, arms: Sequence[str], arm_campa
         structs.append(F.struct(
             F.lit(arm_campaigns[arm]).alias("campaign_id"), F.lit(arm).alias("arm"),
             uplift_conv[arm].alias("uplift_conversion"), uplift_val[arm].alias("uplift_value"),
+            uplift_long[arm].cast("double").alias("uplift_value_long"),
             profit[arm].alias("expected_profit"), is_best.alias("recommended")))
     exploded = predictions.select(USER_ID, AS_OF_DATE, MODEL_VERSION, RUN_ID, F.inline(F.array(*structs)))
     return exploded.select(*columns)

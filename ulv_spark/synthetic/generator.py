@@ -68,6 +68,8 @@ class ArmEffect:
                 + self.loyalty * is_loyal)
 
 
+_SENT = -2  # a piece of the horizon inside the window of a hypothetical wave sent at d
+
 # Arms the generator knows. A coupon pays for its lift with a discount, so its effect on spend
 # is negative for users who are not price sensitive: the uplift model has something to learn.
 ARM_EFFECTS = {
@@ -333,6 +335,9 @@ class Simulation:
             out[f"conversion:{arm}"] = p_alive * -np.expm1(-rate * window)
             out[f"value:{arm}"] = (p_alive * mean_order * (1.0 - self.arm_discount[k])
                                    * -np.expm1(-drop * rate * window) / drop)
+            # long term: the whole horizon with the arm sent at d (later waves as in expected_spend)
+            out[f"value_long:{arm}"] = p_alive * mean_order * self._horizon_expectation(
+                users, d, float(horizon_days), sent=k)[1]
         return out
 
     def _integrated_multiplier(self, users: np.ndarray, since: np.ndarray, d: float) -> np.ndarray:
@@ -344,21 +349,29 @@ class Simulation:
             total = total + ((self.wave_mult[users] - 1.0) * overlap).sum(axis=1)
         return total
 
-    def _horizon_expectation(self, users: np.ndarray, d: float, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    def _horizon_expectation(self, users: np.ndarray, d: float, horizon: float,
+                             sent: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """E[purchases], E[sum of (1 - discount)] over [d, d + horizon) given active at d.
 
         The rate is piecewise constant (campaign windows), so with Lambda_j the integrated rate of
         piece j, E[N] = sum_j exp(-p Lambda_<j) (1 - exp(-p Lambda_j)) / p; waves sent in the
         horizon have not been assigned yet, so every arm combination is weighed equally.
+        ``sent``: arm index of a hypothetical wave sent at d (its window replaces whatever wave
+        overlaps [d, d + window)): the long-term truth of sending that arm.
         """
         window = self.params.gen.response_window_days
         edges = {d, d + horizon}
         for w in self.waves:
             edges |= {x for x in (w, w + window) if d < x < d + horizon}
+        if sent is not None and window < horizon:
+            edges.add(d + window)
         edges = sorted(edges)
-        pieces = []  # (length, wave index or -1)
+        pieces = []  # (length, wave index, -1, or SENT)
         for lo, hi in zip(edges[:-1], edges[1:]):
-            pieces.append((hi - lo, int(self.wave_at(np.array([(lo + hi) / 2.0]))[0])))
+            if sent is not None and lo < d + window:
+                pieces.append((hi - lo, _SENT))
+            else:
+                pieces.append((hi - lo, int(self.wave_at(np.array([(lo + hi) / 2.0]))[0])))
         future = sorted({w for _, w in pieces if w >= 0 and self.waves[w] >= d})
         lam, drop = self.lam[users], self.p_drop[users]
         combos = list(itertools.product(range(len(self.arms)), repeat=len(future)))
@@ -368,7 +381,9 @@ class Simulation:
             arm_of = dict(zip(future, combo))
             integrated = np.zeros(users.size)
             for length, w in pieces:
-                if w < 0:
+                if w == _SENT:
+                    mult, disc = self.arm_mult[users, sent], self.arm_discount[sent]
+                elif w < 0:
                     mult, disc = 1.0, 0.0
                 elif w in arm_of:
                     mult, disc = self.arm_mult[users, arm_of[w]], self.arm_discount[arm_of[w]]
@@ -548,6 +563,7 @@ def truth_uplift_frame(sim: Simulation) -> pd.DataFrame:
                 "user": sim.user_index[truth["user"]], "as_of_date": date, "campaign_id": campaign_id(date),
                 "arm": arm, "true_uplift_conversion": truth[f"conversion:{arm}"] - truth["conversion:control"],
                 "true_uplift_value": truth[f"value:{arm}"] - truth["value:control"],
+                "true_uplift_value_long": truth[f"value_long:{arm}"] - truth["value_long:control"],
                 "response_window_days": np.int32(p.gen.response_window_days)}))
     return pd.concat(frames, ignore_index=True)
 
@@ -685,7 +701,7 @@ TABLES: dict[str, tuple[Callable, str, Callable]] = {
                     finish_truth),
     "truth_uplift": (truth_uplift_frame, "user long, as_of_date date, campaign_id string, arm string, "
                                          "true_uplift_conversion double, true_uplift_value double, "
-                                         "response_window_days int", finish_truth),
+                                         "true_uplift_value_long double, response_window_days int", finish_truth),
 }
 
 

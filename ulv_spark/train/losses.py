@@ -118,7 +118,8 @@ def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
 
     Args:
         out: raw head outputs of :class:`~ulv_spark.train.model.MultiTaskModel` (``value`` (B, 3),
-            ``churn`` (B,), ``arm`` (B, A, 4) = conversion logit, ZILN logit, mu, sigma-raw,
+            ``churn`` (B,), ``arm`` (B, A, 4) = conversion logit, ZILN logit, mu, sigma-raw
+            (B, A, 7 with the long-term head: + the horizon spend's ZILN logit, mu, sigma-raw),
             optionally ``propensity`` (B, A)).
         batch: ``y_value``, ``y_churn``, ``arm_index`` (-1: no exposure), ``y_converted``,
             ``y_response``.
@@ -144,6 +145,9 @@ def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         conversion = F.binary_cross_entropy_with_logits(own[:, 0], batch["y_converted"].float(), reduction="none")
         response = ziln_nll(own[:, 1], own[:, 2], ziln_sigma(own[:, 3]), batch["y_response"])
         parts["uplift"] = masked_mean(conversion + response, exposed)
+        if own.shape[1] >= 7:  # long-term head: the horizon's spend of the exposed row under its arm
+            long = ziln_nll(own[:, 4], own[:, 5], ziln_sigma(own[:, 6]), batch["y_value"])
+            parts["uplift_long"] = masked_mean(long, exposed)
         if "propensity" in out:
             ce = F.cross_entropy(out["propensity"].float(), arm_index.clamp(min=0), reduction="none")
             parts["propensity"] = masked_mean(ce, exposed)

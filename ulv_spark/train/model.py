@@ -30,6 +30,7 @@ from ulv_spark.train.scaling import standardise
 from ulv_spark.train.spec import ModelMeta, ModelSpec
 
 ARM_OUTPUTS = 4  # conversion logit, response ZILN logit, mu, sigma-raw
+LONG_OUTPUTS = 3  # with spec.long_term: + horizon-spend ZILN logit, mu, sigma-raw
 PREDICT_CHUNK = 8192
 
 
@@ -107,9 +108,10 @@ class MultiTaskModel(nn.Module):
                                    nn.Linear(width, width), nn.GELU())
         self.value_head = nn.Linear(width, 3)
         self.churn_head = nn.Linear(width, 1)
-        self.arm_heads = ArmHeads(spec.n_arms, width) if spec.n_arms > 0 else None
+        arm_outputs = ARM_OUTPUTS + (LONG_OUTPUTS if spec.long_term else 0)
+        self.arm_heads = ArmHeads(spec.n_arms, width, arm_outputs) if spec.n_arms > 0 else None
         # delta: arm_heads holds the per-arm deltas (row 0, the control's, is never used)
-        self.base_arm = ArmHeads(1, width) if spec.n_arms > 0 and spec.arm_heads == "delta" else None
+        self.base_arm = ArmHeads(1, width, arm_outputs) if spec.n_arms > 0 and spec.arm_heads == "delta" else None
         self.encoder_frozen = False
         self.propensity_head = nn.Linear(width, spec.n_arms) if spec.propensity and spec.n_arms > 1 else None
 
@@ -219,8 +221,12 @@ class MultiTaskModel(nn.Module):
             [logit(stats.get("p_purchase", 0.5)), stats.get("log_mean", 0.0), inv_softplus(stats.get("log_std", 1.0))]))
         self.churn_head.bias.fill_(logit(stats.get("p_churn", 0.5)))
         if self.arm_heads is not None:
-            base = torch.tensor([logit(stats.get("p_converted", 0.5)), logit(stats.get("p_response", 0.5)),
-                                 stats.get("response_log_mean", 0.0), inv_softplus(stats.get("response_log_std", 1.0))])
+            base = [logit(stats.get("p_converted", 0.5)), logit(stats.get("p_response", 0.5)),
+                    stats.get("response_log_mean", 0.0), inv_softplus(stats.get("response_log_std", 1.0))]
+            if self.spec.long_term:  # the horizon's spend of exposed users starts at every user's base rates
+                base += [logit(stats.get("p_purchase", 0.5)), stats.get("log_mean", 0.0),
+                         inv_softplus(stats.get("log_std", 1.0))]
+            base = torch.tensor(base)
             if self.base_arm is not None:  # delta: the base head starts at the base rates, every delta at 0
                 self.base_arm.b2.copy_(base.expand_as(self.base_arm.b2))
                 self.arm_heads.b2.zero_()
@@ -248,6 +254,8 @@ def head_predictions(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         arm = out["arm"].double()
         preds["arm_conversion"] = torch.sigmoid(arm[..., 0])
         preds["arm_value"] = ziln_expected_value(arm[..., 1], arm[..., 2], ziln_sigma(arm[..., 3]))
+        if arm.shape[-1] >= ARM_OUTPUTS + LONG_OUTPUTS:
+            preds["arm_value_long"] = ziln_expected_value(arm[..., 4], arm[..., 5], ziln_sigma(arm[..., 6]))
     if "propensity" in out:
         preds["arm_propensity"] = torch.softmax(out["propensity"].double(), dim=-1)
     return preds
@@ -267,7 +275,8 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
     Returns:
         ``expected_value``, ``p_purchase``, ``value_p10``, ``value_p90``, ``churn_probability``
         (B,) and ``arm_conversion``, ``arm_value`` (B, A) with A = len(meta.arms), control at
-        index 0 ((B, 0) without arms); plus ``arm_propensity`` (B, A) when the model has that head.
+        index 0 ((B, 0) without arms); ``arm_value_long`` (B, A) with the long-term head, else
+        (B, 0); plus ``arm_propensity`` (B, A) when the model has that head.
         ``meta.calibration`` is applied: expected value and churn probability through the
         stored maps, value_p10 / p90 scaled by calibrated / raw expected value (identity for
         models saved without calibration).
@@ -296,9 +305,11 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
     model.train(was_training)
     result = {k: np.concatenate(chunks[k]) if k in chunks else np.zeros(0) for k in keys}
     calibrate(result, PowerCalibration.from_dict(meta.calibration))
-    for key in ("arm_conversion", "arm_value", "arm_propensity"):
+    for key in ("arm_conversion", "arm_value", "arm_value_long", "arm_propensity"):
         if key in chunks:
             result[key] = np.concatenate(chunks[key])
+        elif key == "arm_value_long":
+            result[key] = np.zeros((len(tokens), 0))   # no long-term head: nothing, not a fake number
         elif key != "arm_propensity":
             result[key] = np.zeros((len(tokens), n_arms))
     return result

@@ -25,7 +25,7 @@ from ulv_spark.train.scaling import FEATURE_TRANSFORM
 _ENCODER_JSON_KEYS = {"local_dir": "encoder_local_dir"}
 # keys added later are written only when they differ from what a file without them means, so a
 # model of the earlier kind writes exactly the file it was read from
-_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0}
+_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0, "long_term": False}
 
 
 def _known(cls, data: dict) -> dict:
@@ -48,6 +48,9 @@ class ModelSpec:
     # train.arm_heads; "tarnet" where model_spec.json has no such key (models written before the delta heads)
     arm_heads: str = "tarnet"
     sequence_dropout: float = 0.0  # train.sequence_dropout (training only; inference never drops)
+    # train.long_term_uplift: arm heads also predict the horizon's spend per arm; False where
+    # model_spec.json has no such key (models written before the long-term head)
+    long_term: bool = False
 
     def to_dict(self) -> dict:
         """The flat model_spec.json mapping (readable by every version of :meth:`from_dict`)."""
@@ -76,7 +79,7 @@ def model_spec(train_cfg: TrainConf, *, vocab_size: int, seq_len: int, n_feature
     return ModelSpec(vocab_size=vocab_size, seq_len=seq_len, n_features=n_features, n_arms=n_arms, encoder=enc,
                      tabular_hidden=train_cfg.tabular_hidden, head_hidden=train_cfg.head_hidden,
                      propensity=not train_cfg.randomised_assignment, arm_heads=train_cfg.arm_heads,
-                     sequence_dropout=train_cfg.sequence_dropout)
+                     sequence_dropout=train_cfg.sequence_dropout, long_term=train_cfg.long_term_uplift)
 
 
 @dataclass(frozen=True)
