@@ -109,6 +109,9 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score", "plan"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert _stage(first, "train")["trained"] is True
+    # the model is an MLflow run + registered version; the first one becomes champion (no evaluate tonight)
+    assert _stage(first, "train")["mlflow_model_uri"] == "models:/ulv_spark/1"
+    assert first["champion"] == {"champion": "1", "moved": True, "reason": "first registered model"}
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
 
     users = nights.users
@@ -126,6 +129,7 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
 
     code, again = nights.again
     assert code == 0 and _stage(again, "train")["trained"] is False
+    assert "champion" not in again  # nothing registered tonight: the alias is not touched
     assert {t: v["rows_written"] for t, v in _stage(again, "embed")["tables"].items()} == {
         "product_embeddings": 0, "review_embeddings": 0}
     assert nights.after_again == nights.before_again

@@ -263,7 +263,12 @@ class TrainConf:
     calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn on validation rows
     seed: int = 7
     retrain_every_days: int = 7
-    mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"
+    # MLflow tracking store: "local" = sqlite:///<lakehouse.shared_dir>/mlflow.db (artifacts in <shared_dir>/mlruns);
+    # "none" (or null) = no MLflow run; anything else is passed to MLflow as is ("databricks", "http://host:5000")
+    mlflow_tracking_uri: Optional[str] = "local"
+    mlflow_registry_uri: Optional[str] = None  # model registry; None = the tracking store ("databricks-uc" for Unity Catalog)
+    mlflow_experiment: str = "ulv_spark"  # experiment name (a workspace path such as "/Shared/ulv_spark" on Databricks)
+    registered_model_name: str = "ulv_spark"  # registered pyfunc model ("<catalog>.<schema>.<model>" on Unity Catalog)
     encoder: EncoderConf = field(default_factory=EncoderConf)
     mlm_probability: float = 0.15       # share of event tokens masked in pretraining
     randomised_assignment: bool = True  # False: campaigns were targeted, so add a propensity head
@@ -312,7 +317,7 @@ class ScoreConf:
     margin: float = 0.3                 # share of incremental spend that is profit
     arm_costs: dict[str, float] = field(default_factory=dict)  # cost of sending each arm
     risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points low|medium|high
-    model_version: Optional[str] = None  # model dir name under train.model_dir (or a path); None = latest
+    model_version: Optional[str] = None  # model dir name under train.model_dir, a path, models:/<name>@<alias> or models:/<name>/<version>; None = latest
     rank_buckets: int = 64              # value buckets ranked in parallel for exact deciles (1 = one global window)
     partitions: int = 0                 # spread users over N scoring tasks first; 0 = the table's own splits
 
