@@ -69,6 +69,7 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
 
     if is_delta(spark, ref):
         _register(spark, ref)
+        _apply_hygiene(spark, ref, contract)
         return DeltaTable.forName(spark, ref.name)
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ref.schema_name)}")
     builder = DeltaTable.createIfNotExists(spark).tableName(ref.name).comment(contract.comment)
@@ -78,7 +79,36 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
         builder = builder.partitionedBy(*contract.partition_by)
     if ref.path is not None:
         builder = builder.location(ref.path)
-    return builder.execute()
+    for key, value in contract.properties:
+        builder = builder.property(key, value)
+    table = builder.execute()
+    _apply_hygiene(spark, ref, contract, fresh=True)
+    return table
+
+
+# (table name, location) whose properties and constraints this process has checked
+_HYGIENE_CHECKED: set = set()
+
+
+def _apply_hygiene(spark, ref: TableRef, contract: TableContract, fresh: bool = False) -> None:
+    """Add the contract's missing table properties and CHECK constraints (once per table and process).
+
+    A new table gets its properties in the CREATE commit and one commit per constraint; a table
+    made before the contract had them gets them the first time a job touches it. A constraint
+    that existing rows break makes Delta refuse to add it: that error names the constraint.
+    """
+    key = (ref.name, ref.path)
+    if (key in _HYGIENE_CHECKED and not fresh) or not (contract.checks or contract.properties):
+        return
+    current = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {_quote(ref.name)}").collect()}
+    missing = {k: v for k, v in contract.properties if current.get(k) != v}
+    if missing:
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+        spark.sql(f"ALTER TABLE {_quote(ref.name)} SET TBLPROPERTIES ({pairs})")
+    for name, condition in contract.checks:
+        if f"delta.constraints.{name.lower()}" not in current:
+            spark.sql(f"ALTER TABLE {_quote(ref.name)} ADD CONSTRAINT `{name}` CHECK ({condition})")
+    _HYGIENE_CHECKED.add(key)
 
 
 def conform(df, contract: TableContract):
@@ -233,3 +263,22 @@ def attach(spark, lake: LakehouseConf, tables: Iterable[str], views_for: Iterabl
             if table in with_views:
                 names.append(create_latest_view(spark, ref))
     return names
+
+
+def read_without_spark(lake: LakehouseConf, table: str, *, as_of_date: Optional[dt.date] = None,
+                       version: Optional[int] = None, columns: Optional[list[str]] = None):
+    """A table of the embedded lakehouse as a pandas DataFrame, read by delta-rs: no JVM, no Spark.
+
+    For analysts and BI tools on a machine that sees the lakehouse files (``pip install deltalake``).
+    ``as_of_date`` reads one partition only (file pruning on the partition column); ``version``
+    time-travels like Spark's ``versionAsOf``. Managed tables (no ``lakehouse.root``) have no path
+    to read: use Databricks SQL there.
+    """
+    from deltalake import DeltaTable
+
+    ref = table_ref(lake, table)
+    if ref.path is None:
+        raise ValueError(f"{ref.name} is a managed table (lakehouse.root is not set): no files to read without Spark")
+    delta = DeltaTable(ref.path, version=version)
+    filters = [(AS_OF_DATE, "=", as_of_date)] if as_of_date is not None else None
+    return delta.to_pandas(columns=columns, filters=filters)
