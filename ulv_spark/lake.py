@@ -266,19 +266,33 @@ def attach(spark, lake: LakehouseConf, tables: Iterable[str], views_for: Iterabl
 
 
 def read_without_spark(lake: LakehouseConf, table: str, *, as_of_date: Optional[dt.date] = None,
-                       version: Optional[int] = None, columns: Optional[list[str]] = None):
-    """A table of the embedded lakehouse as a pandas DataFrame, read by delta-rs: no JVM, no Spark.
+                       version: Optional[int] = None):
+    """A table of the embedded lakehouse as a pandas DataFrame without a JVM: delta-rs reads the log.
 
-    For analysts and BI tools on a machine that sees the lakehouse files (``pip install deltalake``).
-    ``as_of_date`` reads one partition only (file pruning on the partition column); ``version``
-    time-travels like Spark's ``versionAsOf``. Managed tables (no ``lakehouse.root``) have no path
-    to read: use Databricks SQL there.
+    For analysts and BI tools on a machine that sees the lakehouse files. delta-rs (the
+    ``deltalake`` package) resolves the snapshot (``version`` time-travels like Spark's
+    ``versionAsOf``) and prunes to the ``as_of_date`` partition; pyarrow reads the snapshot's
+    Parquet files (delta-rs' own scan hands pyarrow 14 types it cannot import). Managed tables
+    (no ``lakehouse.root``) have no path to read: use Databricks SQL there.
     """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
     from deltalake import DeltaTable
 
     ref = table_ref(lake, table)
     if ref.path is None:
         raise ValueError(f"{ref.name} is a managed table (lakehouse.root is not set): no files to read without Spark")
     delta = DeltaTable(ref.path, version=version)
-    filters = [(AS_OF_DATE, "=", as_of_date)] if as_of_date is not None else None
-    return delta.to_pandas(columns=columns, filters=filters)
+    fields = delta.schema().fields
+    partitions = delta.metadata().partition_columns
+    filters = [(AS_OF_DATE, "=", as_of_date.isoformat())] if as_of_date is not None else None
+    files = [f[len("file://"):] if f.startswith("file://") else f for f in delta.file_uris(partition_filters=filters)]
+    names = [f.name for f in fields]
+    if not files:
+        return pd.DataFrame(columns=names)
+    types = {"date": pa.date32(), "string": pa.string(), "integer": pa.int32(), "long": pa.int64()}
+    part_schema = pa.schema([(f.name, types[str(f.type.type)]) for f in fields if f.name in partitions])
+    data = ds.dataset(files, format="parquet", partition_base_dir=ref.path.rstrip("/"),
+                      partitioning=ds.partitioning(part_schema, flavor="hive") if partitions else None)
+    return data.to_table(columns=names).to_pandas()

@@ -69,4 +69,5 @@ def test_the_jvm_free_reader_returns_the_rows_spark_reads(spark, user_value, lak
     pd.testing.assert_frame_equal(by_rs.sort_values(key).reset_index(drop=True),
                                   by_spark.sort_values(key).reset_index(drop=True), check_dtype=False)
     assert len(lake.read_without_spark(lakehouse, "user_value")) == 4
+    assert len(lake.read_without_spark(lakehouse, "user_value", as_of_date=D + dt.timedelta(days=2))) == 0
     assert len(lake.read_without_spark(lakehouse, "user_value", version=lake.current_version(spark, user_value) - 1)) == 3
