@@ -38,6 +38,10 @@ print(sorted((t.name, t.tableType) for t in spark.catalog.listTables("persist_t"
 """
 
 
+def _ours(lines):
+    return [line.strip() for line in lines if line.strip().startswith(("catalog ", "ready", "[("))]
+
+
 def _python(code, root, **kwargs):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(root)], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **kwargs)
@@ -51,8 +55,13 @@ def test_tables_and_views_survive_the_process_and_a_held_metastore_is_detected(t
 
     writer = _python(WRITE, root, stdin=subprocess.PIPE)
     try:
-        lines = [writer.stdout.readline().strip() for _ in range(2)]
-        assert lines == ["catalog hive", "ready"]
+        lines = []
+        while "ready" not in lines and len(lines) < 200:  # the JVM's Ivy lines share stdout
+            line = writer.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+        assert _ours(lines) == ["catalog hive", "ready"]
         assert metastore_in_use(db)  # Derby's lock on dbex.lck, seen from another process
         assert metastore_settings(lk) == {"spark.sql.catalogImplementation": "in-memory"}
     finally:
@@ -64,4 +73,4 @@ def test_tables_and_views_survive_the_process_and_a_held_metastore_is_detected(t
     reader = _python(READ, root)
     out, _ = reader.communicate(timeout=300)
     assert reader.returncode == 0
-    assert out.splitlines() == ["catalog hive", "[('latest_user_value', 'VIEW'), ('user_value', 'EXTERNAL')]"]
+    assert _ours(out.splitlines()) == ["catalog hive", "[('latest_user_value', 'VIEW'), ('user_value', 'EXTERNAL')]"]
