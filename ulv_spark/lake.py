@@ -72,6 +72,7 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
     if is_delta(spark, ref):
         _register(spark, ref)
         add_new_columns(spark, ref, contract)
+        _apply_hygiene(spark, ref, contract)
         return DeltaTable.forName(spark, ref.name)
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ref.schema_name)}")
     builder = DeltaTable.createIfNotExists(spark).tableName(ref.name).comment(contract.comment)
@@ -81,7 +82,36 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
         builder = builder.partitionedBy(*contract.partition_by)
     if ref.path is not None:
         builder = builder.location(ref.path)
-    return builder.execute()
+    for key, value in contract.properties:
+        builder = builder.property(key, value)
+    table = builder.execute()
+    _apply_hygiene(spark, ref, contract, fresh=True)
+    return table
+
+
+# (table name, location) whose properties and constraints this process has checked
+_HYGIENE_CHECKED: set = set()
+
+
+def _apply_hygiene(spark, ref: TableRef, contract: TableContract, fresh: bool = False) -> None:
+    """Add the contract's missing table properties and CHECK constraints (once per table and process).
+
+    A new table gets its properties in the CREATE commit and one commit per constraint; a table
+    made before the contract had them gets them the first time a job touches it. A constraint
+    that existing rows break makes Delta refuse to add it: that error names the constraint.
+    """
+    key = (ref.name, ref.path)
+    if (key in _HYGIENE_CHECKED and not fresh) or not (contract.checks or contract.properties):
+        return
+    current = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {_quote(ref.name)}").collect()}
+    missing = {k: v for k, v in contract.properties if current.get(k) != v}
+    if missing:
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+        spark.sql(f"ALTER TABLE {_quote(ref.name)} SET TBLPROPERTIES ({pairs})")
+    for name, condition in contract.checks:
+        if f"delta.constraints.{name.lower()}" not in current:
+            spark.sql(f"ALTER TABLE {_quote(ref.name)} ADD CONSTRAINT `{name}` CHECK ({condition})")
+    _HYGIENE_CHECKED.add(key)
 
 
 def add_new_columns(spark, ref: TableRef, contract: TableContract) -> list[str]:
@@ -255,3 +285,36 @@ def attach(spark, lake: LakehouseConf, tables: Iterable[str], views_for: Iterabl
             if table in with_views:
                 names.append(create_latest_view(spark, ref))
     return names
+
+
+def read_without_spark(lake: LakehouseConf, table: str, *, as_of_date: Optional[dt.date] = None,
+                       version: Optional[int] = None):
+    """A table of the embedded lakehouse as a pandas DataFrame without a JVM: delta-rs reads the log.
+
+    For analysts and BI tools on a machine that sees the lakehouse files. delta-rs (the
+    ``deltalake`` package) resolves the snapshot (``version`` time-travels like Spark's
+    ``versionAsOf``) and prunes to the ``as_of_date`` partition; pyarrow reads the snapshot's
+    Parquet files (delta-rs' own scan hands pyarrow 14 types it cannot import). Managed tables
+    (no ``lakehouse.root``) have no path to read: use Databricks SQL there.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    ref = table_ref(lake, table)
+    if ref.path is None:
+        raise ValueError(f"{ref.name} is a managed table (lakehouse.root is not set): no files to read without Spark")
+    delta = DeltaTable(ref.path, version=version)
+    fields = delta.schema().fields
+    partitions = delta.metadata().partition_columns
+    filters = [(AS_OF_DATE, "=", as_of_date.isoformat())] if as_of_date is not None else None
+    files = [f[len("file://"):] if f.startswith("file://") else f for f in delta.file_uris(partition_filters=filters)]
+    names = [f.name for f in fields]
+    if not files:
+        return pd.DataFrame(columns=names)
+    types = {"date": pa.date32(), "string": pa.string(), "integer": pa.int32(), "long": pa.int64()}
+    part_schema = pa.schema([(f.name, types[str(f.type.type)]) for f in fields if f.name in partitions])
+    data = ds.dataset(files, format="parquet", partition_base_dir=ref.path.rstrip("/"),
+                      partitioning=ds.partitioning(part_schema, flavor="hive") if partitions else None)
+    return data.to_table(columns=names).to_pandas()

@@ -174,7 +174,8 @@ def _row_facts(result: dict) -> dict:
     keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables", "skipped",
             "plan", "cost", "objective",  # the promotion plan
             # training: where and how far it ran
-            "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped")
+            "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped",
+            "mlflow_model_uri")
     return {k: result[k] for k in keep if k in result}
 
 
@@ -194,12 +195,14 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
     report: dict = {"stages": [], "gates": []}
     start = time.perf_counter()
     failed: Optional[str] = None
+    results: dict = {}
     for name in wanted:
         t0 = time.perf_counter()
         log.info("== stage %s: start (as_of %s)", name, ctx.as_of)
         entry = {"stage": name}
         try:
             result = STAGE_FUNCTIONS[name](ctx, retrain, report) or {}
+            results[name] = result
             entry.update(status="ok", **_row_facts(result))
         except JobFailed as exc:
             entry.update(status="failed", error=str(exc))
@@ -213,6 +216,10 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
         report["stages"].append(entry)
         if failed:
             break
+    if not failed:
+        champion = move_champion(ctx, results)
+        if champion is not None:
+            report["champion"] = champion
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["tables"] = _table_versions(ctx)
     report["status"] = "failed" if failed else "ok"
@@ -222,6 +229,29 @@ def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = 
         log.error("nightly FAILED at %s", failed)
     _log_summary(report)
     return report
+
+
+def move_champion(ctx, results: dict) -> Optional[dict]:
+    """Give the model registered tonight the ``champion`` alias when the rule allows (registry.promote_champion).
+
+    The backtest compared is tonight's evaluate stage (when it ran): the training recipe of the
+    new model backtested on past origins. None when no model was registered tonight.
+    """
+    trained = results.get("train") or {}
+    if not trained.get("mlflow_model_uri"):
+        return None
+    from ulv_spark import registry
+
+    name, _, version = registry.parse_model_uri(trained["mlflow_model_uri"])
+    try:
+        decision = registry.promote_champion(ctx.cfg.train, ctx.cfg.lakehouse.shared_dir, name=name, version=version,
+                                             backtest=registry.backtest_metrics(results.get("evaluate")),
+                                             run_id=trained.get("mlflow_run_id"))
+    except Exception as exc:  # noqa: BLE001 - the night's tables are written; the alias is bookkeeping
+        log.warning("champion alias not moved: %s: %s", type(exc).__name__, exc)
+        return {"moved": False, "error": f"{type(exc).__name__}: {exc}"}
+    log.info("champion of %s: version %s (%s)", name, decision["champion"], decision["reason"])
+    return decision
 
 
 def _table_versions(ctx) -> dict:

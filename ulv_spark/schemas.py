@@ -72,6 +72,8 @@ class TableContract:
     partition_by: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()     # unique key (MERGE key for bronze tables)
     extra_columns: bool = False    # True: columns beyond the contract are kept (user_attributes)
+    checks: tuple[tuple[str, str], ...] = ()      # Delta CHECK constraints: (name, SQL condition every row meets)
+    properties: tuple[tuple[str, str], ...] = ()  # Delta table properties (ulv.producer, delta.appendOnly)
 
     @property
     def column_names(self) -> list[str]:

@@ -16,6 +16,59 @@ def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
+METASTORE_DIR = "_metastore"
+
+
+def metastore_path(lake_cfg: LakehouseConf) -> Path:
+    """The embedded Derby database of the persistent local catalog: ``<lakehouse.root>/_metastore/metastore_db``."""
+    return Path(lake_cfg.root).resolve() / METASTORE_DIR / "metastore_db"
+
+
+def metastore_in_use(db: Path) -> bool:
+    """True when another process has booted the Derby database ``db`` (it holds the lock on ``dbex.lck``).
+
+    Embedded Derby lets one JVM at a time open a database; it takes a POSIX lock on ``dbex.lck``
+    (Java's FileChannel.tryLock), which a test-lock from here sees without disturbing it.
+    """
+    import fcntl
+
+    lock = db / "dbex.lck"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+b") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+    return False
+
+
+def metastore_settings(lake_cfg: LakehouseConf, *, jvm_running: bool = False) -> dict[str, str]:
+    """Spark settings for ``lakehouse.metastore``: a Hive metastore on Derby under the root, or in-memory.
+
+    When another process (a running ``sql-server``, a second job on the same lakehouse) holds
+    the Derby database, this session falls back to the in-memory catalog with a warning; every
+    job registers its tables again (``lake.attach``), so it still runs. A JVM already running in
+    this Python process (a session stopped and built again) keeps whatever it booted.
+    """
+    if lake_cfg.metastore != "hive":
+        return {"spark.sql.catalogImplementation": "in-memory"}
+    db = metastore_path(lake_cfg)
+    if not jvm_running and metastore_in_use(db):
+        from ulv_spark.runtime import get_logger
+
+        get_logger("ulv_spark.spark").warning(
+            "metastore %s is in use by another process (one JVM at a time): this session uses an in-memory "
+            "catalog and registers the tables itself", db)
+        return {"spark.sql.catalogImplementation": "in-memory"}
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return {"spark.sql.catalogImplementation": "hive",
+            "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={db};create=true",
+            "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+            "spark.hadoop.hive.metastore.schema.verification": "false"}
+
+
 def get_spark(spark_cfg: SparkConf, lake_cfg: Optional[LakehouseConf] = None):
     """The SparkSession to use.
 
@@ -26,6 +79,7 @@ def get_spark(spark_cfg: SparkConf, lake_cfg: Optional[LakehouseConf] = None):
     with the Delta extension and catalog, executors on this very Python, a warehouse under the
     lakehouse root, small shuffle partitions, UTC and quiet logs.
     """
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -56,9 +110,10 @@ def get_spark(spark_cfg: SparkConf, lake_cfg: Optional[LakehouseConf] = None):
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
         "spark.dynamicAllocation.enabled": "false",  # barrier mode (TorchDistributor) needs this
     }
-    if lake_cfg is not None and lake_cfg.root:
+    if lake_cfg is not None and lake_cfg.root and "://" not in lake_cfg.root:
         settings["spark.sql.warehouse.dir"] = str(Path(lake_cfg.root) / "_warehouse")
         settings["spark.driver.extraJavaOptions"] = f"-Dderby.system.home={Path(lake_cfg.root) / '_derby'}"
+        settings.update(metastore_settings(lake_cfg, jvm_running=SparkContext._gateway is not None))
     settings.update(spark_cfg.extra)
     for key, value in settings.items():
         builder = builder.config(key, value)

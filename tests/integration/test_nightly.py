@@ -109,6 +109,9 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score", "plan"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert _stage(first, "train")["trained"] is True
+    # the model is an MLflow run + registered version; the first one becomes champion (no evaluate tonight)
+    assert _stage(first, "train")["mlflow_model_uri"] == "models:/ulv_spark/1"
+    assert first["champion"] == {"champion": "1", "moved": True, "reason": "first registered model"}
     assert {g["gate"] for g in first["gates"]} >= {"reject_share", "user_count_change", "null_feature_share", "score_psi"}
 
     users = nights.users
@@ -126,6 +129,7 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
 
     code, again = nights.again
     assert code == 0 and _stage(again, "train")["trained"] is False
+    assert "champion" not in again  # nothing registered tonight: the alias is not touched
     assert {t: v["rows_written"] for t, v in _stage(again, "embed")["tables"].items()} == {
         "product_embeddings": 0, "review_embeddings": 0}
     assert nights.after_again == nights.before_again
@@ -186,3 +190,52 @@ def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, nights
     assert f"{cfg.lakehouse.schema}.user_segments" in out and "SELECT segment, count(*) AS users" in out
     printed = [line.split() for line in out.splitlines() if line.startswith("    ")]
     assert printed and sum(int(n) for _, n in printed) == users  # every user in exactly one segment
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sql_server_serves_the_nights_segments_over_jdbc(night, nights, spark):
+    """`sql-server start` on a free loopback port; beeline (from the pyspark jars) reads
+    latest_user_segments through JDBC and gets the rows the nightly wrote; `stop` ends it."""
+    import subprocess
+
+    import pyspark
+
+    cfg = nights.cfg
+    port = _free_loopback_port()
+    args = ["--conf", str(night), "--set", f"sql_server.port={port}", "--set", "sql_server.refresh_seconds=0",
+            "--set", "spark.master=local[1]"]
+    code, started = _run_sql_server("start", args)
+    try:
+        assert code == 0, started
+        assert started["status"] == "running" and started["jdbc_url"] == f"jdbc:hive2://127.0.0.1:{port}/nightly_t"
+        assert _run_sql_server("status", args)[1]["status"] == "running"
+        jars = Path(pyspark.__file__).parent / "jars"
+        query = "SELECT user_id, segment, value_band FROM latest_user_segments ORDER BY user_id"
+        done = subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", started["jdbc_url"],
+                               "-n", "test", "--silent=true", "--showHeader=false", "--outputformat=csv2", "-e", query],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        served = [tuple(line.split(",")) for line in done.stdout.splitlines() if line.strip()]
+        expected = [tuple(r) for r in spark.sql(f"SELECT user_id, segment, value_band FROM "
+                                                f"{cfg.lakehouse.schema}.latest_user_segments ORDER BY user_id").collect()]
+        assert served == expected and len(served) == nights.users
+    finally:
+        code, stopped = _run_sql_server("stop", args)
+    assert code == 0 and stopped["status"] == "stopped" and stopped["was"] == "running"
+    after = _run_sql_server("status", args)[1]
+    assert after["status"] == "stopped" and "pid" not in after
+    assert not (Path(cfg.lakehouse.shared_dir) / "sql-server.json").exists()
+
+
+def _run_sql_server(action, args):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli.main(["sql-server", action, *args])
+    return code, json.loads(buffer.getvalue())

@@ -244,7 +244,6 @@ train:
   validation_share: 0.0
   tabular_hidden: 16
   head_hidden: 16
-  mlflow_tracking_uri: "file:{shared}/mlruns"
   encoder: {{hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}}
 """)
     train = ["train", "--conf", str(conf), "--as-of", "2025-10-01"]
@@ -265,7 +264,7 @@ train:
     meta = _assert_usable_model(summary, examples, f"{shared}/models", vocab=vocab_size(features_cfg))
     assert meta.vocab_fingerprint == vocabulary_fingerprint(features_cfg)
     assert checkpoints.latest_checkpoint(str(run_dir)).endswith("epoch-0003.pt")
-    assert summary["mlflow_run_id"] is None  # mlflow is not installed here: skipped with a log line
+    _assert_mlflow_run(shared, summary, conf_epochs=2)
     assert not any((shared / "petastorm").iterdir())
 
     assert cli.main(["train", "--conf", str(conf), "--as-of", "2025-10-02"]) == 1
@@ -320,3 +319,24 @@ def test_feed_rows_follow_the_numpy_standardisation_and_label_rules(spark):
     assert out[feeds.Y_CONVERTED].to_dict() == {"u1": 1.0, "u2": 0.0, "u3": 0.0}
     assert out[feeds.Y_RESPONSE].to_dict() == {"u1": 7.0, "u2": 0.0, "u3": 0.0}
     assert out[feeds.Y_CHURN].to_dict() == {"u1": 0.0, "u2": 1.0, "u3": 1.0}
+
+
+def _assert_mlflow_run(shared, summary, *, conf_epochs):
+    """The training run in the local tracking store (the default, sqlite under the shared dir): the
+    flattened conf as params, per-epoch metrics by stage, and the pyfunc registered as version 1."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{shared}/mlflow.db", registry_uri=f"sqlite:///{shared}/mlflow.db")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == str(conf_epochs)
+    assert run.data.params["features.sequence_length"] == str(SEQ)
+    assert run.data.tags["model_dir"] == summary["model_dir"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "pretrain.train_loss")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "finetune.train_loss")] == [2, 3]
+    assert summary["mlflow_model_uri"] == "models:/ulv_spark/1"
+    version = client.get_model_version("ulv_spark", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["model_dir"] == summary["model_dir"]
+    assert version.tags["ulv_model_version"] == summary["model_version"]
+    assert (shared / "mlruns").is_dir()  # artifacts under the shared dir, not the working directory

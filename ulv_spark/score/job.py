@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from ulv_spark import catalog, lake
+from ulv_spark import catalog, lake, registry
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
 from ulv_spark.names import ARM_CONVERSION, ARM_VALUE, EXPECTED_VALUE, SCALAR_OUTPUTS
@@ -59,7 +59,7 @@ def stage_predictions(ctx) -> StagedScores:
     (score distribution shift) before :func:`publish` replaces the output tables.
     """
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
-    model_dir = resolve_model_dir(cfg.train.model_dir, cfg.score.model_version)
+    model_dir = resolve_model_dir(cfg.train.model_dir, registry.registered_model_dir(cfg, cfg.score.model_version))
     with stage("score.check", log) as info:
         meta = _load_meta(model_dir)
         features = _read_features(spark, cfg.lakehouse, as_of)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from ulv_spark.context import JobContext, Summary
 
 SUMMARY_KEYS = ("model_version", "model_dir", "epochs_run", "early_stopped", "best_epoch", "resumed_from_epoch",
-                "rows_train", "rows_val", "rows_pretrain", "validation_origins", "train_sample", "loader", "world_size", "device", "seconds",
-                "metrics", "mlflow_run_id")
+                "rows_train", "rows_val", "rows_pretrain", "validation_origins", "train_sample", "loader", "world_size",
+                "device", "seconds", "metrics", "mlflow_run_id", "mlflow_model_uri")
 
 
 def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False) -> Summary:
@@ -21,7 +21,7 @@ def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False
     from ulv_spark.features.sequences import vocab_size, vocabulary_fingerprint
     from ulv_spark.train import fit
     from ulv_spark.train.launch import TrainingFailed
-    from ulv_spark.train.artifacts import log_to_mlflow
+    from ulv_spark.registry import log_training_run
 
     cfg, spark = ctx.cfg, ctx.spark
     ref = lake.table_ref(cfg.lakehouse, "training_examples")
@@ -43,8 +43,10 @@ def run_train(ctx: JobContext, *, fresh: bool = False, export_feed: bool = False
     if summary["status"] != "finished":
         raise JobFailed(f"stopped after {summary['epochs_run']} of {summary['epochs_planned']} epochs "
                         f"(train.stop_after_epochs); run again to resume from {summary['checkpoint_dir']}")
-    summary["mlflow_run_id"] = log_to_mlflow(cfg.train.mlflow_tracking_uri, summary["model_dir"],
-                                             params={"train": to_dict(cfg)["train"]}, metrics=summary["metrics"])
+    logged = log_training_run(cfg.train, cfg.lakehouse.shared_dir, model_dir=summary["model_dir"], conf=to_dict(cfg),
+                              history=summary.get("history") or [], metrics=summary["metrics"] or {})
+    summary["mlflow_run_id"] = logged["run_id"] if logged else None
+    summary["mlflow_model_uri"] = logged["model_uri"] if logged else None
     return {k: summary.get(k) for k in SUMMARY_KEYS}
 
 

@@ -21,7 +21,8 @@ from ulv_spark.train.spec import ModelMeta, ModelSpec, model_spec
 LOG_NAME = "ulv_spark.train"
 # train conf keys that do not change what is learned: how rows travel, where things are kept,
 # when to stop this invocation. A run stopped with one loader may resume with the other.
-VOLATILE_TRAIN_KEYS = ("stop_after_epochs", "resume", "mlflow_tracking_uri", "retrain_every_days", "loader",
+VOLATILE_TRAIN_KEYS = ("stop_after_epochs", "resume", "mlflow_tracking_uri", "mlflow_registry_uri", "mlflow_experiment",
+                       "registered_model_name", "retrain_every_days", "loader",
                        "reader_workers", "cpu_threads", "model_dir", "checkpoint_dir", "petastorm_cache",
                        "parquet_dir")
 
