@@ -9,8 +9,8 @@ Everything a caller needs is importable from ``ulv_spark.config``.
 from ulv_spark.config.loader import REMOVED_KEYS, load_config, to_dict
 from ulv_spark.config.sections import (EVALUATE_METHODS, Config, ConfigError, EncoderConf, EvaluateConf, FeaturesConf,
                                        GatesConf, GenerateConf, IngestConf, LakehouseConf, NightlyConf, PlanConf,
-                                       RunConf, ScoreConf, SourceConf, SourcesConf, SparkConf, TrainConf)
+                                       RunConf, ScoreConf, SegmentsConf, SourceConf, SourcesConf, SparkConf, TrainConf)
 
 __all__ = ["Config", "ConfigError", "EVALUATE_METHODS", "EncoderConf", "EvaluateConf", "FeaturesConf", "GatesConf",
            "GenerateConf", "IngestConf", "LakehouseConf", "NightlyConf", "PlanConf", "REMOVED_KEYS", "RunConf",
-           "ScoreConf", "SourceConf", "SourcesConf", "SparkConf", "TrainConf", "load_config", "to_dict"]
+           "ScoreConf", "SegmentsConf", "SourceConf", "SourcesConf", "SparkConf", "TrainConf", "load_config", "to_dict"]
