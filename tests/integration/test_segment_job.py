@@ -53,7 +53,7 @@ def env(spark, tmp_path_factory):
     conf.write_text(
         f"lakehouse:\n  root: {root / 'lh'}\n  schema: segment_it\n  shared_dir: {root / 'lh' / '_shared'}\n"
         f"train:\n  model_dir: {root / 'models'}\nfeatures:\n  sequence_length: {SEQ_LEN}\n"
-        f"score:\n  batch_size: 16\n  rank_buckets: 2\nsegments:\n  k_min: 2\n  k_max: 4\n  max_iter: 10\n"
+        f"score:\n  batch_size: 16\n  rank_buckets: 2\nsegments:\n  k_min: 2\n  k_max: 3\n  max_iter: 10\n"
         f"run:\n  horizon_days: 60\n", encoding="utf-8")
     cfg = load_config(conf)
     from ulv_spark.features.sequences import vocabulary_fingerprint
@@ -101,10 +101,10 @@ def _read(spark, cfg, name, as_of):
 
 def test_first_night_fits_on_mllib_and_fills_the_learned_columns(spark, env):
     cfg, first = env["cfg"], env["first"]
-    assert first["fitted"] is True and first["method"] == "kmeans" and 2 <= first["k"] <= 4
+    assert first["fitted"] is True and first["method"] == "kmeans" and 2 <= first["k"] <= 3
     assert first["model_version"] == VERSION and first["users"] == N_USERS
     info = json.load(open(os.path.join(cfg.segments.model_dir, VERSION, "segmenter.json")))
-    assert info["k"] == first["k"] and sorted(info["silhouettes"]) == ["2", "3", "4"]
+    assert info["k"] == first["k"] and sorted(info["silhouettes"]) == ["2", "3"]
     assert first["silhouette"] == max(v for v in info["silhouettes"].values() if v is not None)
     assert sorted(info["label_to_id"].values()) == list(range(first["k"])) and info["next_id"] == first["k"]
     seg = _read(spark, cfg, "user_segments", D1).sort_values("user_id").reset_index(drop=True)
