@@ -140,3 +140,14 @@ def test_rfm_quintile_segments_and_the_grid_by_hand():
     assert grid_segments(pred.iloc[::-1].reset_index(drop=True), [0.3, 0.6]).tolist() == [
         "hibernating", "lost", "hibernating", "promising", "promising", "hibernating", "needs_attention",
         "promising", "at_risk_high_value", "champion"]
+
+
+def test_seeded_sample_keeps_everyone_when_small_and_picks_the_same_users_whatever_the_partitioning(spark):
+    from ulv_spark.segments.fit import seeded_sample
+
+    df = spark.createDataFrame([(f"u{i}",) for i in range(400)], "user_id string")
+    assert seeded_sample(df, 400, 400, 7) is df
+    picked = {r[0] for r in seeded_sample(df, 400, 100, 7).collect()}
+    assert picked == {r[0] for r in seeded_sample(df.repartition(3), 400, 100, 7).collect()}
+    assert 60 <= len(picked) <= 140  # about a quarter
+    assert {r[0] for r in seeded_sample(df, 400, 100, 8).collect()} != picked

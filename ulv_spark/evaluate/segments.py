@@ -162,9 +162,11 @@ def segment_quality(spark, result, methods, cfg, log=None) -> pd.DataFrame:
     """Segment-quality rows of every split of a backtest `result` (appended to its metrics by the caller).
 
     Uses the split's model (the ``model`` method: its embeddings and predictions) when it ran;
-    without one only the RFM segmentations are measured, at k = segments.k_min.
+    without one only the RFM segmentations are measured, at k = segments.k_min. A split whose
+    test users have no value labels (nobody bought in the window) gets no rows.
     """
-    from ulv_spark.evaluate.backtest import METRIC_COLUMNS
+    from ulv_spark.evaluate.backtest import METRIC_COLUMNS, labelled_tasks
+    from ulv_spark.evaluate.baselines import VALUE
     from ulv_spark.score.predict import EMBEDDING, predict_batch
 
     conf = cfg.segments
@@ -172,7 +174,8 @@ def segment_quality(spark, result, methods, cfg, log=None) -> pd.DataFrame:
     rows: list[dict] = []
     for res in result.splits:
         test = res.test.reset_index(drop=True)
-        if len(test) < 3 or LABEL_VALUE not in test.columns or test[LABEL_VALUE].isna().all():
+        # the backtest's own rule: without a purchase in the label window there is nothing to explain
+        if len(test) < 3 or not labelled_tasks(test)[VALUE]:
             continue
         labels: dict = {}
         k = conf.k_min

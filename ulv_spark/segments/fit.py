@@ -97,7 +97,7 @@ def seeded_sample(inputs: DataFrame, users: int, rows: int, seed: int) -> DataFr
         return inputs
     share = rows / users
     # a hash of the id rather than rand(): the same users on every run, whatever the partitioning
-    bucket = (F.abs(F.xxhash64(F.col(USER_ID), F.lit(seed))) % F.lit(1_000_000)) / F.lit(1_000_000.0)
+    bucket = F.pmod(F.xxhash64(F.col(USER_ID), F.lit(seed)), F.lit(1_000_000)) / F.lit(1_000_000.0)
     return inputs.where(bucket < F.lit(share))
 
 
