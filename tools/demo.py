@@ -1,7 +1,7 @@
 """`make demo`: generate data, run the nightly job end to end on the embedded default, say where things are.
 
 Steps: `ulv-spark generate` (synthetic shop with known truth) -> `ulv-spark nightly --evaluate`
-(ingest, features, train, score with quality gates, plan, backtest + HTML report) for the run date
+(ingest, features, train, score with quality gates, learned segments, plan, backtest + HTML report) for the run date
 in the conf -> a short summary of the tables, their row counts and the report's path.
 
 The demo has no model from before the backtest origin D - H, so by default the backtest trains
@@ -50,7 +50,7 @@ def summarize(conf_path: str) -> int:
     lake.attach(spark, cfg.lakehouse, catalog.names(), views_for=catalog.latest_views())
     print("\n=== demo done ===")
     print(f"lakehouse: {cfg.lakehouse.root}")
-    shown = [n for group in (catalog.SCORES, catalog.PLANS, catalog.FEATURES, catalog.EVALUATION)
+    shown = [n for group in (catalog.SCORES, catalog.SEGMENTS, catalog.PLANS, catalog.FEATURES, catalog.EVALUATION)
              for n in catalog.names(group)]
     for name in (n for n in shown if n != catalog.TOKEN_VOCABULARY.name):
         ref = lake.table_ref(cfg.lakehouse, name)
@@ -64,6 +64,13 @@ def summarize(conf_path: str) -> int:
         print(f"read them with Spark SQL, e.g.:\n  {query}")
         for row in spark.sql(query).collect():  # one row per segment
             print(f"    {row['segment']:<22} {row['users']:>9}")
+    profiles = lake.table_ref(cfg.lakehouse, catalog.SEGMENT_PROFILES.name)
+    if lake.is_delta(spark, profiles):
+        learned = (f"SELECT learned_segment, name, users FROM {schema}.latest_segment_profiles "
+                   "ORDER BY learned_segment")
+        print(f"learned segments:\n  {learned}")
+        for row in spark.sql(learned).collect():  # one row per learned segment
+            print(f"  - {row['learned_segment']:>3} {row['name']:<58} {row['users']:>9} users")
     reports = sorted(glob.glob(os.path.join(cfg.evaluate.report_dir, "*.html")), key=os.path.getmtime)
     if reports:
         print(f"backtest report (open in a browser): {reports[-1]}")

@@ -25,6 +25,8 @@ from ulv_spark.plan.contracts import (ALL_ARMS, COST, LONG_TERM_MISSING, OBJECTI
                                       SHORT_TERM_WEIGHT, UPLIFT_CONVERSION, UPLIFT_VALUE, UPLIFT_VALUE_LONG)
 from ulv_spark.names import (ARM_CONVERSION, ARM_VALUE, ARM_VALUE_LONG, CHURN_PROBABILITY, EXPECTED_VALUE, P_PURCHASE, VALUE_P10,
                              VALUE_P90)
+from ulv_spark.segments.contracts import (EMBEDDING as USER_EMBEDDING, FROM_SEGMENT, LEARNED_SEGMENT,
+                                          LEARNED_SEGMENT_NAME, TO_SEGMENT, USERS)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
                                LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION, ORIGIN_DATE,
                                REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID, VALUE_DECILE, Col,
@@ -43,7 +45,8 @@ EVALUATION = "evaluation"    # backtest metrics
 TRUTH = "truth"              # ground truth of generated data (written by `ulv-spark generate`)
 DERIVED = "derived"          # bronze tables ingest derives from a source of another name (order_lines)
 TEXT = "text"                # product / review embeddings (`ulv-spark embed`) and the text projection
-GROUPS = (BRONZE, REJECTS, DERIVED, FEATURES, STAGING, SCORES, PLANS, EVALUATION, TRUTH, TEXT)
+SEGMENTS = "segments"        # user embeddings (written by score) and learned segments (`ulv-spark segment`)
+GROUPS = (BRONZE, REJECTS, DERIVED, FEATURES, STAGING, SCORES, PLANS, EVALUATION, TRUTH, TEXT, SEGMENTS)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def register(group: str, contract: TableContract, *, latest_view: bool = False,
 
 # the job that writes each group's tables (table property ulv.producer)
 PRODUCERS = {BRONZE: "ingest", REJECTS: "ingest", DERIVED: "ingest", FEATURES: "features", STAGING: "score",
-             SCORES: "score", PLANS: "plan", EVALUATION: "evaluate", TRUTH: "generate", TEXT: "embed"}
+             SCORES: "score", PLANS: "plan", EVALUATION: "evaluate", TRUTH: "generate", TEXT: "embed",
+             SEGMENTS: "segment"}  # a contract's own ulv.producer property wins (user_embeddings: score)
 APPEND_ONLY_GROUPS = (REJECTS, EVALUATION)  # rows are only ever added: Delta refuses updates and deletes
 
 
@@ -430,6 +434,8 @@ SCORE_PREDICTIONS = register(STAGING, TableContract(
         _c(ARM_VALUE, "ARRAY<DOUBLE>", "E[spend | arm] in the response window per model arm, control first", False),
         _c(ARM_VALUE_LONG, "ARRAY<DOUBLE>", "E[spend in the horizon | arm sent at as_of_date] per model arm, control "
            "first; empty for a model without the long-term head", True),
+        _c(USER_EMBEDDING, "ARRAY<FLOAT>", "The encoder's pooled representation of the user (null when "
+                                           "score.write_embeddings is false)"),
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
@@ -503,13 +509,18 @@ USER_SEGMENTS = register(SCORES, TableContract(
     name="user_segments",
     comment=("Value x churn segment per user. Grain: one row per (user_id, as_of_date). Segments: "
              "champion, at_risk_high_value, promising, needs_attention, hibernating, lost. "
-             "Written nightly by jobs/score.py."),
+             "Written nightly by jobs/score.py; learned_segment / learned_segment_name are filled by "
+             "`ulv-spark segment` (the nightly's segment stage), null until it ran for the date."),
     columns=(
         _c(USER_ID, "STRING", "Customer id", False),
         _c(AS_OF_DATE, "DATE", "Run date", False),
         _c("segment", "STRING", "Segment name from the value x churn grid", False),
         _c("value_band", "STRING", "high / mid / low expected value (deciles 1-2 / 3-6 / 7-10)", False),
         _c("churn_band", "STRING", "Churn risk tier (low / medium / high)", False),
+        _c(LEARNED_SEGMENT, "INT", "Learned segment id (clusters of user_embeddings + predicted value, churn and "
+                                   "best uplift); ids follow their centroids from night to night"),
+        _c(LEARNED_SEGMENT_NAME, "STRING", "Rule-based name of the learned segment from its profile "
+                                           "(segment_profiles.name)"),
     ) + _run_cols(),
     partition_by=(AS_OF_DATE,),
     keys=(USER_ID, AS_OF_DATE),
@@ -742,3 +753,70 @@ TEXT_PROJECTION = register(TEXT, TableContract(
     ),
     keys=(MODEL_ID, "component"),
 ))
+
+
+# --------------------------------------------------------------------------------------------
+# Segments: user embeddings (written by score) and learned segments (written by `ulv-spark segment`)
+# --------------------------------------------------------------------------------------------
+EMBEDDING_DIM_TAG = "dimension"  # the table comment carries "dimension <d>" of the model last written
+
+USER_EMBEDDINGS = register(SEGMENTS, TableContract(
+    name="user_embeddings",
+    comment=("The trained encoder's pooled representation of each user (MultiTaskModel.encode: CLS state or "
+             "masked mean, as the model's pooling), for look-alikes, segments and downstream models. Grain: one "
+             "row per (user_id, as_of_date). The vectors of different model_version values live in different "
+             "spaces: compare rows of one model_version only. Written nightly by jobs/score.py from the same "
+             "scoring pass as user_value (score.write_embeddings); the comment ends with the dimension of "
+             "the model last written."),
+    properties=(("ulv.producer", "score"),),
+    columns=(
+        _c(USER_ID, "STRING", "Customer id", False),
+        _c(AS_OF_DATE, "DATE", "Run date; the sequence uses events strictly before it", False),
+        _c(USER_EMBEDDING, "ARRAY<FLOAT>", "Pooled encoder state (length = the model's encoder hidden size)", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(USER_ID, AS_OF_DATE),
+), latest_view=True)
+
+SEGMENT_PROFILES = register(SEGMENTS, TableContract(
+    name="segment_profiles",
+    comment=("What each learned segment looks like on a night. Grain: one row per (as_of_date, "
+             "learned_segment). Written nightly by `ulv-spark segment` (jobs/segment.py)."),
+    columns=(
+        _c(AS_OF_DATE, "DATE", "Run date", False),
+        _c(LEARNED_SEGMENT, "INT", "Learned segment id (user_segments.learned_segment)", False),
+        _c("name", "STRING", "Rule-based name: value level, churn level, trend and the best-responding arm", False),
+        _c(USERS, "BIGINT", "Users in the segment", False),
+        _c("share", "DOUBLE", "users / all users of the night", False),
+        _c("mean_expected_value", "DOUBLE", "Mean predicted spend in the horizon", False),
+        _c("total_expected_value", "DOUBLE", "Sum of predicted spend in the horizon", False),
+        _c("mean_churn_probability", "DOUBLE", "Mean churn probability", False),
+        _c("mean_uplift_value", "MAP<STRING,DOUBLE>", "Arm -> mean uplift_value (promo_uplift) over the segment; "
+                                                     "empty without campaign arms", False),
+        _c("mean_recency_days", "DOUBLE", "Mean days_since_last_order (user_features)"),
+        _c("mean_frequency", "DOUBLE", "Mean orders_total (user_features)"),
+        _c("mean_tenure_days", "DOUBLE", "Mean tenure_days (user_features)"),
+        _c("mean_orders_trend", "DOUBLE", "Mean of the first orders_trend_* feature (> 1: buying more lately)"),
+        _c("mean_distinct_categories", "DOUBLE", "Mean distinct_categories (null without product categories)"),
+        _c("mean_top_category_share", "DOUBLE", "Mean top_category_share (null without product categories)"),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(AS_OF_DATE, LEARNED_SEGMENT),
+), latest_view=True)
+
+SEGMENT_TRANSITIONS = register(SEGMENTS, TableContract(
+    name="segment_transitions",
+    comment=("Users moving between learned segments from the previous segmented night to this one. Grain: one "
+             "row per (as_of_date, from_segment, to_segment); from_segment null = new user (not segmented the "
+             "previous night), to_segment null = user gone. No rows on the first segmented night. Written "
+             "nightly by `ulv-spark segment`."),
+    columns=(
+        _c(AS_OF_DATE, "DATE", "Run date (the night users moved into to_segment)", False),
+        _c("previous_as_of_date", "DATE", "The previous segmented night compared with", False),
+        _c(FROM_SEGMENT, "INT", "Segment the previous night (null: new user)"),
+        _c(TO_SEGMENT, "INT", "Segment this night (null: user gone)"),
+        _c(USERS, "BIGINT", "Users making this move", False),
+    ) + _run_cols(),
+    partition_by=(AS_OF_DATE,),
+    keys=(AS_OF_DATE, FROM_SEGMENT, TO_SEGMENT),
+), latest_view=True)

@@ -65,6 +65,9 @@ COMMANDS: dict[str, Command] = {
               "`python -m ulv_spark.train.torchrun_main --data <feed_dir>` on a machine without Spark"),
     )),
     "score": Command("ulv_spark.score.job:run_score", "write user_value, user_churn, promo_uplift, user_segments"),
+    "segment": Command("ulv_spark.segments.job:run_segment",
+                       "learned segments from user_embeddings + scores (fit once per model, else assign) -> "
+                       "user_segments.learned_segment, segment_profiles, segment_transitions"),
     "plan": Command("ulv_spark.plan.job:run_plan",
                     "budgeted promotion plan from promo_uplift (plan.*) -> promo_plan, campaign_forecast"),
     "evaluate": Command("ulv_spark.evaluate.job:run_evaluate",
@@ -74,7 +77,7 @@ COMMANDS: dict[str, Command] = {
         Option(("--report",), "report", {"default": None,
                                          "help": "HTML report path (default: under evaluate.report_dir)"}),
     )),
-    "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> embed -> features -> train (when due) -> score -> gates -> plan", (
+    "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> embed -> features -> train (when due) -> score -> gates -> segment -> plan", (
         Option(("--only",), "only", {"choices": STAGES, "default": None,
                                      "help": "run one stage (with its gates) only"}),
         _flag("--retrain", "retrain", "train even when the current model is not due"),

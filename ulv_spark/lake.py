@@ -133,6 +133,12 @@ def add_new_columns(spark, ref: TableRef, contract: TableContract) -> list[str]:
     return [c.name for c in missing]
 
 
+def set_table_comment(spark, ref: TableRef, comment: str) -> None:
+    """Replace the table comment (e.g. user_embeddings' dimension of the model last written)."""
+    text = comment.replace("'", "")
+    spark.sql(f"ALTER TABLE {_quote(ref.name)} SET TBLPROPERTIES ('comment' = '{text}')")
+
+
 def conform(df, contract: TableContract):
     """Select the contract's columns in order, cast to their types; fail on missing/extra ones."""
     from pyspark.sql import functions as F

@@ -1,4 +1,4 @@
-"""`ulv-spark nightly`: ingest -> embed -> features -> train (when due) -> score -> quality gates -> plan -> evaluate.
+"""`ulv-spark nightly`: ingest -> embed -> features -> train (when due) -> score -> quality gates -> segment -> plan -> evaluate.
 
 Each stage logs its start, end, duration and row counts; quality gates (thresholds in
 `gates.*`) run between stages, and a failing gate stops the night before the output tables
@@ -18,10 +18,10 @@ from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
-STAGES = ("ingest", "embed", "features", "train", "score", "plan", "evaluate")
+STAGES = ("ingest", "embed", "features", "train", "score", "segment", "plan", "evaluate")
 # tables whose Delta versions the summary lists: the order log, the training inputs and the outputs
 SUMMARY_TABLES = (catalog.ORDERS.name, catalog.USER_FEATURES.name, catalog.TRAINING_EXAMPLES.name,
-                  *catalog.names(catalog.SCORES), *catalog.names(catalog.PLANS))
+                  *catalog.names(catalog.SCORES), *catalog.names(catalog.SEGMENTS), *catalog.names(catalog.PLANS))
 log = get_logger("ulv_spark.nightly")
 
 
@@ -138,6 +138,15 @@ def score_shift_gate(ctx, predictions) -> gates.GateResult:
                           gates.bin_counts(predictions, "expected_value", edges), limit)
 
 
+def stage_segment(ctx: JobContext, retrain: bool, report: dict) -> Summary:
+    """Learned segments of the night (fitted once per model, else assigned); skipped without embeddings."""
+    if not ctx.cfg.score.write_embeddings:
+        return {"skipped": "score.write_embeddings is false: no user_embeddings to segment"}
+    from ulv_spark.segments.job import run_segment
+
+    return run_segment(ctx)
+
+
 def stage_plan(ctx: JobContext, retrain: bool, report: dict) -> Summary:
     """The budgeted promotion plan of the night; skipped when promo_uplift has no rows (no campaign arms)."""
     from ulv_spark.plan.job import NothingToPlan, run_plan
@@ -156,7 +165,7 @@ def stage_evaluate(ctx: JobContext, retrain: bool, report: dict) -> Summary:
 
 STAGE_FUNCTIONS: dict[str, Callable] = {
     "ingest": stage_ingest, "embed": stage_embed, "features": stage_features, "train": stage_train,
-    "score": stage_score, "plan": stage_plan, "evaluate": stage_evaluate,
+    "score": stage_score, "segment": stage_segment, "plan": stage_plan, "evaluate": stage_evaluate,
 }
 
 
@@ -173,6 +182,7 @@ def _record_gate(report: dict, gate: gates.GateResult, where: str) -> None:
 def _row_facts(result: dict) -> dict:
     keep = ("users", "rows", "rows_written", "model_version", "trained", "reason", "tables", "skipped",
             "plan", "cost", "objective",  # the promotion plan
+            "fitted", "k", "method",  # the learned segments
             # training: where and how far it ran
             "world_size", "device", "loader", "rows_train", "epochs_run", "resumed_from_epoch", "early_stopped",
             "mlflow_model_uri")

@@ -151,7 +151,7 @@ def first_night(night):
 def test_spark_submit_runs_the_nightly_on_both_workers(night, first_night, spark):
     code, summary = first_night
     assert code == 0, summary
-    assert [s["stage"] for s in summary["stages"]] == ["ingest", "embed", "features", "train", "score", "plan"]
+    assert [s["stage"] for s in summary["stages"]] == ["ingest", "embed", "features", "train", "score", "segment", "plan"]
     assert all(s["status"] == "ok" for s in summary["stages"])
     train = _stage(summary, "train")
     # barrier mode, one rank per 1-core worker: the two ranks ran on different workers

@@ -11,6 +11,7 @@ import pytest
 from ulv_spark import lake
 from ulv_spark.cli import main as cli_main
 from ulv_spark.config import load_config
+from ulv_spark.evaluate.segments import SEGMENTATIONS
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +170,7 @@ def test_evaluate_scores_every_method_on_one_split_and_writes_the_metrics_table(
     assert set(evaluated["headline"][split]) == METHODS, evaluated.get("skipped")
     assert evaluated["skipped"] == {}
     metrics = spark.table(evaluated["metrics_table"]).toPandas()
-    assert set(metrics["method"]) == METHODS
+    assert set(metrics["method"]) == METHODS | set(SEGMENTATIONS)  # + segment quality (evaluate/segments.py)
     assert set(metrics["run_id"]) == {"eval-1"} and set(metrics["as_of_date"]) == {D}
     assert len(metrics) == evaluated["metrics_rows"]  # one append of this run's rows
     assert set(metrics["dataset"]) == {"lakehouse"} and set(metrics["split"]) == {split}
@@ -210,6 +211,20 @@ def test_evaluate_bootstraps_the_model_margins_into_the_table_the_summary_and_th
     page = _Page()
     page.feed(Path(evaluated["report"]).read_text(encoding="utf-8"))
     assert {"best other", "margin [95% CI]", "P(not better)"} <= page.headers
+
+
+def test_evaluate_measures_learned_segments_against_rfm_and_the_grid_at_the_same_k(spark, evaluated):
+    metrics = spark.table(evaluated["metrics_table"]).toPandas()
+    seg = metrics[metrics["method"].isin(SEGMENTATIONS)].pivot_table(index="method", columns="metric", values="value")
+    assert set(seg.index) == set(SEGMENTATIONS)
+    assert ((seg["segment_value_variance_share"] >= 0) & (seg["segment_value_variance_share"] <= 1)).all()
+    assert ((seg["segment_churn_auc"] >= 0.5 - 1e-9) & (seg["segment_churn_auc"] <= 1)).all()
+    k = seg.loc["segments_learned", "segments"]
+    assert 4 <= k <= 8 and seg.loc["segments_rfm_kmeans", "segments"] == k
+    assert seg.loc["segments_rfm_quintile", "segments"] <= k and seg.loc["segments_grid", "segments"] <= 6
+    page = _Page()
+    page.feed(Path(evaluated["report"]).read_text(encoding="utf-8"))
+    assert {"segmentation", "segment_value_variance_share", "segment_churn_auc"} <= page.headers
 
 
 def test_evaluate_uses_the_newest_model_trained_before_the_origin(generated, evaluated):

@@ -90,6 +90,10 @@ def nights(night, spark):
                         .first())
     out.plan_rows = tuple(spark.sql(f"SELECT count(*), count(DISTINCT user_id) FROM {schema}.latest_promo_plan")
                           .first())
+    out.segmented = tuple(spark.sql(
+        f"SELECT count(learned_segment), count(DISTINCT learned_segment), count(learned_segment_name) "
+        f"FROM {schema}.latest_user_segments").first())
+    out.profiles = spark.sql(f"SELECT learned_segment, users FROM {schema}.latest_segment_profiles").collect()
     out.before_again = _snapshot(spark, cfg)
     out.again = _run_json(night, "--as-of", D.isoformat())
     out.after_again = _snapshot(spark, cfg)
@@ -106,7 +110,7 @@ def _stage(summary: dict, name: str) -> dict:
 def test_nightly_end_to_end_then_rerun_then_next_day(nights):
     code, first = nights.first
     assert code == 0, first
-    assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score", "plan"]
+    assert [s["stage"] for s in first["stages"]] == ["ingest", "embed", "features", "train", "score", "segment", "plan"]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in first["stages"])
     assert _stage(first, "train")["trained"] is True
     # the model is an MLflow run + registered version; the first one becomes champion (no evaluate tonight)
@@ -134,9 +138,17 @@ def test_nightly_end_to_end_then_rerun_then_next_day(nights):
         "product_embeddings": 0, "review_embeddings": 0}
     assert nights.after_again == nights.before_again
 
+    # learned segments: fitted with the new model, assigned on the re-run and the next night
+    segment = _stage(first, "segment")
+    assert segment["fitted"] is True and 4 <= segment["k"] <= 8 and segment["method"] == "kmeans"
+    assert nights.segmented == (users, segment["k"], users)
+    assert len(nights.profiles) == segment["k"] and sum(r["users"] for r in nights.profiles) == users
+    assert _stage(again, "segment")["fitted"] is False
+
     code, next_day = nights.next_day
     assert code == 0, next_day
     assert _stage(next_day, "train")["trained"] is False
+    assert _stage(next_day, "segment")["fitted"] is False
     assert nights.dates == [D, D + dt.timedelta(days=1)]
     assert len(nights.models) == 1
 
@@ -176,7 +188,9 @@ def test_notebook_runs_against_the_lakehouse(night, nights, spark):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # segments, deciles (one figure), churn tiers, uplift per arm
+    # segments, deciles (one figure), churn tiers, uplift per arm, the embeddings' projection coloured by
+    # learned segment and the transition matrix (the latest night, D + 1, follows D)
+    assert len(images) == 6
 
 
 def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, nights, spark, capsys):
@@ -190,6 +204,8 @@ def test_demo_summary_lists_the_tables_and_answers_its_sql_example(night, nights
     assert f"{cfg.lakehouse.schema}.user_segments" in out and "SELECT segment, count(*) AS users" in out
     printed = [line.split() for line in out.splitlines() if line.startswith("    ")]
     assert printed and sum(int(n) for _, n in printed) == users  # every user in exactly one segment
+    learned = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert "learned segments:" in out and sum(int(line.split()[-2]) for line in learned) == users
 
 
 def _free_loopback_port() -> int:

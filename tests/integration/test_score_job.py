@@ -152,6 +152,30 @@ def test_scores_equal_an_in_process_forward_pass(spark, env):
     assert value["run_id"].nunique() == 1 and churn["run_id"].nunique() == 1
 
 
+def test_user_embeddings_are_the_encoder_vectors_of_the_same_pass(spark, env):
+    from ulv_spark.train.artifacts import load_model
+
+    cfg = env["cfg"]
+    model, meta = load_model(env["model_dir"])
+    emb = _table(spark, cfg, "user_embeddings").sort_values("user_id")
+    feats = lake.read_table(spark, env["features"], as_of_date=D).toPandas().sort_values("user_id")
+    assert emb["user_id"].tolist() == feats["user_id"].tolist()
+    with torch.no_grad():
+        want = model.eval().encode(torch.as_tensor(np.array(feats["seq_tokens"].tolist()), dtype=torch.long),
+                                   torch.as_tensor(np.array(feats["seq_mask"].tolist()), dtype=torch.long)).numpy()
+    np.testing.assert_allclose(np.stack(emb["embedding"]), want, rtol=0, atol=1e-5)
+    assert set(emb["model_version"]) == {"20250915T000000-good"} and set(emb["run_id"]) == {"run-1"}
+    assert env["summary"]["tables"]["user_embeddings"]["dimension"] == 16
+    schema = cfg.lakehouse.schema
+    comment = spark.sql(f"DESCRIBE TABLE EXTENDED {schema}.user_embeddings").where("col_name = 'Comment'").first()
+    assert "Dimension 16 (model_version 20250915T000000-good)." in comment["data_type"]
+    latest = spark.sql(f"SELECT count(*) AS n, max(size(embedding)) AS d FROM {schema}.latest_user_embeddings").first()
+    assert (latest["n"], latest["d"]) == (N_USERS, 16)
+    # score alone leaves the learned segment columns empty (`ulv-spark segment` fills them)
+    segments = _table(spark, cfg, "user_segments")
+    assert segments["learned_segment"].isna().all() and segments["learned_segment_name"].isna().all()
+
+
 def test_every_user_gets_one_row_and_rerun_is_identical(spark, env):
     cfg = env["cfg"]
     before = {t: _table(spark, cfg, t) for t in TABLES}

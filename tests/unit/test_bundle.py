@@ -20,10 +20,10 @@ def _job():
 def test_nightly_job_tasks_form_the_pipeline_chain():
     _, job = _job()
     tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert list(tasks) == ["ingest", "embed", "features", "train", "score", "plan", "evaluate"]
+    assert list(tasks) == ["ingest", "embed", "features", "train", "score", "segment", "plan", "evaluate"]
     deps = {k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
     assert deps == {"ingest": [], "embed": ["ingest"], "features": ["embed"], "train": ["features"], "score": ["train"],
-                    "plan": ["score"], "evaluate": ["plan"]}
+                    "segment": ["score"], "plan": ["segment"], "evaluate": ["plan"]}
     for key, task in tasks.items():
         wheel = task["python_wheel_task"]
         assert wheel["package_name"] == "ulv_spark" and wheel["entry_point"] == "ulv-spark"

@@ -15,14 +15,16 @@ def test_every_table_is_registered_once_in_group_order():
         "order_lines", "user_features", "training_examples", "token_vocabulary",
         "user_day", "score_predictions", "user_value", "user_churn", "promo_uplift", "user_segments", "promo_plan",
         "campaign_forecast", "evaluation_metrics", "truth_users", "truth_uplift", "product_embeddings",
-        "review_embeddings", "text_projection")
+        "review_embeddings", "text_projection", "user_embeddings", "segment_profiles", "segment_transitions")
     assert catalog.names(catalog.DERIVED) == ("order_lines",)
     assert catalog.names(catalog.TEXT) == ("product_embeddings", "review_embeddings", "text_projection")
     assert catalog.names(catalog.SCORES) == ("user_value", "user_churn", "promo_uplift", "user_segments")
     assert catalog.names(catalog.PLANS) == ("promo_plan", "campaign_forecast")
+    assert catalog.names(catalog.SEGMENTS) == ("user_embeddings", "segment_profiles", "segment_transitions")
     assert catalog.names(catalog.FEATURES) == ("user_features", "training_examples", "token_vocabulary")
     assert catalog.latest_views() == ("user_features", "user_value", "user_churn", "promo_uplift", "user_segments",
-                                      "promo_plan", "campaign_forecast")
+                                      "promo_plan", "campaign_forecast", "user_embeddings", "segment_profiles",
+                                      "segment_transitions")
 
 
 def test_each_bronze_table_brings_its_rejects_table():

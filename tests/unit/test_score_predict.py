@@ -134,3 +134,31 @@ def test_compatibility_problems_name_each_mismatch(tiny_model):
     no_seq = {k: v for k, v in good.items() if k != "seq_mask"}
     assert predict.compatibility_problems(meta, columns=no_seq, seq_lengths=(None, None), vocab_fingerprint="fp1") \
         == ["user_features has no seq_mask column"]
+
+
+def test_embeddings_come_from_the_same_pass_and_equal_model_encode(tiny_model, monkeypatch):
+    _, (model, meta) = tiny_model
+    from ulv_spark.train import model as model_module
+
+    # more rows than one predict chunk, so the vectors of several forward passes are stitched in order
+    monkeypatch.setattr(model_module, "PREDICT_CHUNK", 16)
+    pdf = _batch(37, seed=4)
+    plain = predict.predict_batch(pdf, model, meta)
+    calls = []
+    real_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda t, m: calls.append(len(t)) or real_encode(t, m))
+    out = predict.predict_batch(pdf, model, meta, embeddings=True)
+    assert calls == [16, 16, 5]  # one encoder pass per chunk: the embedding costs no second pass
+    assert list(out.columns) == [*plain.columns, "embedding"]
+    for col in predict.SCALAR_OUTPUTS:
+        np.testing.assert_array_equal(out[col].to_numpy(), plain[col].to_numpy())  # outputs unchanged
+    got = np.stack(out["embedding"])
+    assert got.dtype == np.float32 and got.shape == (37, 16)
+    with torch.no_grad():
+        model.eval()
+        want = real_encode(torch.as_tensor(np.stack(pdf["seq_tokens"]), dtype=torch.long),
+                           torch.as_tensor(np.stack(pdf["seq_mask"]), dtype=torch.long)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert len(model.trunk._forward_pre_hooks) == 0  # the hook is removed again
+    empty = predict.predict_batch(pdf.iloc[0:0], model, meta, embeddings=True)
+    assert len(empty) == 0 and list(empty.columns) == list(out.columns)

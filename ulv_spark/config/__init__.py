@@ -8,9 +8,11 @@ Everything a caller needs is importable from ``ulv_spark.config``.
 """
 from ulv_spark.config.loader import REMOVED_KEYS, load_config, to_dict
 from ulv_spark.config.sections import (EVALUATE_METHODS, Config, ConfigError, EncoderConf, EvaluateConf, FeaturesConf,
-                                       GatesConf, GenerateConf, IngestConf, LakehouseConf, NightlyConf, PlanConf, SqlServerConf,
-                                       RunConf, ScoreConf, SourceConf, SourcesConf, SparkConf, TrainConf)
+                                       GatesConf, GenerateConf, IngestConf, LakehouseConf, NightlyConf, PlanConf,
+                                       RunConf, ScoreConf, SegmentsConf, SourceConf, SourcesConf, SparkConf, SqlServerConf,
+                                       TrainConf)
 
 __all__ = ["Config", "ConfigError", "EVALUATE_METHODS", "EncoderConf", "EvaluateConf", "FeaturesConf", "GatesConf",
            "GenerateConf", "IngestConf", "LakehouseConf", "NightlyConf", "PlanConf", "REMOVED_KEYS", "RunConf",
-           "ScoreConf", "SourceConf", "SourcesConf", "SparkConf", "SqlServerConf", "TrainConf", "load_config", "to_dict"]
+           "ScoreConf", "SegmentsConf", "SourceConf", "SourcesConf", "SparkConf", "SqlServerConf", "TrainConf",
+           "load_config", "to_dict"]

@@ -18,6 +18,7 @@ PATH_KEYS = {
     ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
     ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"), ("train", "parquet_dir"),
     ("evaluate", "report_dir"), ("evaluate", "model_dir"), ("embed", "encoder_dir"),
+    ("segments", "model_dir"),
 }
 
 

@@ -330,6 +330,7 @@ class ScoreConf:
     model_version: Optional[str] = None  # model dir name under train.model_dir, a path, models:/<name>@<alias> or models:/<name>/<version>; None = latest
     rank_buckets: int = 64              # value buckets ranked in parallel for exact deciles (1 = one global window)
     partitions: int = 0                 # spread users over N scoring tasks first; 0 = the table's own splits
+    write_embeddings: bool = True       # also write user_embeddings (the encoder's pooled vector per user; segments need it)
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -476,6 +477,36 @@ class PlanConf:
         need(0.0 < self.interval < 1.0, "interval", f"must be in (0, 1), got {self.interval}")
 
 
+SEGMENT_METHODS = ("kmeans", "bisecting_kmeans", "gaussian_mixture")
+
+
+@dataclass(frozen=True)
+class SegmentsConf:
+    """Learned segments (`ulv-spark segment`): Spark MLlib clustering of user_embeddings + predicted scores."""
+
+    method: Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"] = "kmeans"  # pyspark.ml estimator: KMeans, BisectingKMeans or GaussianMixture
+    k_min: int = 4                      # smallest number of segments tried
+    k_max: int = 8                      # largest number tried; the k with the best silhouette on the sample wins
+    sample_rows: int = 20000            # seeded sample of users the candidates are fitted and compared on
+    seed: int = 7                       # seeds the sample and the estimators
+    max_iter: int = 30                  # estimator iterations
+    score_weight: float = 2.0           # weight of the standardised value / churn / best uplift beside the embedding dims
+    # fitted segmenters: <model_dir>/<model_version>/ (Spark PipelineModel + segmenter.json); refit when absent
+    model_dir: str = "lakehouse/_shared/segmenters"
+    evaluate: bool = True               # the backtest also measures segment quality (learned vs RFM vs grid)
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"'segments.{key}' {what}")
+
+        need(self.k_min >= 2, "k_min", f"must be >= 2, got {self.k_min}")
+        need(self.k_max >= self.k_min, "k_max", f"must be >= segments.k_min ({self.k_min}), got {self.k_max}")
+        need(self.sample_rows >= 10, "sample_rows", f"must be >= 10, got {self.sample_rows}")
+        need(self.max_iter >= 1, "max_iter", f"must be >= 1, got {self.max_iter}")
+        need(self.score_weight >= 0, "score_weight", f"must be >= 0, got {self.score_weight}")
+
+
 @dataclass(frozen=True)
 class RunConf:
     horizon_days: int = 90
@@ -499,6 +530,7 @@ class Config:
     embed: EmbedConf = field(default_factory=EmbedConf)
     plan: PlanConf = field(default_factory=PlanConf)
     sql_server: SqlServerConf = field(default_factory=SqlServerConf)
+    segments: SegmentsConf = field(default_factory=SegmentsConf)
     source_file: Optional[str] = None  # set by load_config, not read from YAML
 
     def run_date(self, as_of: Optional[dt.date] = None) -> dt.date:

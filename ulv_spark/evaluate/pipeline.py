@@ -316,6 +316,13 @@ def run_evaluation(spark, inputs: EvaluationInputs, *, splits: Sequence[Split], 
                               bootstrap_seed=ev.bootstrap_seed, log=log)
     for res in result.splits:
         res.skipped.update({m: why for m, why in left_out.items() if m not in res.skipped})
+    if cfg.segments.evaluate:  # segment quality at the same k (evaluate/segments.py)
+        from ulv_spark.evaluate.segments import segment_quality
+
+        with stage("evaluate: segment quality", log):
+            extra = segment_quality(spark, result, methods, cfg, log=log)
+        if len(extra):
+            result.metrics = pd.concat([result.metrics, extra], ignore_index=True)
     facts = {"dataset": dataset, "horizon_days": horizon, "splits": ", ".join(s.name for s in splits),
              "examples collected": len(frame), "tabular features": len(features),
              "methods": ", ".join(m.name for m in methods),

@@ -218,7 +218,10 @@ def _best(metric: str, values: Mapping[str, float]) -> Optional[str]:
 
 def metrics_table(metrics: pd.DataFrame, split: str) -> str:
     """HTML table metric x method for one split; the best non-oracle value per row in bold."""
-    sub = metrics[(metrics["split"] == split) & ~metrics["metric"].map(is_margin_metric)]
+    from ulv_spark.evaluate.segments import is_segment_metric
+
+    sub = metrics[(metrics["split"] == split) & ~metrics["metric"].map(is_margin_metric)
+                  & ~metrics["metric"].map(is_segment_metric)]
     if sub.empty:
         return '<p class="note">no metrics</p>'
     methods = _ordered(sub["method"].unique())
@@ -298,6 +301,11 @@ def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
             items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(r)}</li>" for m, r in res.skipped.items())
             parts.append(f"<p class='note'>Not run on this split:</p><ul class='skipped'>{items}</ul>")
         parts.append(metrics_table(result.metrics, name))
+        from ulv_spark.evaluate.segments import SEGMENTS_NOTE, segments_table
+
+        segments = segments_table(result.metrics, name)
+        if segments:
+            parts.append(f"<h3>Segments</h3><p class='note'>{html.escape(SEGMENTS_NOTE)}</p>{segments}")
         if res.margins:
             n = max(m.resamples for m in res.margins)
             parts.append(f"<h3>Margins (paired bootstrap, {res.bootstrap_seconds:.1f} s)</h3>"

@@ -9,7 +9,10 @@ Steps, each logged as a stage:
    the same rows and a re-run of D replaces them with identical content;
 3. write the four tables (each its own Delta transaction, replacing partition D) and the
    `latest_*` views. A failing table is named in the error together with the tables already
-   written; tables not yet written keep their previous version.
+   written; tables not yet written keep their previous version;
+4. with score.write_embeddings (default), write `user_embeddings` (partition D) from the same
+   staged rows: the encoder's pooled vector of each user, captured in the scoring pass itself.
+   user_segments' learned_segment columns stay null here: `ulv-spark segment` fills them.
 
 `stage_predictions(ctx)` (steps 1-2) and `publish(ctx, staged)` (step 3) are separate so the
 nightly job can gate on the staged predictions before any output table is replaced.
@@ -29,7 +32,8 @@ from ulv_spark.names import ARM_CONVERSION, ARM_VALUE, EXPECTED_VALUE, SCALAR_OU
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import AS_OF_DATE, MODEL_VERSION, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID
 from ulv_spark.score import tables, udf
-from ulv_spark.score.predict import compatibility_problems
+from ulv_spark.score.predict import EMBEDDING, compatibility_problems
+from ulv_spark.segments.contracts import LEARNED_SEGMENT, LEARNED_SEGMENT_NAME
 
 SCORE_TABLES = catalog.names(catalog.SCORES)  # written in this order, one Delta transaction each
 log = get_logger("ulv_spark.score")
@@ -82,8 +86,12 @@ def publish(ctx, staged: StagedScores) -> dict:
     with stage("score.tables", log) as info:
         written = _write_tables(ctx, staged.predictions, meta, staged.cut_points)
         info.update(tables=len(written))
+    views_of = list(SCORE_TABLES)
+    if cfg.score.write_embeddings:
+        written[catalog.USER_EMBEDDINGS.name] = _write_embeddings(ctx, staged.predictions, meta)
+        views_of.append(catalog.USER_EMBEDDINGS.name)
     try:
-        views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in SCORE_TABLES]
+        views = [lake.create_latest_view(spark, lake.table_ref(cfg.lakehouse, name)) for name in views_of]
     except Exception as exc:
         raise JobFailed(f"all four tables were written for {as_of}, but creating the latest_* views failed "
                         f"({_first_line(exc)})") from exc
@@ -165,8 +173,11 @@ def _predict(ctx, features, model_dir, meta, users: int):
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     ref = lake.table_ref(cfg.lakehouse, catalog.SCORE_PREDICTIONS.name)
     with stage("score.predict", log) as info:
+        embeddings = cfg.score.write_embeddings
         scored = udf.score_users(features, model_dir=model_dir, feature_columns=list(meta.feature_columns),
-                                 use_gpu=cfg.score.use_gpu, partitions=cfg.score.partitions)
+                                 use_gpu=cfg.score.use_gpu, partitions=cfg.score.partitions, embeddings=embeddings)
+        if not embeddings:
+            scored = scored.withColumn(EMBEDDING, F.lit(None).cast("array<float>"))
         staged = scored.select("*", F.lit(as_of).alias(AS_OF_DATE), F.lit(meta.version).alias(MODEL_VERSION),
                                F.lit(ctx.run_id).alias(RUN_ID))
         try:
@@ -227,7 +238,9 @@ def _table_frames(cfg, predictions, scored, meta) -> dict:
         catalog.PROMO_UPLIFT.name: tables.promo_uplift_table(predictions, arms=meta.arms,
                                                              arm_campaigns=meta.arm_campaigns,
                                                              margin=cfg.score.margin, arm_costs=cfg.score.arm_costs),
-        catalog.USER_SEGMENTS.name: tables.user_segments_table(scored, risk_tiers=tiers),
+        # the learned segment columns are filled by `ulv-spark segment` (segments/job.py)
+        catalog.USER_SEGMENTS.name: tables.user_segments_table(scored, risk_tiers=tiers).withColumns(
+            {LEARNED_SEGMENT: F.lit(None).cast("int"), LEARNED_SEGMENT_NAME: F.lit(None).cast("string")}),
     }
 
 
@@ -252,6 +265,27 @@ def _write_each(ctx, frames: dict) -> dict:
                 f"{list(written) or 'none'}; not written (previous versions stay readable): {pending}. "
                 f"Re-run the date once the cause is fixed") from exc
     return written
+
+
+def _write_embeddings(ctx, predictions, meta) -> dict:
+    """user_embeddings for the date from the staged rows; its comment names the vectors' dimension."""
+    spark, as_of = ctx.spark, ctx.as_of
+    ref = lake.table_ref(ctx.cfg.lakehouse, catalog.USER_EMBEDDINGS.name)
+    rows = predictions.select(USER_ID, AS_OF_DATE, EMBEDDING, MODEL_VERSION, RUN_ID)
+    try:
+        with stage(f"score.write.{catalog.USER_EMBEDDINGS.name}", log) as info:
+            lake.write_partition(spark, rows, ref, catalog.USER_EMBEDDINGS, as_of=as_of)
+            metrics = lake.last_operation_metrics(spark, ref)
+            first = rows.select(F.size(EMBEDDING).alias("d")).limit(1).collect()
+            dim = int(first[0]["d"]) if first else 0
+            lake.set_table_comment(spark, ref, f"{catalog.USER_EMBEDDINGS.comment} Dimension {dim} "
+                                          f"(model_version {meta.version}).")
+            info.update(dimension=dim)
+            return {"table": ref.name, "version": lake.current_version(spark, ref),
+                    "rows": int(metrics.get("numOutputRows", -1)), "dimension": dim}
+    except Exception as exc:
+        raise JobFailed(f"writing {ref.name} for {as_of} failed ({_first_line(exc)}); the four score tables "
+                        f"were written (set score.write_embeddings=false to skip embeddings)") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ allowed). Output grain: one row per input row, same order, columns `PREDICTION_S
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
 # Columns the model adds per user (the staging table `score_predictions` holds them).
 PREDICTION_SCHEMA = (f"{USER_ID} STRING, " + ", ".join(f"{c} DOUBLE" for c in SCALAR_OUTPUTS)
                      + ", " + ", ".join(f"{c} ARRAY<DOUBLE>" for c in ARM_OUTPUTS))
+EMBEDDING = "embedding"  # the encoder's pooled vector per user (segments.contracts.EMBEDDING)
+# ... and with the embedding (score.write_embeddings): the same pass adds it
+PREDICTION_SCHEMA_WITH_EMBEDDING = PREDICTION_SCHEMA + f", {EMBEDDING} ARRAY<FLOAT>"
 _NUMERIC_PREFIXES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "boolean")
 
 
@@ -86,7 +90,30 @@ def outputs_to_frame(user_ids: Sequence, outputs: Mapping[str, np.ndarray], n_ar
     return pd.DataFrame(frame)
 
 
-def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu") -> pd.DataFrame:
+@contextmanager
+def capture_pooled(model):
+    """Collect the pooled encoder vector of every forward pass of `model` run inside the block.
+
+    The trunk's input is ``cat([encode(tokens, mask), tabular_mlp(x)])``, so a forward pre-hook on
+    ``model.trunk`` sees ``MultiTaskModel.encode``'s output as its first ``hidden_size`` columns:
+    the embedding comes from the scoring pass itself, with no second encoder pass. (At inference
+    no sequence dropout applies; tests check it equals ``model.encode``.) Yields the list the
+    (B, hidden) float32 arrays are appended to, one per forward pass in order.
+    """
+    width = int(model.mlm.config.hidden_size)
+    captured: list[np.ndarray] = []
+
+    def hook(_module, args):
+        captured.append(args[0][:, :width].detach().float().cpu().numpy())
+
+    handle = model.trunk.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu", embeddings: bool = False) -> pd.DataFrame:
     """Score one batch of users: pandas frame of features in, pandas frame of predictions out.
 
     Grain: one output row per input row, in the same order.
@@ -96,19 +123,33 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu") -> pd.Dat
         model: the module returned by `train.artifacts.load_model`.
         meta: its `ModelMeta`.
         device: torch device string ("cpu", "cuda", "cuda:1").
+        embeddings: also return `embedding` (the pooled encoder vector, float32 lists), from the
+            same forward pass.
 
     Returns:
         Columns user_id, expected_value, p_purchase, value_p10, value_p90, churn_probability,
         arm_conversion, arm_value, arm_value_long (lists of len(meta.arms), control first;
-        arm_value_long empty without the long-term head).
+        arm_value_long empty without the long-term head)[, embedding].
     """
     from ulv_spark.train.model import predict_arrays
 
     if len(pdf) == 0:
-        return outputs_to_frame([], {c: np.zeros(0) for c in SCALAR_OUTPUTS}, 0)
+        out = outputs_to_frame([], {c: np.zeros(0) for c in SCALAR_OUTPUTS}, 0)
+        if embeddings:
+            out[EMBEDDING] = pd.Series([], dtype=object)
+        return out
     tokens, mask, tabular = batch_to_arrays(pdf, meta)
-    outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
-    return outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
+    if not embeddings:
+        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
+        return outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
+    with capture_pooled(model) as pooled:
+        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
+    out = outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
+    vectors = np.concatenate(pooled) if pooled else np.zeros((len(pdf), 0), dtype=np.float32)
+    if vectors.shape[0] != len(pdf):
+        raise ValueError(f"captured {vectors.shape[0]} embeddings for a batch of {len(pdf)}")
+    out[EMBEDDING] = list(vectors.astype(np.float32))
+    return out
 
 
 def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tuple[Optional[int], Optional[int]],

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
-from ulv_spark.score.predict import PREDICTION_SCHEMA, predict_batch
+from ulv_spark.score.predict import PREDICTION_SCHEMA, PREDICTION_SCHEMA_WITH_EMBEDDING, predict_batch
 
 ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -59,27 +59,30 @@ def load_model_once(model_dir: str, device: str):
     return _LOADED[key]
 
 
-def make_partition_scorer(model_dir: str, use_gpu: bool) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def make_partition_scorer(model_dir: str, use_gpu: bool,
+                          embeddings: bool = False) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The function `mapInPandas` runs per task: load the model once, then score every batch.
 
     Args:
         model_dir: the model directory (on storage every executor sees).
         use_gpu: score.use_gpu.
+        embeddings: also emit the pooled encoder vector (`embedding`) of each user.
     """
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         device = resolve_device(use_gpu)
         model, meta = load_model_once(model_dir, device)
         for pdf in batches:
-            yield predict_batch(pdf, model, meta, device)
+            yield predict_batch(pdf, model, meta, device, embeddings=embeddings)
 
     return score_partition
 
 
 def score_users(features: DataFrame, *, model_dir: str, feature_columns: list[str], use_gpu: bool = False,
-                partitions: int = 0) -> DataFrame:
+                partitions: int = 0, embeddings: bool = False) -> DataFrame:
     """Predictions for every row of `features` through a pandas UDF (lazy; nothing runs here).
 
-    Grain: one output row per input row (user). Columns: `predict.PREDICTION_SCHEMA`.
+    Grain: one output row per input row (user). Columns: `predict.PREDICTION_SCHEMA` (with
+    `embedding` ARRAY<FLOAT> after them when `embeddings`).
 
     Args:
         features: user_features rows of one as_of_date (user_id, seq_tokens, seq_mask, features).
@@ -87,13 +90,15 @@ def score_users(features: DataFrame, *, model_dir: str, feature_columns: list[st
         feature_columns: the model's feature columns (meta.feature_columns), in its order.
         use_gpu: score.use_gpu.
         partitions: spread the users over this many tasks first; 0 keeps the table's splits.
+        embeddings: add the pooled encoder vector from the same forward pass (score.write_embeddings).
     """
     # doubles on the wire: ints with nulls and booleans would otherwise arrive as object columns
     inputs = features.select(USER_ID, SEQ_TOKENS, SEQ_MASK,
                              *[F.col(c).cast("double").alias(c) for c in feature_columns])
     if partitions > 0:
         inputs = inputs.repartition(partitions)
-    return inputs.mapInPandas(make_partition_scorer(model_dir, use_gpu), schema=PREDICTION_SCHEMA)
+    schema = PREDICTION_SCHEMA_WITH_EMBEDDING if embeddings else PREDICTION_SCHEMA
+    return inputs.mapInPandas(make_partition_scorer(model_dir, use_gpu, embeddings), schema=schema)
 
 
 @contextmanager
