@@ -166,13 +166,16 @@ def _save(writer, ref: TableRef) -> None:
 
 
 def write_partition(spark, df, ref: TableRef, contract: TableContract, *, as_of: dt.date,
-                    partition_col: str = AS_OF_DATE, also: Optional[dict[str, str]] = None) -> None:
+                    partition_col: str = AS_OF_DATE, also: Optional[dict[str, str]] = None,
+                    commit_metadata: Optional[dict] = None) -> None:
     """Replace exactly the ``partition_col = as_of`` partition with ``df`` (one transaction).
 
     Re-running a date replaces that partition only; readers see the old version until commit.
     Rows of ``df`` outside the partition make Delta fail the write (nothing is replaced).
     ``also`` narrows what is replaced to rows whose string columns equal these values too
     (e.g. ``{"plan": "default"}``: one plan of the date; the other plans stay).
+    ``commit_metadata`` goes into the commit's ``userMetadata`` as sorted JSON (``DESCRIBE
+    HISTORY`` shows it: e.g. the producing job and model version of each night's write).
     """
     ensure_table(spark, ref, contract)
     data = conform(df, contract)
@@ -182,6 +185,10 @@ def write_partition(spark, df, ref: TableRef, contract: TableContract, *, as_of:
             raise ValueError(f"{contract.name}: cannot replace where {column} = {value!r} (quote in the value)")
         predicate += f" AND `{column}` = '{value}'"
     writer = _writer(data, ref).mode("overwrite").option("replaceWhere", predicate)
+    if commit_metadata:
+        import json
+
+        writer = writer.option("userMetadata", json.dumps(commit_metadata, sort_keys=True, default=str))
     _save(writer, ref)
 
 

@@ -1,5 +1,6 @@
 """`score` end to end on Delta with a real tiny model: scores, idempotence, SQL, mismatch, failure."""
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
@@ -205,6 +206,13 @@ def test_tables_and_latest_views_answer_plain_sql(spark, env):
         assert latest["d"] == D
         comments = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE {schema}.{name}").collect()}
         assert comments["model_version"] and comments["run_id"]
+        # the table names its producing job, and each night's commit the model version it wrote
+        props = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {schema}.{name}").collect()}
+        assert props["ulv.producer"] == "score"
+        last = spark.sql(f"DESCRIBE HISTORY {schema}.{name} LIMIT 1").first()
+        model_version = spark.sql(f"SELECT DISTINCT model_version FROM {schema}.latest_{name}").first()[0]
+        assert json.loads(last["userMetadata"])["model_version"] == model_version
+        assert json.loads(last["userMetadata"])["job"] == "score"
     champions = spark.sql(
         f"SELECT s.segment, count(*) AS n, avg(v.expected_value) AS ev FROM {schema}.latest_user_segments s "
         f"JOIN {schema}.latest_user_value v USING (user_id, as_of_date) GROUP BY s.segment").collect()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -224,7 +225,8 @@ def _write_tables(ctx, predictions, meta, cuts) -> dict:
     # persisted: user_value and user_segments both need the deciles, which cost a ranking pass
     scored = tables.add_value_decile(predictions, cut_points=cuts).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _write_each(ctx, _table_frames(cfg, predictions, scored, meta))
+        return _write_each(ctx, _table_frames(cfg, predictions, scored, meta),
+                           commit_metadata={"job": "score", "model_version": meta.version, "run_id": ctx.run_id})
     finally:
         scored.unpersist()
 
@@ -244,8 +246,11 @@ def _table_frames(cfg, predictions, scored, meta) -> dict:
     }
 
 
-def _write_each(ctx, frames: dict) -> dict:
-    """Write the tables in SCORE_TABLES order, one Delta transaction each; JobFailed names a failing one."""
+def _write_each(ctx, frames: dict, commit_metadata: Optional[dict] = None) -> dict:
+    """Write the tables in SCORE_TABLES order, one Delta transaction each; JobFailed names a failing one.
+
+    Each commit's userMetadata names the job, model version and run (``DESCRIBE HISTORY``).
+    """
     cfg, spark, as_of = ctx.cfg, ctx.spark, ctx.as_of
     written: dict = {}
     for name in SCORE_TABLES:
@@ -253,7 +258,7 @@ def _write_each(ctx, frames: dict) -> dict:
         ref = lake.table_ref(cfg.lakehouse, name)
         try:
             with stage(f"score.write.{name}", log) as info:
-                lake.write_partition(spark, df, ref, contract, as_of=as_of)
+                lake.write_partition(spark, df, ref, contract, as_of=as_of, commit_metadata=commit_metadata)
                 metrics = lake.last_operation_metrics(spark, ref)
                 written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
                                  "rows": int(metrics.get("numOutputRows", -1))}
