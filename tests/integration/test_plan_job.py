@@ -78,33 +78,31 @@ def test_plan_writes_the_optimal_plan_and_says_long_term_uplift_is_missing(plann
     assert_approx_df_equality(got, spark.createDataFrame(expected.rdd, got.schema), 1e-12, ignore_row_order=True)
 
 
-def test_a_long_term_uplift_moves_the_plan_as_the_short_term_weight_says(planned, spark):
-    conf, cfg, _ = planned
-    d2 = D + dt.timedelta(days=1)
-    # the coupon pays back later (long term = value - 25: a's coupon 5, b's 0 ...), shipping keeps its value
+def test_a_long_term_uplift_moves_the_plan_as_the_short_term_weight_says(tmp_path, spark):
+    # a lakehouse of its own: the module's plans and forecasts stay as the other tests expect them
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"""lakehouse: {{root: {tmp_path / 'lakehouse'}, schema: plan_long_t, shared_dir: {tmp_path / 'shared'}}}
+score: {{margin: 0.5, arm_costs: {{coupon: 2.0, ship: 1.0}}}}
+plan: {{budget: 4.0, bootstrap_replicates: {REPLICATES}, price_passes: 3, prices_per_pass: 8}}
+""")
+    cfg = load_config(conf)
+    # the coupon pays back later (long term = value - 25: a's coupon 5, b's -5 ...), shipping keeps its value
     long = {"coupon": -25.0, "ship": 0.0}
     uplift = spark.createDataFrame(
-        [(u, d2, "c1", a, v / 100.0, v, v + long[a], v * 0.5 - {"coupon": 2.0, "ship": 1.0}[a], False, "m1", "s")
+        [(u, D, "c1", a, v / 100.0, v, v + long[a], v * 0.5 - {"coupon": 2.0, "ship": 1.0}[a], False, "m1", "s")
          for u, a, v in ROWS],
         "user_id string, as_of_date date, campaign_id string, arm string, uplift_conversion double, "
         "uplift_value double, uplift_value_long double, expected_profit double, recommended boolean, "
         "model_version string, run_id string")
-    lake.write_partition(spark, uplift, lake.table_ref(cfg.lakehouse, "promo_uplift"), catalog.PROMO_UPLIFT, as_of=d2)
-
-    def plan(weight):
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            assert cli.main(["plan", "--conf", str(conf), "--as-of", d2.isoformat(), "--set", f"plan.name=w{int(weight)}",
-                             "--set", f"plan.short_term_weight={weight}"]) == 0
-        return json.loads(buffer.getvalue())
-
-    short, longer = plan(1.0), plan(0.0)
+    lake.write_partition(spark, uplift, lake.table_ref(cfg.lakehouse, "promo_uplift"), catalog.PROMO_UPLIFT, as_of=D)
+    short = _plan(conf, "--set", "plan.name=w1", "--set", "plan.short_term_weight=1.0")
+    longer = _plan(conf, "--set", "plan.name=w0", "--set", "plan.short_term_weight=0.0")
     assert short["long_term"] == longer["long_term"] == "uplift_value_long from promo_uplift"
-    # λ = 1: as on D (a coupon, b and d ship, objective 29.5); λ = 0: objective = long * 0.5 - cost, budget 4:
-    # ship to a (11.5), b (11.5), d (5.0), c (0.5); no coupon pays off over the horizon any more
+    # λ = 1: as without a long term (a coupon, b and d ship, objective 29.5); λ = 0: objective = long * 0.5 - cost,
+    # budget 4: ship to a (11.5), b (11.5), d (5.0), c (0.5); no coupon pays off over the horizon any more
     assert short["objective"] == 29.5 and short["users_by_arm"] == {"coupon": 1, "ship": 2}
     assert longer["objective"] == 28.5 and longer["users_by_arm"] == {"ship": 4}
-    forecast = _table(spark, cfg, "campaign_forecast").filter((F.col("as_of_date") == d2) & (F.col("plan") == "w0"))
+    forecast = _table(spark, cfg, "campaign_forecast").filter(F.col("plan") == "w0")
     row = forecast.filter((F.col("scenario") == "plan") & (F.col("arm") == "all")).first()
     assert row["expected_revenue_long"] == pytest.approx(25.0 + 25.0 + 12.0 + 3.0)
 

@@ -163,7 +163,11 @@ def serve(conf_path: str) -> int:
              "spark.hive.server2.thrift.bind.host": conf.host,
              "spark.hadoop.hive.server2.thrift.port": str(conf.port),
              "spark.hadoop.hive.server2.thrift.bind.host": conf.host,
-             "spark.sql.hive.thriftServer.singleSession": "true"}
+             "spark.sql.hive.thriftServer.singleSession": "true",
+             # The Thrift server runs its statements with the Java 8 date API on, and Delta 4.0's
+             # metadata-only answer to max(partition date) (the latest_* views) then builds a
+             # LocalDate where java.sql.Date is expected (ClassCastException): answer from the data.
+             "spark.databricks.delta.optimizeMetadataQuery.enabled": "false"}
     import dataclasses
 
     spark = get_spark(dataclasses.replace(cfg.spark, extra=extra, app_name="ulv_spark_sql_server"), cfg.lakehouse)
