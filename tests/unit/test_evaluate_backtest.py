@@ -186,7 +186,7 @@ def test_report_embeds_every_plot_and_names_every_method(backtest_result, tmp_pa
     page.feed(html_text)
     plots = {img["data-plot"] for img in page.imgs}
     assert plots == {"gain_lift", "decile_calibration", "churn_reliability", "qini_conversion_coupon",
-                     "qini_value_coupon"}
+                     "qini_value_coupon", "qini_value_long_coupon"}
     for img in page.imgs:
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

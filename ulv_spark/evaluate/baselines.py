@@ -389,9 +389,10 @@ class TwoModelUplift:
             if arm in small:
                 continue
             x = _matrix(rows, self.features_)
+            long = (_regressor(x, rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0), **self.params)
+                    if LABEL_VALUE in rows.columns else None)   # no horizon labels: no long-term kind
             self.models_[str(arm)] = (_classifier(x, rows[LABEL_CONVERTED], **self.params),
-                                      _regressor(x, rows[LABEL_RESPONSE_VALUE].fillna(0.0), **self.params),
-                                      _regressor(x, rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0), **self.params))
+                                      _regressor(x, rows[LABEL_RESPONSE_VALUE].fillna(0.0), **self.params), long)
         self.arms_ = [a for a in self.models_ if a != self.control_arm_]
         return self
 
@@ -400,13 +401,14 @@ class TwoModelUplift:
         threads = self.params["threads"]
         base_conv, base_value, base_long = self.models_[self.control_arm_]
         conv0, value0 = _predict(base_conv, x, threads, proba=True), _predict(base_value, x, threads)
-        long0 = _predict(base_long, x, threads)
+        long0 = None if base_long is None else _predict(base_long, x, threads)
         out = {USER_ID: frame[USER_ID].to_numpy()}
         for arm in self.arms_:
             conv, value, long = self.models_[arm]
             out[uplift_column("conversion", arm)] = _predict(conv, x, threads, proba=True) - conv0
             out[uplift_column("value", arm)] = _predict(value, x, threads) - value0
-            out[uplift_column("value_long", arm)] = _predict(long, x, threads) - long0
+            if long is not None and long0 is not None:
+                out[uplift_column("value_long", arm)] = _predict(long, x, threads) - long0
         return pd.DataFrame(out)
 
 
@@ -469,10 +471,11 @@ class _ArmVsControl:
             self.propensity_[arm] = p
             converted = rows[LABEL_CONVERTED].astype(float).to_numpy()
             value = rows[LABEL_RESPONSE_VALUE].fillna(0.0).astype(float).to_numpy()
-            horizon = rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0).astype(float).to_numpy()
+            outcomes = [("conversion", converted), ("value", value)]
+            if LABEL_VALUE in rows.columns:   # the horizon's spend: the long-term kind
+                outcomes.append(("value_long", rows[LABEL_VALUE].fillna(0.0).clip(lower=0.0).astype(float).to_numpy()))
             self.models_[arm] = {kind: self._fit_arm(x, y, w, p, binary=(kind == "conversion"))
-                                 for kind, y in (("conversion", converted), ("value", value),
-                                                 ("value_long", horizon))}
+                                 for kind, y in outcomes}
         return self
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -480,7 +483,8 @@ class _ArmVsControl:
         out = {USER_ID: frame[USER_ID].to_numpy()}
         for arm in self.arms_:
             for kind in UPLIFT_KINDS:
-                out[uplift_column(kind, arm)] = self._predict_arm(self.models_[arm][kind], x)
+                if kind in self.models_[arm]:
+                    out[uplift_column(kind, arm)] = self._predict_arm(self.models_[arm][kind], x)
         return pd.DataFrame(out)
 
 
