@@ -88,7 +88,8 @@ def test_predict_arrays_returns_every_output_as_the_head_maths_says():
     tokens, mask, tabular = _inputs(7)
     out = predict_arrays(model, meta, tokens, mask, tabular)
     assert set(out) == {"expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability",
-                        "arm_conversion", "arm_value"}
+                        "arm_conversion", "arm_value", "arm_value_long"}
+    assert out["arm_value_long"].shape == (7, 0)   # this model has no long-term head
     for key in ("expected_value", "p_purchase", "value_p10", "value_p90", "churn_probability"):
         assert out[key].shape == (7,), key
     assert out["arm_conversion"].shape == (7, 3) and out["arm_value"].shape == (7, 3)
@@ -188,7 +189,8 @@ def test_a_model_directory_written_before_the_train_split_loads_and_predicts_as_
     inputs = recorded["inputs"]
     tabular = np.array([[np.nan if v is None else v for v in row] for row in inputs["tabular"]])
     out = predict_arrays(model, meta, np.array(inputs["tokens"]), np.array(inputs["mask"]), tabular)
-    assert set(out) == set(recorded["predictions"])
+    assert set(out) == set(recorded["predictions"]) | {"arm_value_long"}
+    assert out["arm_value_long"].shape == (len(tabular), 0)   # written before the long-term head: no such numbers
     for key, want in recorded["predictions"].items():
         np.testing.assert_allclose(out[key], np.array(want), rtol=1e-9, atol=1e-12, err_msg=key)
 
@@ -208,7 +210,8 @@ def test_model_spec_from_conf_holds_the_encoder_section_with_its_local_dir_resol
                     encoder=EncoderConf(local_dir="enc", hidden_size=8, num_heads=2, pooling="cls"))
     spec = model_spec(cfg, vocab_size=50, seq_len=7, n_features=4, n_arms=2)
     assert spec == ModelSpec(vocab_size=50, seq_len=7, n_features=4, n_arms=2, tabular_hidden=12, head_hidden=20,
-                             propensity=True, arm_heads="delta", sequence_dropout=0.3, encoder=dataclasses.replace(cfg.encoder, local_dir=str(tmp_path / "enc")))
+                             propensity=True, arm_heads="delta", sequence_dropout=0.3, long_term=True,
+                             encoder=dataclasses.replace(cfg.encoder, local_dir=str(tmp_path / "enc")))
 
 
 def test_latest_model_dir_skips_half_written_versions(tmp_path):
