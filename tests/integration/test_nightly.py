@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -238,7 +239,9 @@ def test_sql_server_serves_the_nights_segments_over_jdbc(night, nights, spark):
                                "-n", "test", "--silent=true", "--showHeader=false", "--outputformat=csv2", "-e", query],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        served = [tuple(line.split(",")) for line in done.stdout.splitlines() if line.strip()]
+        # beeline -e echoes its prompt ("0: jdbc:hive2://host:port/db> ") before the first row
+        rows = [re.sub(r"^\d+: jdbc:hive2://\S+> ?", "", line) for line in done.stdout.splitlines()]
+        served = [tuple(line.split(",")) for line in rows if line.strip()]
         expected = [tuple(r) for r in spark.sql(f"SELECT user_id, segment, value_band FROM "
                                                 f"{cfg.lakehouse.schema}.latest_user_segments ORDER BY user_id").collect()]
         assert served == expected and len(served) == nights.users
