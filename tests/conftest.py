@@ -32,7 +32,10 @@ def spark(spark_root):
         SparkConf(master="local[2]", app_name="ulv_spark_tests", shuffle_partitions=2, driver_memory="2g",
                   extra={"spark.sql.adaptive.coalescePartitions.enabled": "true",
                          "spark.databricks.delta.snapshotPartitions": "1"}),
-        LakehouseConf(root=str(spark_root / "lakehouse"), schema="ulv_test"))
+        # In-memory catalog: every job registers its tables itself (lake.attach), and each Derby
+        # round-trip of the Hive metastore costs ~2x per Delta write. The Hive catalog is tested where
+        # it matters, in processes of its own: test_catalog_persistence, the sql-server and the cluster.
+        LakehouseConf(root=str(spark_root / "lakehouse"), schema="ulv_test", metastore="memory"))
     yield session
     session.stop()
 

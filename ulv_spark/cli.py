@@ -80,6 +80,9 @@ COMMANDS: dict[str, Command] = {
     "nightly": Command("ulv_spark.nightly:run_nightly", "ingest -> embed -> features -> train (when due) -> score -> gates -> segment -> plan", (
         Option(("--only",), "only", {"choices": STAGES, "default": None,
                                      "help": "run one stage (with its gates) only"}),
+        Option(("--from",), "start_from", {"choices": STAGES, "default": None,
+                                           "help": "run this stage and every later one (rerun a failed night "
+                                                   "from the stage that failed)"}),
         _flag("--retrain", "retrain", "train even when the current model is not due"),
         _flag("--evaluate", "evaluate", "also run the evaluation (default: nightly.evaluate)"),
     )),

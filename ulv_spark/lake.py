@@ -198,12 +198,15 @@ def append(spark, df, ref: TableRef, contract: TableContract) -> None:
     _save(_writer(conform(df, contract), ref).mode("append"), ref)
 
 
-def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iterable[str]] = None) -> dict:
+def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iterable[str]] = None, *,
+          delete_flag: Optional[str] = None) -> dict:
     """MERGE ``df`` into the table on ``keys`` (default: the contract's keys).
 
     New keys are inserted; existing keys are updated only when a column other than run_id
-    changed, so merging the same input twice leaves identical contents. Returns Delta's
-    operation metrics (numTargetRowsInserted, numTargetRowsUpdated, ...).
+    changed, so merging the same input twice leaves identical contents. With ``delete_flag``
+    (a boolean column of ``df``, not written), a row whose flag is true deletes the matching
+    table row and is never inserted. Returns Delta's operation metrics
+    (numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted, ...).
     """
     from delta.tables import DeltaTable
 
@@ -211,9 +214,11 @@ def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iter
     if not keys:
         raise ValueError(f"{contract.name}: MERGE needs key columns")
     ensure_table(spark, ref, contract)
-    data = conform(df, contract)
     target = DeltaTable.forName(spark, ref.name)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    if delete_flag is not None:
+        return _merge_with_deletes(spark, df, ref, contract, target, keys, on, delete_flag)
+    data = conform(df, contract)
     value_cols = [c for c in data.columns if c not in keys and c != RUN_ID]
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
     builder = target.alias("t").merge(data.alias("s"), on)
@@ -223,6 +228,27 @@ def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iter
         changed = " OR ".join(
             f"NOT (t.`{c}` <=> s.`{c}`)" if c in existing else "true" for c in value_cols) or "false"
     builder.whenMatchedUpdateAll(condition=changed).whenNotMatchedInsertAll().execute()
+    return last_operation_metrics(spark, ref)
+
+
+def _merge_with_deletes(spark, df, ref: TableRef, contract: TableContract, target, keys: list, on: str,
+                        flag: str) -> dict:
+    """lake.merge with a delete flag: flagged rows delete their match; the others upsert as usual."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+
+    if flag not in df.columns:
+        raise SchemaMismatchError(f"{contract.name}: delete flag column {flag!r} not in the rows to merge")
+    conform(df.drop(flag), contract)  # the same column checks as a plain MERGE
+    data = conform(df, dataclasses.replace(contract, extra_columns=True)).withColumn(flag, F.col(flag).cast("boolean"))
+    value_cols = [c for c in contract.column_names if c not in keys and c != RUN_ID]
+    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
+    (target.alias("t").merge(data.alias("s"), on)
+     .whenMatchedDelete(condition=f"s.`{flag}`")
+     .whenMatchedUpdate(condition=changed, set={c: f"s.`{c}`" for c in contract.column_names if c not in keys})
+     .whenNotMatchedInsert(condition=f"NOT s.`{flag}`", values={c: f"s.`{c}`" for c in contract.column_names})
+     .execute())
     return last_operation_metrics(spark, ref)
 
 

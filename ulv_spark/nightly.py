@@ -5,7 +5,9 @@ Each stage logs its start, end, duration and row counts; quality gates (threshol
 are replaced. The run ends with a summary (stages, tables and versions, rejects, gates) and an
 exit code a scheduler understands: 0 = all good, 1 = a stage or gate failed, 2 = bad conf.
 
-`--only STAGE` runs one stage with its gates (the Databricks job runs one task per stage).
+`--only STAGE` runs one stage with its gates (the Databricks job runs one task per stage);
+`--from STAGE` runs that stage and every later one (rerunning a failed night from where it
+stopped: the earlier stages' tables of that date are already written).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable, Optional
 
 from ulv_spark import catalog, gates, lake
 from ulv_spark.context import JobContext, Summary
-from ulv_spark.errors import GateFailed, JobFailed
+from ulv_spark.errors import ConfigError, GateFailed, JobFailed
 from ulv_spark.runtime import get_logger
 
 STAGES = ("ingest", "embed", "features", "train", "score", "segment", "plan", "evaluate")
@@ -189,19 +191,34 @@ def _row_facts(result: dict) -> dict:
     return {k: result[k] for k in keep if k in result}
 
 
-def run_nightly(ctx: JobContext, *, only: Optional[str] = None, retrain: bool = False,
-                evaluate: bool = False) -> Summary:
+def stages_to_run(*, only: Optional[str] = None, start_from: Optional[str] = None,
+                  evaluate: bool = False) -> list[str]:
+    """The stages a night runs, in order: `only` alone; else every stage (evaluate only with
+    `evaluate`) from `start_from` on (`--from evaluate` runs it whatever `evaluate` says)."""
+    for given in (only, start_from):
+        if given is not None and given not in STAGES:
+            raise ConfigError(f"unknown stage {given!r}; stages: {', '.join(STAGES)}")
+    if only is not None and start_from is not None:
+        raise ConfigError("--only and --from cannot be combined: --only runs one stage, --from that stage "
+                          "and the later ones")
+    if only is not None:
+        return [only]
+    wanted = [s for s in STAGES if s != "evaluate" or evaluate or start_from == "evaluate"]
+    return wanted[wanted.index(start_from):] if start_from is not None else wanted
+
+
+def run_nightly(ctx: JobContext, *, only: Optional[str] = None, start_from: Optional[str] = None,
+                retrain: bool = False, evaluate: bool = False) -> Summary:
     """The nightly job: every stage in order with its gates; the summary carries ``exit_code`` 1 on failure.
 
     Args:
         only: run this one stage (with its gates).
+        start_from: run this stage and the ones after it (not with `only`).
         retrain: train even when the current model is not due.
         evaluate: also run the evaluation (default: ``nightly.evaluate``).
     """
     cfg = ctx.cfg
-    if only is not None and only not in STAGES:
-        raise ValueError(f"unknown stage {only!r}; stages: {', '.join(STAGES)}")
-    wanted = [only] if only else [s for s in STAGES if s != "evaluate" or evaluate or cfg.nightly.evaluate]
+    wanted = stages_to_run(only=only, start_from=start_from, evaluate=evaluate or cfg.nightly.evaluate)
     report: dict = {"stages": [], "gates": []}
     start = time.perf_counter()
     failed: Optional[str] = None

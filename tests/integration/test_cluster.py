@@ -177,14 +177,14 @@ def test_spark_submit_runs_the_nightly_on_both_workers(night, first_night, spark
 def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, first_night, spark):
     tables = (*OUTPUTS, "user_features", "training_examples")
     before = _snapshot(spark, night.cfg, tables)
-    run = _submit(night, "features_fault")
+    run = _submit(night, "features_fault", "--only", "features")
     _wait_for(lambda: "== stage features: start" in run.out.read_text(), run, "the features stage started")
     time.sleep(4)  # into the stage's Spark jobs
     assert "== stage features: ok" not in run.out.read_text(), "features ended before the worker was killed"
     code, summary = _finish_with_worker_killed(night, run)
     assert code == 0, summary
     assert "Lost executor" in run.err.read_text()  # Spark saw the executor go and re-ran its tasks
-    assert _stage(summary, "train")["trained"] is False  # the model of the first night is reused
+    assert [s["stage"] for s in summary["stages"]] == ["features"]
     assert _snapshot(spark, night.cfg, tables) == before
 
 
@@ -214,9 +214,11 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     assert _versions(spark, cfg) == versions and _snapshot(spark, cfg) == before
     assert sorted(p.name for p in Path(cfg.train.model_dir).iterdir()) == models_before
 
-    # The whole night again: ingest and features rewrite equal rows, training picks up its checkpoint.
-    code, summary = _finish(_submit(night, "train_rerun", *longer))
+    # The scheduler reruns the night from the failed stage: training picks up its checkpoint,
+    # then score, segment and plan run on the new model.
+    code, summary = _finish(_submit(night, "train_rerun", "--from", "train", *longer))
     assert code == 0, summary
+    assert [s["stage"] for s in summary["stages"]] == ["train", "score", "segment", "plan"]
     train = _stage(summary, "train")
     assert train["trained"] is True and train["resumed_from_epoch"] >= 3
     assert train["epochs_run"] == 41  # 1 pretraining + 40 fine-tuning epochs, counted from the start

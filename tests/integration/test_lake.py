@@ -87,6 +87,21 @@ def test_merge_is_idempotent_and_updates_changed_rows(spark, lakehouse):
         ("a", 1.0, "r1"), ("b", 2.0, "r2"), ("c", 3.0, "r2")]
 
 
+def test_merge_with_a_delete_flag_deletes_flagged_matches_and_never_inserts_flagged_rows(spark, lakehouse):
+    contract = TableContract(name="kvd", comment="kvd", keys=("k",), columns=(Col("k", "STRING", False), Col("v", "DOUBLE")))
+    ref = lake.table_ref(lakehouse, "kvd")
+    lake.merge(spark, spark.createDataFrame([("a", 1.0), ("b", 2.0)], "k string, v double"), ref, contract)
+    changes = spark.createDataFrame([("a", None, True), ("b", 5.0, False), ("c", 3.0, False), ("d", 4.0, True)],
+                                    "k string, v double, gone boolean")
+    metrics = lake.merge(spark, changes, ref, contract, delete_flag="gone")
+    assert sorted(tuple(r) for r in lake.read_table(spark, ref).collect()) == [("b", 5.0), ("c", 3.0)]
+    assert lake.read_table(spark, ref).columns == ["k", "v"]  # the flag is not written
+    assert (int(metrics["numTargetRowsDeleted"]), int(metrics["numTargetRowsUpdated"]),
+            int(metrics["numTargetRowsInserted"])) == (1, 1, 1)
+    with pytest.raises(lake.SchemaMismatchError, match="delete flag column 'gone'"):
+        lake.merge(spark, changes.drop("gone"), ref, contract, delete_flag="gone")
+
+
 def test_latest_view_reads_newest_partition(spark, lakehouse):
     ref = lake.table_ref(lakehouse, "scores")
     for d, s in ((D1, 1.0), (D2, 2.0)):

@@ -83,22 +83,11 @@ def update_user_day(spark, ref, contract, orders: DataFrame, new_orders: DataFra
         orders: every prepared bronze order (read only for the touched users).
         new_orders: the night's new or changed orders (e.g. the bronze rows this ingest wrote).
 
-    The MERGE is written here rather than in lake.py because it also deletes (lake.merge only
-    inserts and updates); it belongs there once lake.merge grows a delete condition.
+    Days that no longer have an order are deleted (lake.merge's delete flag).
     """
-    from delta.tables import DeltaTable
-
     from ulv_spark import lake
 
     lake.ensure_table(spark, ref, contract)
     state = lake.read_table(spark, ref)
     changes = user_day_changes(orders, state, touched_users(new_orders))
-    values = [c for c in DAY_COLUMNS if c not in DAY_KEYS]
-    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values)
-    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in DAY_KEYS)
-    (DeltaTable.forName(spark, ref.name).alias("t").merge(changes.alias("s"), on)
-     .whenMatchedDelete(condition=f"s.{_DELETE}")
-     .whenMatchedUpdate(condition=changed, set={c: f"s.`{c}`" for c in values})
-     .whenNotMatchedInsert(condition=f"NOT s.{_DELETE}", values={c: f"s.`{c}`" for c in DAY_COLUMNS})
-     .execute())
-    return lake.last_operation_metrics(spark, ref)
+    return lake.merge(spark, changes, ref, contract, keys=DAY_KEYS, delete_flag=_DELETE)
