@@ -166,6 +166,27 @@ def rejects_contract(table: TableContract) -> TableContract:
     )
 
 
+def pending_contract(table: TableContract) -> TableContract:
+    """`<table>_pending`: source rows dated after their night's run date, kept by an incremental ingest.
+
+    A file is read once by an incremental night, so a row it defers waits here and is read back
+    on every later night until it is due (then it goes to bronze, or to the rejects).
+    """
+    return TableContract(
+        name=f"{table.name}_pending",
+        comment=(f"Rows of the {table.name} source dated after the run date of the incremental night that read "
+                 f"them (sources.{table.name}.future_rows: defer). Grain: one row per deferred source row. "
+                 f"Rewritten by jobs/ingest.py: each night loads the rows now due and keeps the rest."),
+        columns=(
+            _c("raw", "STRING", "The source row as JSON, with the source's own column names", False),
+            _c(USER_ID, "STRING", "Mapped user id"),
+            _c(RUN_ID, "STRING", "Id of the ingest run that deferred the row", False),
+            _c("deferred_at", "TIMESTAMP", "When the row was deferred (UTC)", False),
+            _c(AS_OF_DATE, "DATE", "Run date of the ingest run that deferred the row"),
+        ),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Bronze: what ingest writes
 # --------------------------------------------------------------------------------------------

@@ -192,6 +192,12 @@ def write_partition(spark, df, ref: TableRef, contract: TableContract, *, as_of:
     _save(writer, ref)
 
 
+def overwrite(spark, df, ref: TableRef, contract: TableContract) -> None:
+    """Replace every row of the table with ``df`` (one transaction; readers see old or new)."""
+    ensure_table(spark, ref, contract)
+    _save(_writer(conform(df, contract), ref).mode("overwrite"), ref)
+
+
 def append(spark, df, ref: TableRef, contract: TableContract) -> None:
     """Append ``df`` (e.g. reject rows, evaluation metrics)."""
     ensure_table(spark, ref, contract)
@@ -227,8 +233,9 @@ def merge(spark, df, ref: TableRef, contract: TableContract, keys: Optional[Iter
         existing = set(spark.table(ref.name).columns)
         changed = " OR ".join(
             f"NOT (t.`{c}` <=> s.`{c}`)" if c in existing else "true" for c in value_cols) or "false"
+    before = current_version(spark, ref)
     builder.whenMatchedUpdateAll(condition=changed).whenNotMatchedInsertAll().execute()
-    return last_operation_metrics(spark, ref)
+    return _merge_metrics(spark, ref, before)
 
 
 def _merge_with_deletes(spark, df, ref: TableRef, contract: TableContract, target, keys: list, on: str,
@@ -244,11 +251,20 @@ def _merge_with_deletes(spark, df, ref: TableRef, contract: TableContract, targe
     data = conform(df, dataclasses.replace(contract, extra_columns=True)).withColumn(flag, F.col(flag).cast("boolean"))
     value_cols = [c for c in contract.column_names if c not in keys and c != RUN_ID]
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
+    before = current_version(spark, ref)
     (target.alias("t").merge(data.alias("s"), on)
      .whenMatchedDelete(condition=f"s.`{flag}`")
      .whenMatchedUpdate(condition=changed, set={c: f"s.`{c}`" for c in contract.column_names if c not in keys})
      .whenNotMatchedInsert(condition=f"NOT s.`{flag}`", values={c: f"s.`{c}`" for c in contract.column_names})
      .execute())
+    return _merge_metrics(spark, ref, before)
+
+
+def _merge_metrics(spark, ref: TableRef, before: Optional[int]) -> dict:
+    """The MERGE's operation metrics; none when it committed nothing (Delta skips the commit of a
+    MERGE with no rows to write, and the newest commit is then an older operation's)."""
+    if current_version(spark, ref) == before:
+        return {}
     return last_operation_metrics(spark, ref)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ulv_spark import lake
-from ulv_spark.config import ConfigError, LakehouseConf, load_config
+from ulv_spark.config import LakehouseConf, load_config
 from ulv_spark.context import JobContext
 from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import job
@@ -75,14 +75,37 @@ def test_incremental_night_reads_only_the_new_file_and_equals_a_full_reload(spar
     assert _orders(spark, full_lh) == after
 
 
-def test_incremental_ingest_refuses_deferred_rows(lakehouse, write_conf, tmp_path):
+def test_deferred_rows_wait_in_pending_and_load_the_night_they_are_due(spark, lakehouse, write_conf, tmp_path):
     data = tmp_path / "orders"
     data.mkdir()
-    (data / "a.csv").write_text(NIGHT_1, encoding="utf-8")
+    (data / "a.csv").write_text(NIGHT_1, encoding="utf-8")  # orders of Jan 2, 5 and 6
     conf = _conf(write_conf, lakehouse, data, "defer.yaml")
     conf.write_text(conf.read_text().replace("true_values: [x]", "true_values: [x]\n    future_rows: defer"))
-    with pytest.raises(ConfigError, match=r"sources\.orders: future_rows: defer cannot be read incrementally"):
-        _run(conf, dt.date(2024, 1, 8), "d1")
+    keys = ("rows_read", "inserted", "deferred", "table_rows", "pending_read", "pending_rows")
+
+    def night(day, run_id):
+        facts = _run(conf, dt.date(2024, 1, day), run_id)["orders"]
+        return {k: facts[k] for k in keys}, sorted(r["order_id"] for r in lake.read_table(
+            spark, lake.table_ref(lakehouse, "orders")).collect())
+
+    # Jan 4: the file is read once; the two later orders wait in orders_pending
+    assert night(4, "d4") == ({"rows_read": 3, "inserted": 1, "deferred": 2, "table_rows": 1, "pending_read": 0,
+                               "pending_rows": 2}, ["o1"])
+    pending = lake.read_table(spark, lake.table_ref(lakehouse, "orders_pending"))
+    assert sorted(r["user_id"] for r in pending.collect()) == ["u1", "u2"]
+    # Jan 5: no new file; the pending rows are read back, o2 is due now, o3 still waits
+    assert night(5, "d5") == ({"rows_read": 2, "inserted": 1, "deferred": 1, "table_rows": 2, "pending_read": 2,
+                               "pending_rows": 1}, ["o1", "o2"])
+    assert night(5, "d5-again") == ({"rows_read": 1, "inserted": 0, "deferred": 1, "table_rows": 2,
+                                     "pending_read": 1, "pending_rows": 1}, ["o1", "o2"])
+    assert night(8, "d8") == ({"rows_read": 1, "inserted": 1, "deferred": 0, "table_rows": 3, "pending_read": 1,
+                               "pending_rows": 0}, ["o1", "o2", "o3"])
+    # the same rows as a full reload of the file on Jan 8
+    full_lh = _other_lakehouse(tmp_path)
+    full_conf = _conf(write_conf, full_lh, data, "full.yaml")
+    full_conf.write_text(full_conf.read_text().replace("true_values: [x]", "true_values: [x]\n    future_rows: defer"))
+    _run(full_conf, dt.date(2024, 1, 8), "full", full_reload=True)
+    assert _orders(spark, full_lh) == _orders(spark, lakehouse)
 
 
 def test_a_batch_over_the_reject_limit_fails_and_is_read_again_next_run(spark, lakehouse, write_conf, tmp_path):

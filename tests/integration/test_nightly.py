@@ -169,9 +169,11 @@ def test_broken_input_fails_the_night_and_leaves_outputs_untouched(night, nights
 def test_score_shift_gate_stops_before_outputs_are_replaced(night, nights, spark, capsys):
     cfg = nights.cfg
     versions = _versions(spark, cfg)
-    code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=3)).isoformat(),
+    # the score stage alone on D + 1, whose features and outputs the fixture wrote: the gate must
+    # keep that night's outputs as they are
+    code, report = _run(night, capsys, "--as-of", (D + dt.timedelta(days=1)).isoformat(), "--only", "score",
                         "--set", "gates.max_score_psi=-1")
-    assert code == 1
+    assert code == 1 and [s["stage"] for s in report["stages"]] == ["score"]
     failed = [g for g in report["gates"] if not g["passed"]]
     assert [g["gate"] for g in failed] == ["score_psi"]
     assert _versions(spark, cfg) == versions

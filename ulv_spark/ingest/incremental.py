@@ -10,15 +10,15 @@ files again and the MERGE leaves rows already written unchanged.
 
 What the full path does that this one cannot: duplicate keys are detected within a night's new
 rows only (a row of a later file whose key is already in bronze updates it through the MERGE,
-where a full reload keeps the first by time), and rows dated after the run date cannot wait
-for a later night (the file will not be read again), so ``future_rows: defer`` is refused.
+where a full reload keeps the first by time). A file is not read again, so the rows a night
+defers (``future_rows: defer``: dated after the run date) wait in ``<table>_pending`` (the source
+row as JSON); every later night reads them back first, loads those now due and keeps the rest.
 """
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from ulv_spark.config import ConfigError
 
 # formats read as a stream; metastore tables and presets take the full path
 INCREMENTAL_FORMATS = ("csv", "parquet", "json", "delta")
@@ -37,14 +37,6 @@ def is_incremental(src) -> bool:
 def checkpoint_dir(shared_dir: str, table: str) -> str:
     """The streaming checkpoint of one source (which files / versions it has read)."""
     return os.path.join(shared_dir, CHECKPOINTS, table)
-
-
-def check_source(table: str, src) -> None:
-    """Refuse what an incremental read cannot do (a clear one-line ConfigError)."""
-    if src.future_rows == "defer":
-        raise ConfigError(f"sources.{table}: future_rows: defer cannot be read incrementally (a file is read once, "
-                          "so a deferred row would never load); set future_rows: reject, or ingest.incremental: "
-                          "false / --full-reload")
 
 
 def stream_source(spark, src, schema):

@@ -28,7 +28,7 @@ from ulv_spark.errors import JobFailed
 from ulv_spark.ingest import incremental, presets
 from ulv_spark.ingest.mapping import (MALFORMED_COLUMN, MappingError, attribute_source_columns, map_columns,
                                       resolve_columns)
-from ulv_spark.ingest.validate import Outcome, derived_rows, prepare, reject_counts
+from ulv_spark.ingest.validate import Outcome, derived_rows, prepare, reject_counts, source_from_pending
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import Col, TableContract
 
@@ -161,8 +161,6 @@ def run_ingest(ctx: JobContext, *, dry_run: bool = False, sample_rows: int = 100
     sources = _map_sources(ctx.spark, cfg)
     streamed = {t: m for t, m in sources.items()
                 if cfg.ingest.incremental and not full_reload and incremental.is_incremental(m.src)}
-    for table, m in streamed.items():
-        incremental.check_source(table, m.src)
     mapped = {t: (m.mapped, m.src) for t, m in sources.items() if t not in streamed}
     products_source = "products" in sources
     rejected_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -234,13 +232,21 @@ def _ingest_new(ctx: JobContext, source: MappedSource, rejected_at, log, *, prod
     """
     table, spark = source.table, ctx.spark
     totals: dict = {"outcomes": [], "written": [], "derived": {}}
+    defer = source.src.future_rows == "defer"
+    pending_ref = lake.table_ref(ctx.cfg.lakehouse, f"{table}_pending")
+    pending = catalog.pending_contract(CONTRACTS[table])
 
-    def process(batch, batch_id):
+    def process(batch, batch_id, *, replace_pending: bool = False):
         frame = map_columns(batch, table, source.columns)
         prep, outcome = _validate(table, frame, source.src, ctx, rejected_at, log)
         try:
             _check_reject_shares({table: outcome}, ctx.cfg.ingest.max_reject_share)
             written, derived = _write_all(ctx, table, prep, outcome, log, products_source=products_source)
+            # a file is read once: what it defers waits in <table>_pending for a later night
+            if replace_pending:
+                lake.overwrite(spark, prep.deferred, pending_ref, pending)
+            elif outcome.deferred:
+                lake.append(spark, prep.deferred, pending_ref, pending)
         finally:
             prep.labelled.unpersist()
         totals["outcomes"].append(outcome)
@@ -248,6 +254,15 @@ def _ingest_new(ctx: JobContext, source: MappedSource, rejected_at, log, *, prod
         for name, facts in derived.items():
             _add_facts(totals["derived"], name, facts)
 
+    pending_read = 0
+    if defer and lake.is_delta(spark, pending_ref):
+        # the rows earlier nights deferred, read first: those now due load, the rest stay pending
+        stored = lake.read_table(spark, pending_ref, version=lake.current_version(spark, pending_ref))
+        pending_read = stored.count()
+        if pending_read:
+            with stage(f"read pending {table}", log) as info:
+                process(source_from_pending(stored, source.raw.schema), "pending", replace_pending=True)
+                info.update(rows=pending_read)
     checkpoint = incremental.checkpoint_dir(ctx.cfg.lakehouse.shared_dir, table)
     stream = incremental.stream_source(spark, source.src, source.raw.schema)
     with stage(f"read new {table}", log) as info:
@@ -259,9 +274,13 @@ def _ingest_new(ctx: JobContext, source: MappedSource, rejected_at, log, *, prod
         _add_facts({table: written}, table, facts)
     if not totals["written"]:
         _ensure_bronze(spark, ctx.cfg.lakehouse, table)
-    log.info("%s: %d new rows in %d batch(es) since the last night (checkpoint %s)", table, outcome.rows_read,
-             batches, checkpoint)
-    return {table: {**_counts(outcome), **written, "batches": batches}, **totals["derived"]}
+    log.info("%s: %d rows in %d new batch(es) since the last night and %d pending (checkpoint %s)", table,
+             outcome.rows_read - pending_read, batches, pending_read, checkpoint)
+    facts = {**_counts(outcome), **written, "batches": batches}
+    if defer:
+        still = lake.read_table(spark, pending_ref).count() if lake.is_delta(spark, pending_ref) else 0
+        facts.update(pending_read=pending_read, pending_rows=still)
+    return {table: facts, **totals["derived"]}
 
 
 def _add_facts(into: dict, name: str, facts: dict) -> None:

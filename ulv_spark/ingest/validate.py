@@ -137,6 +137,7 @@ class Prepared(NamedTuple):
     labelled: DataFrame
     good: DataFrame
     rejects: DataFrame
+    deferred: Optional[DataFrame] = None  # pending_rows: the deferred rows with their source row
 
 
 def _first_reason(checks: Sequence[tuple[Column, str]]) -> Column:
@@ -632,6 +633,28 @@ def reject_rows(labelled: DataFrame, *, run_id: str, as_of: dt.date, rejected_at
         F.lit(as_of).alias(AS_OF_DATE))
 
 
+def pending_rows(labelled: DataFrame, *, run_id: str, as_of: dt.date, deferred_at: dt.datetime) -> DataFrame:
+    """Rows of the `<table>_pending` contract for the deferred rows of `labelled` (with SOURCE_STRUCT).
+
+    Grain: one row per deferred source row. Columns: raw (source row as JSON, source names),
+    user_id (parsed), run_id, deferred_at, as_of_date. An incremental ingest reads them back
+    (source_from_pending) on every later night until they are due.
+    """
+    return labelled.filter(F.col(REASON).isNull() & F.col(DEFERRED)).select(
+        F.to_json(SOURCE_STRUCT).alias("raw"), F.col(USER_ID), F.lit(run_id).alias(RUN_ID),
+        F.lit(deferred_at).cast("timestamp").alias("deferred_at"), F.lit(as_of).alias(AS_OF_DATE))
+
+
+def source_from_pending(pending: DataFrame, schema: T.StructType) -> DataFrame:
+    """The source rows of `<table>_pending` rows, as the source reader gave them (`schema`).
+
+    Exact duplicates (the same source row deferred twice, by a micro-batch that ran again after
+    a failure) are read once.
+    """
+    parsed = pending.select("raw").dropDuplicates(["raw"]).select(F.from_json("raw", schema).alias("_row"))
+    return parsed.select(*[F.col("_row").getField(f.name).alias(f.name) for f in schema.fields])
+
+
 LABELLERS = {"orders": label_orders, "events": label_events, "campaign_exposures": label_exposures,
              "user_attributes": label_user_attributes, "products": label_products, "reviews": label_reviews}
 
@@ -654,7 +677,8 @@ def prepare(table: str, mapped: DataFrame, *, rules: SourceConf, as_of: dt.date,
     else:
         good = user_attributes_bronze(labelled, run_id=run_id)
     rejects = reject_rows(with_source, run_id=run_id, as_of=as_of, rejected_at=rejected_at)
-    return Prepared(labelled, good, rejects)
+    deferred = pending_rows(with_source, run_id=run_id, as_of=as_of, deferred_at=rejected_at)
+    return Prepared(labelled, good, rejects, deferred)
 
 
 def reject_counts(labelled: DataFrame) -> DataFrame:
