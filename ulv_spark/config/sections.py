@@ -98,7 +98,7 @@ class IngestConf:
     # fail (write nothing) when more rows than this are rejected (per table); also the nightly's reject_share gate
     max_reject_share: float = 0.05
     # read only what earlier nights did not: file / Delta-path sources as a stream with a checkpoint per
-    # source under lakehouse.shared_dir (needs future_rows: reject); `ingest --full-reload` reads all once
+    # source under lakehouse.shared_dir (deferred rows wait in <table>_pending); `ingest --full-reload` reads all once
     incremental: bool = False
 
     def __post_init__(self):
