@@ -242,3 +242,19 @@ def test_report_shows_the_policy_table_and_the_budget_curve():
     assert "<td>3 [2.5, 3.5]</td>" in table and "model (budget 0.2)" in table
     # policy rows stay out of the per-method metrics table
     assert "policy_dr" not in metrics_table(metrics, split)
+
+
+def test_truth_coverage_pairs_each_estimate_with_the_truth():
+    from ulv_spark.evaluate.backtest import METRIC_COLUMNS
+    from ulv_spark.evaluate.policy_backtest import truth_coverage
+
+    rows = [("model", "policy_dr_gain_value[budget=0.1]", 2.0), ("model", "policy_dr_gain_value_lo[budget=0.1]", 1.0),
+            ("model", "policy_dr_gain_value_hi[budget=0.1]", 3.0), ("model", "policy_true_gain_value[budget=0.1]", 3.5),
+            ("model", "policy_ipw_gain_value[budget=0.1]", 2.5)]
+    metrics = pd.DataFrame([("sim", "s", m, k, v) for m, k, v in rows], columns=list(METRIC_COLUMNS))
+    got = truth_coverage(metrics)
+    assert got == [
+        {"split": "s", "policy": "model", "budget": "0.1", "outcome": "value", "estimator": "ipw", "estimate": 2.5,
+         "lo": None, "hi": None, "truth": 3.5, "covered": None},
+        {"split": "s", "policy": "model", "budget": "0.1", "outcome": "value", "estimator": "dr", "estimate": 2.0,
+         "lo": 1.0, "hi": 3.0, "truth": 3.5, "covered": False}]

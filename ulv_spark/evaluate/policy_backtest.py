@@ -191,3 +191,26 @@ def policy_evaluation(spark, result, cfg, log=None) -> pd.DataFrame:
     for res in result.splits:
         rows.extend(split_policy_rows(spark, res, cfg, dataset=result.dataset, log=log))
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+
+def truth_coverage(metrics: pd.DataFrame) -> list[dict]:
+    """Per (split, policy, budget, outcome, estimator) with a true gain: the estimated gain, its interval,
+    the truth, and whether the interval covers it (the synthetic acceptance check)."""
+    cells = {}
+    for r in metrics.itertuples(index=False):
+        parsed = P.parse_policy_metric(r.metric)
+        if parsed:
+            cells[(r.split, r.method, parsed[3], parsed[1], parsed[0], parsed[2])] = float(r.value)
+    out = []
+    for (split, method, budget, outcome, quantity, stat), truth in sorted(cells.items(), key=str):
+        if quantity != "true_gain" or stat:
+            continue
+        for est in P.ESTIMATORS:
+            key = (split, method, budget, outcome, f"{est}_gain")
+            lo, hi, value = cells.get((*key, "lo")), cells.get((*key, "hi")), cells.get((*key, ""))
+            if value is None:
+                continue
+            out.append({"split": split, "policy": method, "budget": budget, "outcome": outcome, "estimator": est,
+                        "estimate": value, "lo": lo, "hi": hi, "truth": truth,
+                        "covered": None if lo is None or hi is None else bool(lo <= truth <= hi)})
+    return out
