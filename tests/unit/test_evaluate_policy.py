@@ -258,3 +258,20 @@ def test_truth_coverage_pairs_each_estimate_with_the_truth():
          "lo": None, "hi": None, "truth": 3.5, "covered": None},
         {"split": "s", "policy": "model", "budget": "0.1", "outcome": "value", "estimator": "dr", "estimate": 2.0,
          "lo": 1.0, "hi": 3.0, "truth": 3.5, "covered": False}]
+
+
+def test_policy_headline_gives_each_gain_with_its_interval():
+    from ulv_spark.evaluate.backtest import METRIC_COLUMNS
+    from ulv_spark.evaluate.policy_backtest import policy_headline
+
+    rows = [("model", "policy_dr_gain_value[budget=0.1]", 2.0), ("model", "policy_dr_gain_value_lo[budget=0.1]", 1.0),
+            ("model", "policy_dr_gain_value_hi[budget=0.1]", 3.0), ("send_all[x]", "policy_dr_gain_value", 0.5),
+            ("model", "policy_ipw_gain_value[budget=0.1]", 9.0), ("model", "qini_value", 1.0)]
+    metrics = pd.DataFrame([("sim", "s", m, k, v) for m, k, v in rows], columns=list(METRIC_COLUMNS))
+    assert policy_headline(metrics) == {"s": {"value": {"model@0.1": [2.0, 1.0, 3.0], "send_all[x]": [0.5, None, None]}}}
+
+
+def test_conf_propensities_must_cover_every_logged_arm(spark, tmp_path):
+    res, _ = _experiment(n=20)
+    with pytest.raises(ValueError, match=r"evaluate.policy_propensities: .*\['coupon'\]"):
+        split_policy_rows(spark, res, _cfg(tmp_path, policy_propensities="{control: 0.5}"), dataset="sim")

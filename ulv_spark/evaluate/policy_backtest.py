@@ -116,7 +116,10 @@ def split_policy_rows(spark, res, cfg, *, dataset: str, log=None) -> list[dict]:
     predicted_arms = {c.split(":", 1)[1] for p in preds.values() for c in p.columns if c.startswith("uplift_value:")}
     arms = [control] + sorted((set(logged) | predicted_arms) - {control})
     shares = dict(ev.policy_propensities) or P.assignment_shares(logged)
-    propensity = P.logged_propensity(logged, shares)
+    try:
+        propensity = P.logged_propensity(logged, shares)
+    except ValueError as exc:
+        raise ValueError(f"evaluate.policy_propensities: {exc} on {res.split.name}") from None
     logged_index = np.array([arms.index(a) for a in logged])
     n = len(test)
     outcomes = [k for k in OUTCOMES if UPLIFT_OUTCOME[k] in test.columns and test[UPLIFT_OUTCOME[k]].notna().any()]
@@ -214,3 +217,16 @@ def truth_coverage(metrics: pd.DataFrame) -> list[dict]:
                         "estimate": value, "lo": lo, "hi": hi, "truth": truth,
                         "covered": None if lo is None or hi is None else bool(lo <= truth <= hi)})
     return out
+
+
+def policy_headline(metrics: pd.DataFrame, estimator: str = "dr") -> dict:
+    """{split: {outcome: {policy or policy@budget: [gain, lo, hi]}}}: the gains over send-none (the job summary)."""
+    cells: dict = {}
+    for r in metrics.itertuples(index=False):
+        parsed = P.parse_policy_metric(r.metric)
+        if parsed and parsed[0] == f"{estimator}_gain":
+            _, outcome, stat, budget = parsed
+            name = r.method if budget is None else f"{r.method}@{budget}"
+            slot = cells.setdefault(r.split, {}).setdefault(outcome, {}).setdefault(name, [None, None, None])
+            slot[{"": 0, "lo": 1, "hi": 2}[stat]] = round(float(r.value), 4)
+    return cells
