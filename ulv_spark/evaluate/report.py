@@ -38,7 +38,7 @@ from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, L
 METHOD_ORDER = EVALUATE_METHODS
 COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
           "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd", "x_learner": "#8c564b",
-          "class_transformation": "#e377c2", "random": "#999999"}
+          "class_transformation": "#e377c2", "random": "#17becf"}
 MARGINS_NOTE = ("Margins: the model minus another method on the same test users, signed so that a positive "
                 "margin means the model is better (for decile MAPE and ECE: lower; for total_ratio: closer "
                 "to 1). Best other = the best non-oracle method on the full test set. [95 % CI] = the 2.5 and "
