@@ -277,7 +277,12 @@ def run_synthetic(workdir: Path, *, users: int = 200_000, model: str = "train", 
     wide = result.pivot()
     shares = {f"{metric}": {m: float(v) for m, v in row.dropna().items()}
               for (split, metric), row in wide.iterrows() if metric.endswith("_share_of_oracle")}
-    return _finish("synthetic", spark, cfg, result, facts, {"share_of_oracle": shares}, seconds,
+    from ulv_spark.evaluate.policy_backtest import truth_coverage
+
+    coverage = truth_coverage(result.metrics)  # the off-policy estimates against the truth tables (issue 17)
+    checks = {"share_of_oracle": shares, "policy_truth_coverage": coverage,
+              "policy_truth_covered": f"{sum(1 for c in coverage if c['covered'])} of {len(coverage)}"}
+    return _finish("synthetic", spark, cfg, result, facts, checks, seconds,
                    new_run_id("bench-synthetic"), run_date, tag)
 
 

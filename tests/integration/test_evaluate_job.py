@@ -19,6 +19,7 @@ D = dt.date(2025, 10, 1)       # run date
 H = 60                         # horizon: evaluation origin E = D - H = 2025-08-02
 E = D - dt.timedelta(days=H)
 METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner", "class_transformation"}
+POLICIES = {"send_none", "send_all[coupon]", "random"}  # policies that are no method (the plan's are the methods')
 
 CONF = """
 spark: {{shuffle_partitions: 2, driver_memory: 2g}}
@@ -170,7 +171,8 @@ def test_evaluate_scores_every_method_on_one_split_and_writes_the_metrics_table(
     assert set(evaluated["headline"][split]) == METHODS, evaluated.get("skipped")
     assert evaluated["skipped"] == {}
     metrics = spark.table(evaluated["metrics_table"]).toPandas()
-    assert set(metrics["method"]) == METHODS | set(SEGMENTATIONS)  # + segment quality (evaluate/segments.py)
+    # + segment quality (evaluate/segments.py) + the policies valued off-policy (evaluate/policy_backtest.py)
+    assert set(metrics["method"]) == METHODS | set(SEGMENTATIONS) | POLICIES
     assert set(metrics["run_id"]) == {"eval-1"} and set(metrics["as_of_date"]) == {D}
     assert len(metrics) == evaluated["metrics_rows"]  # one append of this run's rows
     assert set(metrics["dataset"]) == {"lakehouse"} and set(metrics["split"]) == {split}
@@ -225,6 +227,34 @@ def test_evaluate_measures_learned_segments_against_rfm_and_the_grid_at_the_same
     page = _Page()
     page.feed(Path(evaluated["report"]).read_text(encoding="utf-8"))
     assert {"segmentation", "segment_value_variance_share", "segment_churn_auc"} <= page.headers
+
+
+def test_evaluate_values_the_plan_policies_off_policy_against_send_all_and_send_none(spark, evaluated):
+    from ulv_spark.evaluate.policy import parse_policy_metric
+
+    metrics = spark.table(evaluated["metrics_table"]).toPandas()
+    rows = metrics[metrics["metric"].map(parse_policy_metric).notna()]
+    value = {(r.method, r.metric): r.value for r in rows.itertuples()}
+    # no score.arm_costs in this conf: budgets do not bind, every plan is evaluated without one
+    for method in ("model", "two_model_gbm", "oracle", "random"):
+        for outcome in ("value", "value_long"):
+            for est in ("ipw", "dr"):
+                for stat in ("", "_lo", "_hi"):
+                    assert np.isfinite(value[(method, f"policy_{est}_gain_{outcome}{stat}[budget=none]")])
+                assert value[(method, f"policy_{est}_gain_{outcome}_lo[budget=none]")] <= value[
+                    (method, f"policy_{est}_gain_{outcome}_hi[budget=none]")]
+            assert np.isfinite(value[(method, f"policy_true_gain_{outcome}[budget=none]")])
+    for est in ("ipw", "dr"):
+        assert value[("send_none", f"policy_{est}_gain_value")] == 0.0
+        assert np.isfinite(value[("send_all[coupon]", f"policy_{est}_value_long")])
+    # the oracle's plan sends exactly the users the coupon helps (the coupon never hurts here): its true
+    # gain equals send-all's and is at least every other plan's
+    true = {m: v for (m, k), v in value.items() if k in ("policy_true_gain_value", "policy_true_gain_value[budget=none]")}
+    assert true["oracle"] == pytest.approx(true["send_all[coupon]"]) and true["oracle"] > 0
+    assert all(true["oracle"] >= v - 1e-12 for v in true.values())
+    page = _Page()
+    page.feed(Path(evaluated["report"]).read_text(encoding="utf-8"))
+    assert "budget_curve" in page.plots and {"dr_gain value", "true_gain value_long"} <= page.headers
 
 
 def test_evaluate_uses_the_newest_model_trained_before_the_origin(generated, evaluated):

@@ -377,6 +377,13 @@ class EvaluateConf:
     # (margin_*_vs_* rows of evaluation_metrics, the report's Margins table); 0 = no bootstrap
     bootstrap_resamples: int = 200
     bootstrap_seed: int = 0              # seed of the resample matrix (same seed, same intervals)
+    # off-policy policy evaluation on the randomised exposures at the evaluation origin (policy_* rows,
+    # the report's budget curve): the plan's policy vs send-all, send-none, random and the GBM policy
+    policy_evaluation: bool = True
+    # budgets of the curve, as shares of (exposed test users x mean arm cost); needs score.arm_costs
+    policy_budget_shares: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    # arm -> assignment probability of the randomisation; empty = the arms' shares among the exposed test users
+    policy_propensities: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         def need(ok: bool, key: str, what: str) -> None:
@@ -401,6 +408,10 @@ class EvaluateConf:
         need(0 < self.uplift_top_share <= 1, "uplift_top_share", f"must be in (0, 1], got {self.uplift_top_share}")
         need(self.max_train_rows >= 100, "max_train_rows", f"must be >= 100, got {self.max_train_rows}")
         need(self.bootstrap_resamples >= 0, "bootstrap_resamples", f"must be >= 0, got {self.bootstrap_resamples}")
+        need(all(s > 0 for s in self.policy_budget_shares), "policy_budget_shares",
+             f"must be > 0, got {self.policy_budget_shares}")
+        need(all(0 < p <= 1 for p in self.policy_propensities.values()), "policy_propensities",
+             f"must be in (0, 1], got {self.policy_propensities}")
 
 
 @dataclass(frozen=True)

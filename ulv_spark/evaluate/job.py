@@ -36,6 +36,7 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     from ulv_spark import lake
     from ulv_spark.errors import JobFailed
     from ulv_spark.evaluate import pipeline
+    from ulv_spark.evaluate.policy_backtest import policy_headline
     from ulv_spark.evaluate.report import write_report
 
     cfg, spark = ctx.cfg, ctx.spark
@@ -62,4 +63,5 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
     return {"dataset": dataset, "report": path, "metrics_table": ref.name, "metrics_rows": len(result.metrics),
             "skipped": {s.split.name: s.skipped for s in result.splits if s.skipped},
             "notes": {s.split.name: s.notes for s in result.splits if s.notes},
-            "headline": pipeline.headline(result.metrics), "margins": pipeline.margins_headline(result)}
+            "headline": pipeline.headline(result.metrics), "margins": pipeline.margins_headline(result),
+            "policy_dr_gain": policy_headline(result.metrics)}

@@ -323,6 +323,13 @@ def run_evaluation(spark, inputs: EvaluationInputs, *, splits: Sequence[Split], 
             extra = segment_quality(spark, result, methods, cfg, log=log)
         if len(extra):
             result.metrics = pd.concat([result.metrics, extra], ignore_index=True)
+    if ev.policy_evaluation:  # off-policy value of the plan's policy and its alternatives (policy_backtest.py)
+        from ulv_spark.evaluate.policy_backtest import policy_evaluation
+
+        with stage("evaluate: policy evaluation", log):
+            extra = policy_evaluation(spark, result, cfg, log=log)
+        if len(extra):
+            result.metrics = pd.concat([result.metrics, extra], ignore_index=True)
     facts = {"dataset": dataset, "horizon_days": horizon, "splits": ", ".join(s.name for s in splits),
              "examples collected": len(frame), "tabular features": len(features),
              "methods": ", ".join(m.name for m in methods),

@@ -9,7 +9,10 @@ object API, so no display or pyplot state is involved). Per split it shows:
 * Qini curves per treatment arm and outcome (with the random line);
 * the churn reliability diagram (observed churn rate vs mean predicted probability);
 * the Margins table: the model's paired-bootstrap margin over the best other method per metric
-  (and over every other method), with its 95 % interval and P(not better) (see bootstrap.py).
+  (and over every other method), with its 95 % interval and P(not better) (see bootstrap.py);
+* the Policies table and the budget curve: the off-policy (IPW / doubly robust) value of the plan's
+  policy vs budget, beside the GBM policy, random at the same budget, send-all and send-none
+  (see policy_backtest.py).
 """
 from __future__ import annotations
 
@@ -29,12 +32,13 @@ from ulv_spark.evaluate import metrics as M
 from ulv_spark.evaluate.bootstrap import BOOTSTRAP_METRICS, CLOSEST_TO_ONE, LOWER_IS_BETTER, is_margin_metric
 from ulv_spark.evaluate.backtest import UPLIFT_OUTCOME, BacktestResult, SplitResult
 from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLIFT_KINDS
+from ulv_spark.evaluate.policy import NO_BUDGET, is_policy_metric, parse_policy_metric
 from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
 
 METHOD_ORDER = EVALUATE_METHODS
 COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
           "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd", "x_learner": "#8c564b",
-          "class_transformation": "#e377c2"}
+          "class_transformation": "#e377c2", "random": "#17becf"}
 MARGINS_NOTE = ("Margins: the model minus another method on the same test users, signed so that a positive "
                 "margin means the model is better (for decile MAPE and ECE: lower; for total_ratio: closer "
                 "to 1). Best other = the best non-oracle method on the full test set. [95 % CI] = the 2.5 and "
@@ -196,6 +200,97 @@ def reliability_plot(res: SplitResult, bins: int = 10) -> Optional[str]:
     return _img(fig, "churn_reliability", f"Churn reliability diagram, {res.split.name}")
 
 
+POLICY_NOTE = ("Policies valued off-policy on the randomised exposures of the evaluation origin (every exposed "
+               "test user, control included): IPW weighs each user whose logged arm is the policy's arm by 1 / its "
+               "assignment probability; DR (doubly robust) adds the outcome model's prediction (control mean + "
+               "the model's predicted uplift) and corrects it with the same weights. value = spend in the response "
+               "window, value_long = spend over the horizon, per exposed user; gain = value minus send_none's "
+               "(paired); [95 % CI] over paired bootstrap resamples of the users; true gain = the policy's mean "
+               "true uplift (synthetic data). model / two_model_gbm / oracle = plan/allocate.py's plan from that "
+               "method's uplifts at the budget (a share of the cost of sending every exposed user an arm); "
+               "random = the model plan's per-arm counts given to random users.")
+
+
+def policy_frame(metrics: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The policy rows of one split, parsed: method, quantity, outcome, stat, budget, value."""
+    sub = metrics[(metrics["split"] == split) & metrics["metric"].map(is_policy_metric)]
+    parsed = [(r.method, *parse_policy_metric(r.metric), r.value) for r in sub.itertuples(index=False)
+              if parse_policy_metric(r.metric)]
+    return pd.DataFrame(parsed, columns=["method", "quantity", "outcome", "stat", "budget", "value"])
+
+
+def _budget_key(budget) -> float:
+    return math.inf if budget in (None, NO_BUDGET) else float(budget)
+
+
+def policy_table(metrics: pd.DataFrame, split: str) -> str:
+    """HTML table policy x (outcome, estimator): estimate [95 % CI], and the true gain where known."""
+    frame = policy_frame(metrics, split)
+    if frame.empty:
+        return ""
+    cells = {(r.method, r.budget, r.quantity, r.outcome, r.stat): r.value for r in frame.itertuples(index=False)}
+    outcomes = [o for o in ("value", "value_long") if o in set(frame["outcome"])]
+    quantities = [q for q in ("ipw", "dr", "ipw_gain", "dr_gain", "true_gain") if q in set(frame["quantity"])]
+    keys = sorted({(r.method, r.budget) for r in frame.itertuples(index=False)},
+                  key=lambda k: (k[1] is not None, _budget_key(k[1]), k[0]))
+    head = "".join(f"<th>{html.escape(q)} {html.escape(o)}</th>" for o in outcomes for q in quantities)
+    body = []
+    for method, budget in keys:
+        row = []
+        for o in outcomes:
+            for q in quantities:
+                v = cells.get((method, budget, q, o, ""))
+                lo, hi = cells.get((method, budget, q, o, "lo")), cells.get((method, budget, q, o, "hi"))
+                text = _fmt(v) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "")
+                row.append(f"<td>{html.escape(text)}</td>")
+        label = method if budget is None else f"{method} (budget {budget})"
+        body.append(f'<tr><td class="name">{html.escape(label)}</td>{"".join(row)}</tr>')
+    return (f'<table class="policies" data-split="{html.escape(split)}"><tr><th class="name">policy</th>{head}</tr>'
+            + "".join(body) + "</table>")
+
+
+def budget_curve_plot(metrics: pd.DataFrame, split: str, estimator: str = "dr") -> Optional[str]:
+    """Policy value vs budget per outcome: the plan (model), the GBM policy, random, with send-all/none lines."""
+    frame = policy_frame(metrics, split)
+    frame = frame[frame["quantity"] == estimator] if not frame.empty else frame
+    if frame.empty or frame["budget"].isna().all():
+        return None
+    outcomes = [o for o in ("value", "value_long") if o in set(frame["outcome"])]
+    fig, axes = _figure(len(outcomes))
+    for ax, outcome in zip(axes[0], outcomes):
+        sub = frame[frame["outcome"] == outcome]
+        budgets = sorted({b for b in sub["budget"].dropna()}, key=_budget_key)
+        position = {b: (float(b) if b != NO_BUDGET else None) for b in budgets}
+        finite = [p for p in position.values() if p is not None]
+        top = (max(finite) * 1.25) if finite else 1.0
+        position = {b: (p if p is not None else top) for b, p in position.items()}
+        for method in _ordered(set(sub.loc[sub["budget"].notna(), "method"])):
+            rows = sub[(sub["method"] == method) & sub["budget"].notna()]
+            pts = sorted(((position[b], rows[(rows["budget"] == b) & (rows["stat"] == s)]["value"])
+                          for b in budgets for s in [""]), key=lambda t: t[0])
+            xs = [x for x, v in pts if len(v)]
+            ys = [float(v.iloc[0]) for _, v in pts if len(v)]
+            if not xs:
+                continue
+            style = _style(method)
+            ax.plot(xs, ys, marker="o", label=method, linestyle="--" if method == "random" else "-", **style)
+            lo = [rows[(rows["budget"] == b) & (rows["stat"] == "lo")]["value"] for b in budgets]
+            hi = [rows[(rows["budget"] == b) & (rows["stat"] == "hi")]["value"] for b in budgets]
+            if all(len(v) for v in lo) and all(len(v) for v in hi) and len(lo) == len(xs):
+                ax.fill_between(xs, [float(v.iloc[0]) for v in lo], [float(v.iloc[0]) for v in hi],
+                                color=style["color"], alpha=0.12)
+        for method in sorted(set(sub.loc[sub["budget"].isna(), "method"])):
+            v = sub[(sub["method"] == method) & sub["budget"].isna() & (sub["stat"] == "")]["value"]
+            if len(v):
+                ax.axhline(float(v.iloc[0]), color="black" if method == "send_none" else "#bbb", linestyle=":",
+                           linewidth=1.0, label=method)
+        ax.set_xticks([position[b] for b in budgets], [("no budget" if b == NO_BUDGET else b) for b in budgets])
+        ax.set(xlabel="budget (share of the cost of sending every exposed user an arm)",
+               ylabel=f"{estimator.upper()} value per exposed user", title=f"Budget curve: {outcome}")
+        ax.legend(fontsize=8)
+    return _img(fig, "budget_curve", f"Budget curve ({estimator.upper()} policy value vs budget), {split}")
+
+
 # --------------------------------------------------------------------------------------------
 # tables and page
 # --------------------------------------------------------------------------------------------
@@ -221,7 +316,7 @@ def metrics_table(metrics: pd.DataFrame, split: str) -> str:
     from ulv_spark.evaluate.segments import is_segment_metric
 
     sub = metrics[(metrics["split"] == split) & ~metrics["metric"].map(is_margin_metric)
-                  & ~metrics["metric"].map(is_segment_metric)]
+                  & ~metrics["metric"].map(is_segment_metric) & ~metrics["metric"].map(is_policy_metric)]
     if sub.empty:
         return '<p class="note">no metrics</p>'
     methods = _ordered(sub["method"].unique())
@@ -319,6 +414,13 @@ def render_report(result: BacktestResult, *, title: str = "ulv_spark backtest",
         qini = qini_plots(res)
         if qini:
             parts.append("<h3>Uplift: Qini curves</h3>" + "".join(qini))
+        policies = policy_table(result.metrics, name)
+        if policies:
+            parts.append(f"<h3>Policies (off-policy value)</h3><p class='note'>{html.escape(POLICY_NOTE)}</p>"
+                         + policies)
+            curve = budget_curve_plot(result.metrics, name)
+            if curve:
+                parts.append("<h3>Policies: budget curve</h3>" + curve)
     parts.append("</body></html>")
     return "\n".join(parts)
 
