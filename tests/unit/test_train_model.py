@@ -520,3 +520,32 @@ def test_without_text_the_switch_gives_identical_predictions_and_a_saved_fused_m
     b = predict_arrays(loaded, meta, tokens, mask, tabular, text=_text(6))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_training_reads_the_text_feed_column_and_saves_a_fused_model(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, val_rows=32, seq_len=SEQ,
+                                          vocab_size=VOCAB, seed=5)
+    for split in ("train", "val"):   # a text column that tells the churn label on every event
+        for path in feeds.parquet_files(os.path.join(root, split)):
+            table = pq.read_table(path)
+            churn = table.column("y_churn").to_numpy()
+            mask = np.stack(table.column("mask").to_numpy(zero_copy_only=False)).astype(np.float32)
+            text = (mask[:, :, None] * (2.0 * churn[:, None, None] - 1.0) * np.ones(TEXT_DIMS)).astype(np.float32)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), SEQ * TEXT_DIMS)
+            pq.write_table(table.append_column("text", flat.cast(pa.list_(pa.float32()))), path)
+    spec = _spec(tmp_path, root, epochs=3, pretrain_epochs=1, freeze_encoder_after=0)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, text_dims=TEXT_DIMS))
+    summary = loop.train_rank(spec)
+    assert summary["status"] == "finished"
+    model, meta = load_model(summary["model_dir"])
+    assert model.spec.text_dims == TEXT_DIMS and model.text_proj is not None
+    tokens, mask, _ = _inputs(8)
+    mask[:, 0], tokens[:, 0] = 1, 5
+    tabular = np.zeros((8, len(meta.feature_columns)))
+    ones = np.ones((8, SEQ * TEXT_DIMS), dtype=np.float32)
+    a = predict_arrays(model, meta, tokens, mask, tabular, text=ones)
+    b = predict_arrays(model, meta, tokens, mask, tabular, text=-ones)
+    assert (a["churn_probability"] != b["churn_probability"]).all()
