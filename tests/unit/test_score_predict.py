@@ -134,6 +134,12 @@ def test_compatibility_problems_name_each_mismatch(tiny_model):
     no_seq = {k: v for k, v in good.items() if k != "seq_mask"}
     assert predict.compatibility_problems(meta, columns=no_seq, seq_lengths=(None, None), vocab_fingerprint="fp1") \
         == ["user_features has no seq_mask column"]
+    # a model with text fusion needs seq_text (a model without does not)
+    assert predict.compatibility_problems(meta, columns=good, seq_lengths=(SEQ_LEN, SEQ_LEN), vocab_fingerprint="fp1",
+                                          text_dims=2) == ["the model fuses per-event product text (text_dims=2) but "
+                                                           "user_features has no seq_text column (features.text: false?)"]
+    assert predict.compatibility_problems(meta, columns={**good, "seq_text": "array<float>"},
+                                          seq_lengths=(SEQ_LEN, SEQ_LEN), vocab_fingerprint="fp1", text_dims=2) == []
 
 
 def test_embeddings_come_from_the_same_pass_and_equal_model_encode(tiny_model, monkeypatch):

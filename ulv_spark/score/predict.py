@@ -174,7 +174,7 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu", embedding
 
 
 def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tuple[Optional[int], Optional[int]],
-                           vocab_fingerprint: Optional[str]) -> list[str]:
+                           vocab_fingerprint: Optional[str], text_dims: int = 0) -> list[str]:
     """Why the model cannot score this feature table (empty list: it can).
 
     Args:
@@ -182,6 +182,7 @@ def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tup
         columns: column name -> Spark simpleString type of the user_features table.
         seq_lengths: (min, max) length of seq_tokens over the rows to score (None: no rows).
         vocab_fingerprint: fingerprint of the token vocabulary the features were built with.
+        text_dims: per-event text components the model fuses (ModelSpec.text_dims; 0 = none).
     """
     problems = []
     for seq_col in (SEQ_TOKENS, SEQ_MASK):
@@ -205,4 +206,7 @@ def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tup
     if vocab_fingerprint != meta.vocab_fingerprint:
         problems.append(f"token vocabulary differs: model vocab_fingerprint={meta.vocab_fingerprint!r}, "
                         f"features vocabulary_fingerprint={vocab_fingerprint!r}")
+    if text_dims > 0 and SEQ_TEXT not in columns:
+        problems.append(f"the model fuses per-event product text (text_dims={text_dims}) but user_features has no "
+                        f"{SEQ_TEXT} column (features.text: false?)")
     return problems
