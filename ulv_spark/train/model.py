@@ -10,8 +10,8 @@ arm). In training a row's whole pooled sequence vector is zeroed with probabilit
 ``spec.sequence_dropout`` (modality dropout, inverted scaling), and the encoder can be frozen
 (:meth:`MultiTaskModel.freeze_encoder`). With ``spec.text_dims`` > 0 (train.text_fusion) each
 event's product text (seq_text, k components) goes through a bias-free Linear to the encoder
-width and is added to its token embedding, so the encoder attends over what was bought. Pretraining uses the encoder's own masked-LM head
-(``AutoModelForMaskedLM``) on the same weights.
+width and is added to its token embedding, so the encoder attends over what was bought.
+Pretraining uses the encoder's own masked-LM head (``AutoModelForMaskedLM``) on the same weights.
 """
 from __future__ import annotations
 
