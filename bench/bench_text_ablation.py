@@ -3,7 +3,7 @@
 Run (from the repo root; the scratch lakehouse goes under --workdir)::
 
     .venv/bin/python -m bench.bench_text_ablation --prepare [--workdir /tmp/ulv_text_ablation]
-        [--methods gbm,model] [--bootstrap 1000] [--set KEY=VALUE ...]
+        [--methods gbm,model] [--bootstrap 1000] [--users N] [--compare text|fusion] [--set KEY=VALUE ...]
 
 ``--prepare`` runs ``generate`` (conf/local.yaml: 20,000 users, ``generate.texts: true``),
 ``ingest`` and ``embed`` into the workdir first; without it the workdir's lakehouse is reused.
@@ -15,6 +15,13 @@ features but the text ones). The two runs score the same test users, so the diff
 Gini and churn AUC gets a paired bootstrap interval (test users resampled with replacement,
 both variants' predictions kept together). Writes ``bench/results/text_ablation.json`` and
 prints it.
+
+``--compare fusion`` keeps ``features.text: true`` in both runs and switches only
+``train.text_fusion`` (the per-event product text inside the transformer; the GBM is the same in
+both, so only ``model`` is worth comparing); results go to ``bench/results/text_fusion_ablation.json``.
+With ``--compare text`` (the default) the model "with text" has both the text features and the
+fusion (train.text_fusion defaults to true) and "without text" neither. ``--users N`` sets
+``generate.users`` (use the same N for ``--prepare`` and the runs).
 """
 from __future__ import annotations
 
@@ -70,6 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prepare-only", action="store_true", help="stop after --prepare")
     parser.add_argument("--methods", default="gbm,model", help="comma-separated evaluate methods to compare")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    parser.add_argument("--users", type=int, default=None, help="generate.users (default: the conf's)")
+    parser.add_argument("--compare", choices=("text", "fusion"), default="text",
+                        help="text: features.text on/off; fusion: train.text_fusion on/off (text features on)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
@@ -86,11 +96,12 @@ def main(argv=None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     os.chdir(args.workdir)  # conf/local.yaml's relative paths land in the workdir
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = load_config(conf, [*args.overrides, f"evaluate.methods=[{','.join(methods)}]", "evaluate.model=train"])
+    users = [f"generate.users={args.users}"] if args.users else []
+    cfg = load_config(conf, [*users, *args.overrides, f"evaluate.methods=[{','.join(methods)}]", "evaluate.model=train"])
     as_of = cfg.run_date()
     spark = get_spark(cfg.spark, cfg.lakehouse)
     facts = {"conf": conf, "workdir": args.workdir, "as_of": as_of.isoformat(), "users": cfg.generate.users,
-             "methods": methods}
+             "methods": methods, "compare": args.compare}
     if args.prepare or args.prepare_only:
         facts.update(_prepare(cfg, as_of))
         print(json.dumps(facts), file=sys.stderr)
@@ -100,7 +111,9 @@ def main(argv=None) -> int:
     splits = pipeline.splits_from_conf(as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
     runs = {}
     for variant, text_on in (("with_text", True), ("without_text", False)):
-        vcfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, text=text_on),
+        features = dataclasses.replace(cfg.features, text=text_on or args.compare == "fusion")
+        train = dataclasses.replace(cfg.train, text_fusion=text_on)
+        vcfg = dataclasses.replace(cfg, features=features, train=train,
                                    evaluate=dataclasses.replace(cfg.evaluate,
                                                                 model_dir=f"{cfg.evaluate.model_dir}/{variant}"))
         inputs = read_inputs(spark, vcfg.lakehouse)
@@ -133,7 +146,8 @@ def main(argv=None) -> int:
                                           n=args.bootstrap),
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "text_ablation.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
+    name = "text_ablation.json" if args.compare == "text" else "text_fusion_ablation.json"
+    (RESULTS / name).write_text(json.dumps(facts, indent=2, default=str) + "\n")
     print(json.dumps(facts, indent=2, default=str))
     spark.stop()
     return 0

@@ -29,7 +29,7 @@ from ulv_spark.segments.contracts import (EMBEDDING as USER_EMBEDDING, FROM_SEGM
                                           LEARNED_SEGMENT_NAME, TO_SEGMENT, USERS)
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
                                LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, MODEL_VERSION, ORIGIN_DATE,
-                               REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TOKENS, USER_ID, VALUE_DECILE, Col,
+                               REJECT_REASON, RISK_TIER, RUN_ID, SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, USER_ID, VALUE_DECILE, Col,
                                TableContract)
 from ulv_spark.text.contracts import (DIM, EMBEDDED_AT, EMBEDDING, HAS_TEXT, MODEL_ID, N_TOKENS, PRODUCT_ID,
                                       PRODUCT_KEYS, REVIEW_KEYS, REVIEW_TS, TEXT_HASH, TRUNCATED)
@@ -327,12 +327,18 @@ _NULL_FEATURES = ("Feature columns are null only where a builder produced null f
                   "the declared default.")
 
 
-def _sequence_cols() -> tuple[Col, ...]:
-    return (
+def _sequence_cols(features_cfg: Optional[FeaturesConf] = None) -> tuple[Col, ...]:
+    cols = (
         Col(SEQ_TOKENS, "ARRAY<INT>", False, "Token ids of the user's last L orders and events before the date, oldest "
             "first, right-padded with 0 (PAD) to exactly L = features.sequence_length; see token_vocabulary"),
         Col(SEQ_MASK, "ARRAY<INT>", False, "Attention mask for seq_tokens: 1 for an event, 0 for padding"),
     )
+    if not (features_cfg or FeaturesConf()).text:
+        return cols
+    return cols + (Col(SEQ_TEXT, "ARRAY<FLOAT>", True, "Per-event product text of seq_tokens: for each of the L "
+                       "positions the k = features.text_dims components (text_projection) of the |amount|-weighted "
+                       "mean of the event's order lines' product embeddings, flattened (length L * k); zeros for an "
+                       "event or padding without; null when no event has product text (the model's text fusion)"),)
 
 
 def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
@@ -348,7 +354,7 @@ def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
         columns=(
             _c(USER_ID, "STRING", "Customer id", False),
             _c(AS_OF_DATE, "DATE", "Run date D; features use data strictly before it", False),
-        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols(features_cfg) + (
             _c(RUN_ID, "STRING", "Id of the features run that wrote the row", False),
         ),
         partition_by=(AS_OF_DATE,),
@@ -371,7 +377,7 @@ def training_examples_contract(features_cfg: Optional[FeaturesConf] = None,
             _c(AS_OF_DATE, "DATE", "Run date D of the features job that built the examples", False),
             _c(ORIGIN_DATE, "DATE", "Past as-of date D_k of the example: features before it, labels from it on", False),
             _c(HORIZON_DAYS, "INT", "Label window length H in days (run.horizon_days)", False),
-        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols() + (
+        ) + feature_table_columns(features_cfg) + tuple(attribute_columns) + _sequence_cols(features_cfg) + (
             _c(LABEL_VALUE, "DOUBLE", "Net spend in [origin_date, origin_date + horizon_days), floored at 0", False),
             _c(LABEL_PURCHASES, "INT", "Purchase orders in [origin_date, origin_date + horizon_days)", False),
             _c(LABEL_CHURNED, "INT", "1 when no purchase order in [origin_date, origin_date + horizon_days), else 0", False),

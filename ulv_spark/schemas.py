@@ -21,6 +21,7 @@ ORIGIN_DATE = "origin_date"          # training_examples: the past as-of date D_
 HORIZON_DAYS = "horizon_days"
 SEQ_TOKENS = "seq_tokens"            # ARRAY<INT>, fixed length L (features.sequence_length), PAD = 0
 SEQ_MASK = "seq_mask"                # ARRAY<INT>, 1 where seq_tokens holds an event, else 0
+SEQ_TEXT = "seq_text"                # ARRAY<FLOAT> L * k (features.text_dims): per-event product text; null: none
 LABEL_VALUE = "label_value"          # spend in [origin_date, origin_date + H) (net of returns, >= 0)
 LABEL_PURCHASES = "label_purchases"  # number of purchase orders in the window
 LABEL_CHURNED = "label_churned"      # 1 when no purchase in the window, else 0
@@ -38,7 +39,7 @@ RISK_TIER = "risk_tier"              # user_churn: low / medium / high
 # numeric column is a tabular feature (see feature_columns), so joined user attributes and new
 # features reach the model without code changes; the model stores the list it was trained on.
 NON_FEATURE_COLUMNS = frozenset({
-    USER_ID, AS_OF_DATE, ORIGIN_DATE, HORIZON_DAYS, SEQ_TOKENS, SEQ_MASK, LABEL_VALUE,
+    USER_ID, AS_OF_DATE, ORIGIN_DATE, HORIZON_DAYS, SEQ_TOKENS, SEQ_MASK, SEQ_TEXT, LABEL_VALUE,
     LABEL_PURCHASES, LABEL_CHURNED, CAMPAIGN_ID, ARM, IS_CONTROL, LABEL_CONVERTED,
     LABEL_RESPONSE_VALUE, RUN_ID, MODEL_VERSION,
 })

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features import build_user_features
 from ulv_spark.catalog import USER_FEATURES, user_features_contract
-from ulv_spark.schemas import RUN_ID, SEQ_MASK, SEQ_TOKENS, feature_columns
+from ulv_spark.schemas import RUN_ID, SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, feature_columns
 
 D = dt.date(2024, 4, 1)   # windows start 7d: 03-25, 30d: 03-02, 90d: 01-02, 180d: 2023-10-04
 CFG = FeaturesConf(attribute_onehot={"tier": ["gold", "silver"]})
@@ -144,7 +144,8 @@ def expected_features(built):
     for user, values in users.items():
         seq = values.pop("seq")
         out[user] = {**zeros, **values, SEQ_TOKENS: seq + [0] * (32 - len(seq)),
-                     SEQ_MASK: [1] * len(seq) + [0] * (32 - len(seq))}
+                     SEQ_MASK: [1] * len(seq) + [0] * (32 - len(seq)),
+                     SEQ_TEXT: None}   # no text inputs: no per-event product text
     return out
 
 
@@ -161,7 +162,7 @@ def test_every_feature_has_its_exact_value(built, user):
     assert set(got) == set(expected) | {"user_id", "as_of_date", "variant"}
     assert got["as_of_date"] == D
     for name, value in expected.items():
-        if isinstance(value, list):
+        if isinstance(value, list) or value is None:
             assert got[name] == value, name
         else:
             assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
@@ -172,9 +173,10 @@ def test_columns_follow_the_contract_and_are_never_null_or_nan(built):
     contract = user_features_contract(CFG)  # without attributes: they go right before the sequence
     attr_names = ["attr_age", "attr_vip", "attr_tier_gold", "attr_tier_silver", "attr_missing"]
     base = [c for c in contract.column_names if c != RUN_ID]
-    assert schema.names == base[:base.index(SEQ_TOKENS)] + attr_names + [SEQ_TOKENS, SEQ_MASK]
+    # the sequence columns close the table: tokens, mask and (features.text) the per-event product text
+    assert schema.names == base[:base.index(SEQ_TOKENS)] + attr_names + [SEQ_TOKENS, SEQ_MASK, SEQ_TEXT]
     features = feature_columns(schema)
-    assert features == [n for n in schema.names if n not in ("user_id", "as_of_date", SEQ_TOKENS, SEQ_MASK)]
+    assert features == [n for n in schema.names if n not in ("user_id", "as_of_date", SEQ_TOKENS, SEQ_MASK, SEQ_TEXT)]
     assert all(schema[n].dataType.simpleString() == "double" for n in features)
     for row in built["full"].values():
         assert all(row[n] is not None and not math.isnan(row[n]) for n in features)

@@ -93,3 +93,50 @@ def test_vocabulary_rows_decode_every_token_id(spark):
     for r in rows[4:]:
         assert encode_token(cfg, r["event_type"], r["amount_bucket"], r["gap_bucket"], r["category_slot"]) == r["token_id"]
     assert {r["event_type"] for r in rows[4:]} == {"purchase", "return", "view"}
+
+
+def test_order_text_vectors_are_amount_weighted_means_of_the_lines_products(spark):
+    from ulv_spark.features.text import order_text_vectors
+
+    lines = spark.createDataFrame([
+        ("u1", "o1", "P1", 30.0), ("u1", "o1", "P2", 10.0),   # (30 * [1, 0] + 10 * [0, 2]) / 40
+        ("u1", "o2", "P1", -20.0), ("u1", "o2", "NOVEC", 50.0),  # return line: |amount|; no vector: left out
+        ("u1", "o3", "P2", 0.0), ("u1", "o4", None, 5.0),     # zero amount, no product: no vector
+    ], "user_id string, order_id string, product_id string, amount double")
+    vectors = spark.createDataFrame([("P1", 1.0, 0.0), ("P2", 0.0, 2.0)],
+                                    "product_id string, text_dim_0 double, text_dim_1 double")
+    got = {(r["user_id"], r["order_id"]): r["text_vector"] for r in order_text_vectors(lines, vectors, dims=2).collect()}
+    assert got == {("u1", "o1"): [0.75, 0.5], ("u1", "o2"): [1.0, 0.0]}
+
+
+def test_seq_text_carries_each_events_order_vector_in_token_order_zeros_elsewhere(spark):
+    orders = spark.createDataFrame([
+        ("u1", "o1", "2024-01-01 00:00:00", 5.0, None, False),    # no text vector
+        ("u1", "o2", "2024-01-02 00:00:00", 30.0, None, False),
+        ("u1", "o3", "2024-01-05 00:00:00", 20.0, None, False),
+        ("u2", "o4", "2024-01-03 00:00:00", 10.0, None, False),   # no text vector: seq_text null
+    ], "user_id string, order_id string, order_ts string, amount double, category string, is_return boolean")
+    events = spark.createDataFrame([
+        ("o3", "u1", "2024-01-04 00:00:00", "view"),              # an event whose id equals an order's
+    ], "event_id string, user_id string, event_ts string, event_type string")
+    vectors = spark.createDataFrame([("u1", "o2", [0.5, -1.0]), ("u1", "o3", [2.0, 0.25])],
+                                    "user_id string, order_id string, text_vector array<float>")
+    orders = prepare_orders(orders.withColumn("order_ts", F.to_timestamp("order_ts")))
+    events = prepare_events(events.withColumn("event_ts", F.to_timestamp("event_ts")))
+    cfg = FeaturesConf(sequence_length=5, text_dims=2)
+    got = sequences.user_sequences(history(orders, "order_ts", [D]), history(events, "event_ts", [D]),
+                                   features_cfg=cfg, order_vectors=vectors)
+    rows = {r["user_id"]: (r["seq_mask"], r["seq_text"]) for r in got.collect()}
+    # u1: o1, o2, view (o3's id), o3, padding -> 5 x 2 floats
+    assert rows == {"u1": ([1, 1, 1, 1, 0], [0.0, 0.0, 0.5, -1.0, 0.0, 0.0, 2.0, 0.25, 0.0, 0.0]),
+                    "u2": ([1, 0, 0, 0, 0], None)}
+    # the tokens are the same as without vectors
+    plain = sequences.user_sequences(history(orders, "order_ts", [D]), history(events, "event_ts", [D]),
+                                     features_cfg=cfg)
+    assert "seq_text" not in plain.columns
+    assert sorted(map(tuple, plain.select("user_id", "seq_tokens").collect())) == \
+        sorted(map(tuple, got.select("user_id", "seq_tokens").collect()))
+    # truncation keeps the vectors of the last L events
+    short = sequences.user_sequences(history(orders, "order_ts", [D]), history(events, "event_ts", [D]),
+                                     features_cfg=FeaturesConf(sequence_length=2, text_dims=2), order_vectors=vectors)
+    assert short.filter("user_id = 'u1'").first()["seq_text"] == [0.0, 0.0, 2.0, 0.25]

@@ -114,7 +114,9 @@ def test_without_text_inputs_the_text_features_are_defaults_and_text_false_leave
     off = FeaturesConf(text=False, text_dims=2, windows_days=[30], event_types=["view"])
     without = build_user_features(_orders(spark), as_of=D, features_cfg=off, text=_text(spark))
     assert not set(TEXT_COLUMNS) & set(without.columns)
-    assert without.columns == [c for c in plain.columns if c not in TEXT_COLUMNS]
+    # ... and the per-event text of the sequences with them (null here: no order lines with order ids)
+    assert plain.filter("seq_text is not null").count() == 0
+    assert without.columns == [c for c in plain.columns if c not in TEXT_COLUMNS + ["seq_text"]]
     examples = build_training_examples(_orders(spark), as_of=dt.date(2025, 4, 11), horizon_days=10,
                                        features_cfg=FeaturesConf(text_dims=2, windows_days=[30],
                                                                  event_types=["view"], training_origins=1),

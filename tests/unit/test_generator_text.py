@@ -47,3 +47,28 @@ def test_products_and_reviews_follow_the_latent_traits():
     again = _sim()
     pd.testing.assert_frame_equal(text.raw_reviews(again), reviews)
     pd.testing.assert_frame_equal(raw_orders(again), raw_orders(sim))
+
+
+def test_the_taste_shows_in_the_product_words_and_drives_dropout_and_spend():
+    sim = _sim()
+    # the taste comes from its own stream: without texts the same seed draws the same other traits
+    plain = Simulation(GeneratorParams(GenerateConf(users=3000, partitions=1, texts=False)), 0)
+    assert (plain.taste == 0).all() and np.array_equal(plain.lam, sim.lam)
+    assert np.array_equal(plain.category_cdf, sim.category_cdf)
+    p, nu = text.apply_taste(plain.p_drop, plain.nu, sim.taste)
+    assert np.array_equal(sim.p_drop, p) and np.array_equal(sim.nu, nu)
+    # higher taste: lower dropout logit, larger spend scale (exactly by the configured factors)
+    logit = lambda q: np.log(q) - np.log1p(-q)  # noqa: E731
+    assert np.allclose(logit(sim.p_drop), logit(plain.p_drop) - text.TASTE_DROPOUT * sim.taste)
+    assert np.allclose(np.log(plain.nu / sim.nu), text.TASTE_SPEND * sim.taste)
+    # ... and it is independent of the purchase rate, so the timing alone does not reveal it
+    assert abs(np.corrcoef(sim.taste, np.log(sim.lam))[0, 1]) < 0.06
+    # the maker line (odd models, with maker words in the title) follows the taste
+    orders = text.raw_order_products(sim)
+    line = text.product_line(orders["product"].to_numpy())
+    users = sim.order_details()["user"].to_numpy()
+    assert np.corrcoef(line, sim.taste[users])[0, 1] > 0.4
+    cat = text.catalogue(["fashion"], 12)
+    assert cat["product_name"].tolist()[6] == "Simple handmade sneakers"
+    assert all(w not in n for n in cat["product_name"][:6] for w in text.LINE_WORDS)
+    assert all(any(w in n for w in text.LINE_WORDS) for n in cat["product_name"][6:])

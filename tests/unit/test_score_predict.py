@@ -134,6 +134,12 @@ def test_compatibility_problems_name_each_mismatch(tiny_model):
     no_seq = {k: v for k, v in good.items() if k != "seq_mask"}
     assert predict.compatibility_problems(meta, columns=no_seq, seq_lengths=(None, None), vocab_fingerprint="fp1") \
         == ["user_features has no seq_mask column"]
+    # a model with text fusion needs seq_text (a model without does not)
+    assert predict.compatibility_problems(meta, columns=good, seq_lengths=(SEQ_LEN, SEQ_LEN), vocab_fingerprint="fp1",
+                                          text_dims=2) == ["the model fuses per-event product text (text_dims=2) but "
+                                                           "user_features has no seq_text column (features.text: false?)"]
+    assert predict.compatibility_problems(meta, columns={**good, "seq_text": "array<float>"},
+                                          seq_lengths=(SEQ_LEN, SEQ_LEN), vocab_fingerprint="fp1", text_dims=2) == []
 
 
 def test_embeddings_come_from_the_same_pass_and_equal_model_encode(tiny_model, monkeypatch):
@@ -162,3 +168,41 @@ def test_embeddings_come_from_the_same_pass_and_equal_model_encode(tiny_model, m
     assert len(model.trunk._forward_pre_hooks) == 0  # the hook is removed again
     empty = predict.predict_batch(pdf.iloc[0:0], model, meta, embeddings=True)
     assert len(empty) == 0 and list(empty.columns) == list(out.columns)
+
+
+def test_a_fused_model_is_fed_seq_text_by_predict_batch_and_the_pandas_udf(spark, tmp_path):
+    dims = 2
+    torch.manual_seed(5)
+    spec = ModelSpec(vocab_size=VOCAB, seq_len=SEQ_LEN, n_features=len(FEATURES), n_arms=0,
+                     encoder=EncoderConf(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, dropout=0.0),
+                     tabular_hidden=8, head_hidden=8, text_dims=dims)
+    meta = ModelMeta(version="v-text", feature_columns=FEATURES, feature_mean=[2.0, 0.5, 3.0],
+                     feature_std=[1.0, 0.7, 1.5], seq_len=SEQ_LEN, vocab_size=VOCAB, vocab_fingerprint="fp1",
+                     arms=[], arm_campaigns={}, horizon_days=90, trained_as_of="2025-09-01")
+    model_dir = save_model(build_model(spec), meta, str(tmp_path), metrics={}, conf={})
+    udf._LOADED.clear()
+    model, meta = udf.load_model_once(model_dir, "cpu")
+    pdf = _batch(5, seed=6).drop(columns=["junk"])
+    pdf["seq_mask"] = [np.ones(SEQ_LEN, dtype=np.int32)] * 5
+    rng = np.random.default_rng(2)
+    text = rng.normal(size=(5, SEQ_LEN * dims)).astype(np.float32)
+    pdf["seq_text"] = [list(map(float, t)) for t in text[:4]] + [None]   # the last user: no product text
+    want_text = text.copy()
+    want_text[4] = 0.0
+    tokens, mask, tabular = predict.batch_to_arrays(pdf, meta)
+    want = predict_arrays(model, meta, tokens, mask, tabular, text=want_text)
+    without = predict_arrays(model, meta, tokens, mask, tabular)
+    got = predict.predict_batch(pdf, model, meta)
+    np.testing.assert_array_equal(got["expected_value"].to_numpy(), want["expected_value"])
+    assert (got["expected_value"].to_numpy()[:4] != without["expected_value"][:4]).all()   # the text is used
+    assert got["expected_value"].to_numpy()[4] == without["expected_value"][4]            # null = no text
+    # the Spark pandas UDF passes seq_text through to the same numbers
+    frame = spark.createDataFrame(
+        [(r.user_id, [int(x) for x in r.seq_tokens], [int(x) for x in r.seq_mask], r.seq_text,
+          float(r.recency_days), float(r.frequency), float(r.monetary_value)) for r in pdf.itertuples()],
+        "user_id string, seq_tokens array<int>, seq_mask array<int>, seq_text array<float>, recency_days double, "
+        "frequency double, monetary_value double")
+    scored = {r["user_id"]: r["expected_value"] for r in
+              udf.score_users(frame, model_dir=model_dir, feature_columns=list(meta.feature_columns)).collect()}
+    np.testing.assert_allclose([scored[u] for u in pdf["user_id"]], want["expected_value"], rtol=1e-5)
+    udf._LOADED.clear()

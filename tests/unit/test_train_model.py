@@ -435,3 +435,117 @@ def test_gpu_requested_on_a_cpu_machine_falls_back_to_cpu_with_a_warning(caplog)
     assert (str(device), on_gpu, use_gpu) == ("cpu", False, False)
     assert "no GPU" in caplog.text
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-event text fusion (train.text_fusion)
+# ---------------------------------------------------------------------------------------------
+TEXT_DIMS = 3
+
+
+def _text_model(seed=0, text_dims=TEXT_DIMS, n_arms=3):
+    torch.manual_seed(seed)
+    return build_model(ModelSpec(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=n_arms,
+                                 encoder=EncoderConf(**TINY_ENCODER), tabular_hidden=8, head_hidden=8,
+                                 text_dims=text_dims)).eval()
+
+
+def _text(n, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, SEQ * TEXT_DIMS)).astype(np.float32)
+
+
+def test_text_fusion_changes_the_outputs_with_the_vectors_and_is_inert_when_zero_or_on_padding():
+    model, meta = _text_model(), _meta()
+    tokens, mask, tabular = _inputs(8)
+    mask[1:, 0], tokens[1:, 0] = 1, 5          # every row but the first has an event at position 0
+    none = predict_arrays(model, meta, tokens, mask, tabular)
+    zeros = predict_arrays(model, meta, tokens, mask, tabular, text=np.zeros((8, SEQ * TEXT_DIMS)))
+    text = _text(8)
+    fused = predict_arrays(model, meta, tokens, mask, tabular, text=text)
+    other = predict_arrays(model, meta, tokens, mask, tabular, text=_text(8, seed=2))
+    for key in none:
+        np.testing.assert_array_equal(none[key], zeros[key], err_msg=key)   # zeros add exactly nothing
+    events = mask.sum(axis=1) > 0
+    assert events[1:].all()
+    # different vectors on events: different predictions for every user with an event
+    assert (np.abs(fused["expected_value"] - none["expected_value"])[events] > 0).all()
+    assert (np.abs(fused["churn_probability"] - other["churn_probability"])[events] > 0).all()
+    # vectors on padding positions count for nothing (the mask), so a user without events is unchanged
+    padded = text.reshape(8, SEQ, TEXT_DIMS) * (mask[:, :, None] == 0)
+    on_padding = predict_arrays(model, meta, tokens, mask, tabular, text=padded.reshape(8, -1))
+    for key in none:
+        np.testing.assert_allclose(on_padding[key], none[key], rtol=1e-6, atol=1e-9, err_msg=key)
+    with pytest.raises(ValueError, match="text must be"):
+        predict_arrays(model, meta, tokens, mask, tabular, text=np.zeros((8, SEQ)))
+    # the projection is part of the encoder: its optimiser group, frozen with it
+    assert {id(p) for p in model.text_proj.parameters()} <= {id(p) for p in model.encoder_parameters()}
+    model.freeze_encoder()
+    assert not any(p.requires_grad for p in model.text_proj.parameters())
+
+
+def test_text_fusion_switch_and_old_specs():
+    on, off = TrainConf(), TrainConf(text_fusion=False)
+    assert on.text_fusion is True
+    shape = dict(vocab_size=VOCAB, seq_len=SEQ, n_features=3, n_arms=0)
+    assert model_spec(on, **shape, text_dims=8).text_dims == 8
+    assert model_spec(off, **shape, text_dims=8).text_dims == 0        # the ablation
+    # no text in the examples (CDNOW): the switch makes no difference at all
+    assert model_spec(on, **shape) == model_spec(off, **shape) == model_spec(on, **shape, text_dims=0)
+    spec = model_spec(on, **shape, text_dims=8)
+    assert spec.to_dict()["text_dims"] == 8 and ModelSpec.from_dict(spec.to_dict()) == spec
+    plain = model_spec(on, **shape)
+    assert "text_dims" not in plain.to_dict()                           # written as before the fusion
+    assert ModelSpec.from_dict(plain.to_dict()).text_dims == 0
+
+
+def test_without_text_the_switch_gives_identical_predictions_and_a_saved_fused_model_round_trips(tmp_path):
+    # CDNOW-like input (no seq_text): models built with the switch on and off are the same model
+    tokens, mask, tabular = _inputs(6)
+    shape = dict(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=0)
+    preds = []
+    for cfg in (TrainConf(text_fusion=True, tabular_hidden=8, head_hidden=8, encoder=EncoderConf(**TINY_ENCODER)),
+                TrainConf(text_fusion=False, tabular_hidden=8, head_hidden=8, encoder=EncoderConf(**TINY_ENCODER))):
+        torch.manual_seed(3)
+        model = build_model(model_spec(cfg, **shape)).eval()
+        assert model.text_proj is None
+        preds.append(predict_arrays(model, _meta(arms=[]), tokens, mask, tabular, text=_text(6)))
+    for key in preds[0]:
+        np.testing.assert_array_equal(preds[0][key], preds[1][key], err_msg=key)
+    # a fused model saves its text_dims and predicts the same after loading
+    model = _text_model(seed=4)
+    model_dir = save_model(model, _meta(), str(tmp_path), metrics={}, conf={})
+    loaded, meta = load_model(model_dir)
+    assert loaded.spec.text_dims == TEXT_DIMS
+    a = predict_arrays(model, meta, tokens, mask, tabular, text=_text(6))
+    b = predict_arrays(loaded, meta, tokens, mask, tabular, text=_text(6))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_training_reads_the_text_feed_column_and_saves_a_fused_model(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 64, files=2, val_rows=32, seq_len=SEQ,
+                                          vocab_size=VOCAB, seed=5)
+    for split in ("train", "val"):   # a text column that tells the churn label on every event
+        for path in feeds.parquet_files(os.path.join(root, split)):
+            table = pq.read_table(path)
+            churn = table.column("y_churn").to_numpy()
+            mask = np.stack(table.column("mask").to_numpy(zero_copy_only=False)).astype(np.float32)
+            text = (mask[:, :, None] * (2.0 * churn[:, None, None] - 1.0) * np.ones(TEXT_DIMS)).astype(np.float32)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), SEQ * TEXT_DIMS)
+            pq.write_table(table.append_column("text", flat.cast(pa.list_(pa.float32()))), path)
+    spec = _spec(tmp_path, root, epochs=3, pretrain_epochs=1, freeze_encoder_after=0)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, text_dims=TEXT_DIMS))
+    summary = loop.train_rank(spec)
+    assert summary["status"] == "finished"
+    model, meta = load_model(summary["model_dir"])
+    assert model.spec.text_dims == TEXT_DIMS and model.text_proj is not None
+    tokens, mask, _ = _inputs(8)
+    mask[:, 0], tokens[:, 0] = 1, 5
+    tabular = np.zeros((8, len(meta.feature_columns)))
+    ones = np.ones((8, SEQ * TEXT_DIMS), dtype=np.float32)
+    a = predict_arrays(model, meta, tokens, mask, tabular, text=ones)
+    b = predict_arrays(model, meta, tokens, mask, tabular, text=-ones)
+    assert (a["churn_probability"] != b["churn_probability"]).all()

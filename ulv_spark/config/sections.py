@@ -266,6 +266,9 @@ class TrainConf:
     sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
     freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
     long_term_uplift: bool = True       # arm heads also learn the horizon's spend per arm (promo_uplift.uplift_value_long)
+    # each order token also carries its products' text (seq_text, projected by a Linear and added to the token
+    # embedding) when the examples have any; false: the ablation (the same model without it). Inert without text
+    text_fusion: bool = True
     arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
     calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn (rows: calibration_rows)
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation

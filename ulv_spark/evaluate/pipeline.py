@@ -24,8 +24,8 @@ from ulv_spark.evaluate.methods import (TRUE_EXPECTED_PURCHASES, TRUE_EXPECTED_S
                                         Oracle, true_uplift_column)
 from ulv_spark.runtime import get_logger
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
-                               LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE, SEQ_MASK, SEQ_TOKENS,
-                               USER_ID, feature_columns)
+                               LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE, SEQ_MASK, SEQ_TEXT,
+                               SEQ_TOKENS, USER_ID, feature_columns)
 
 LABEL_COLUMNS = (LABEL_VALUE, LABEL_PURCHASES, LABEL_CHURNED, CAMPAIGN_ID, ARM, IS_CONTROL, LABEL_CONVERTED,
                  LABEL_RESPONSE_VALUE)
@@ -127,7 +127,8 @@ def driver_frame(examples, *, eval_origins: Sequence[dt.date], truth=None, with_
         bucket = F.pmod(F.xxhash64(F.col(USER_ID), F.col(ORIGIN_DATE), F.lit(seed)), F.lit(1_000_000))
         rows = examples.filter(is_eval | (bucket < F.lit(keep)))
         log.info("evaluation: %d training-only rows sampled to about %d", train_rows, max_train_rows)
-    columns = [USER_ID, ORIGIN_DATE, *features, *LABEL_COLUMNS] + ([SEQ_TOKENS, SEQ_MASK] if with_sequences else [])
+    sequence = [SEQ_TOKENS, SEQ_MASK] + ([SEQ_TEXT] if SEQ_TEXT in examples.columns else [])
+    columns = [USER_ID, ORIGIN_DATE, *features, *LABEL_COLUMNS] + (sequence if with_sequences else [])
     rows = rows.select(*columns)
     if truth is not None:
         rows = rows.join(truth, on=[USER_ID, ORIGIN_DATE], how="left")

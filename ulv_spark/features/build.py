@@ -26,7 +26,7 @@ from ulv_spark.features.inputs import history, prepare_events, prepare_exposures
 from ulv_spark.names import FREQUENCY, HAS_PURCHASE
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, HORIZON_DAYS, IS_CONTROL, LABEL_CHURNED,
                                LABEL_CONVERTED, LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE,
-                               SEQ_MASK, SEQ_TOKENS, USER_ID, Col)
+                               SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, USER_ID, Col)
 
 # Columns derived here from the merged parts (see _finish).
 PURCHASE_INDICATOR = block(
@@ -103,9 +103,18 @@ def _text_parts(text: Optional[TextInputs], raw_events: Optional[DataFrame], *, 
     return parts
 
 
+def _order_vectors(text: Optional[TextInputs], features_cfg: FeaturesConf) -> Optional[DataFrame]:
+    """The text vector per order (features.text.order_text_vectors) when the text inputs allow it, else None."""
+    if text is None or not features_cfg.text or text.order_lines is None or text.product_vectors is None \
+            or "order_id" not in text.order_lines.columns:
+        return None
+    return text_features.order_text_vectors(text.order_lines, text.product_vectors, dims=features_cfg.text_dims)
+
+
 def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Optional[DataFrame],
                    attributes: Optional[DataFrame], *, dates: Sequence[dt.date],
-                   features_cfg: FeaturesConf, text_parts: Sequence[DataFrame] = ()) -> list[DataFrame]:
+                   features_cfg: FeaturesConf, text_parts: Sequence[DataFrame] = (),
+                   order_vectors: Optional[DataFrame] = None) -> list[DataFrame]:
     """The feature parts keyed by (user_id, as_of_date) for every date in `dates` (prepared inputs)."""
     windows = features_cfg.windows_days
     order_history = history(orders, "order_ts", dates)
@@ -114,7 +123,8 @@ def _feature_parts(orders: DataFrame, events: Optional[DataFrame], outcomes: Opt
         rfm.purchase_periods(order_history),
         behaviour.order_activity(order_history, windows_days=windows),
         behaviour.category_stats(order_history),
-        sequences.user_sequences(order_history, event_history, features_cfg=features_cfg),
+        sequences.user_sequences(order_history, event_history, features_cfg=features_cfg,
+                                 order_vectors=order_vectors),
     ]
     if event_history is not None:
         parts += [behaviour.event_activity(event_history, windows_days=windows, event_types=features_cfg.event_types),
@@ -190,8 +200,12 @@ def _finish(merged: DataFrame, producer: dict[str, str], *, features_cfg: Featur
     length = features_cfg.sequence_length
     padding = F.array_repeat(F.lit(sequences.PAD_ID), length).cast("array<int>")
     no_events = F.array_repeat(F.lit(0), length).cast("array<int>")
-    return derived, features + [F.coalesce(F.col(SEQ_TOKENS), padding).alias(SEQ_TOKENS),
-                                F.coalesce(F.col(SEQ_MASK), no_events).alias(SEQ_MASK)]
+    sequence = [F.coalesce(F.col(SEQ_TOKENS), padding).alias(SEQ_TOKENS),
+                F.coalesce(F.col(SEQ_MASK), no_events).alias(SEQ_MASK)]
+    if features_cfg.text:  # per-event product text (null without: no text inputs, or no event with text)
+        text = F.col(SEQ_TEXT) if SEQ_TEXT in derived.columns else F.lit(None)
+        sequence.append(text.cast("array<float>").alias(SEQ_TEXT))
+    return derived, features + sequence
 
 
 def _prepare(orders, events, exposures, features_cfg: FeaturesConf):
@@ -229,12 +243,13 @@ def build_user_features(orders: DataFrame, events: Optional[DataFrame] = None, e
     Returns:
         user_id, as_of_date, the feature columns of feature_table_columns(features_cfg) (DOUBLE;
         null only where a builder produced null for a user with rows in its source), attr_*
-        columns when `attributes` is given, seq_tokens, seq_mask.
+        columns when `attributes` is given, seq_tokens, seq_mask, and with features_cfg.text
+        seq_text (per-event product text, null without; see features.sequences).
     """
     text_parts = _text_parts(text, events, dates=[as_of], features_cfg=features_cfg)
     orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
     parts = _feature_parts(orders, events, outcomes, attributes, dates=[as_of], features_cfg=features_cfg,
-                           text_parts=list(text_parts.values()))
+                           text_parts=list(text_parts.values()), order_vectors=_order_vectors(text, features_cfg))
     merged, producer = _stack(parts, [USER_ID, AS_OF_DATE])
     derived, features = _finish(merged, producer, features_cfg=features_cfg,
                                 attr_cols=attribute_feature_columns(attributes, features_cfg),
@@ -262,7 +277,7 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
 
     Returns:
         user_id, as_of_date (= as_of), origin_date, horizon_days, the features, attr_*,
-        seq_tokens, seq_mask, label_value, label_purchases, label_churned, campaign_id, arm,
+        seq_tokens, seq_mask, seq_text (features_cfg.text), label_value, label_purchases, label_churned, campaign_id, arm,
         is_control, label_converted, label_response_value.
     """
     dates = origins(as_of, horizon_days=horizon_days, features_cfg=features_cfg)
@@ -270,7 +285,8 @@ def build_training_examples(orders: DataFrame, events: Optional[DataFrame] = Non
     orders, events, outcomes = _prepare(orders, events, exposures, features_cfg)
     parts = [part.withColumnRenamed(AS_OF_DATE, ORIGIN_DATE)
              for part in _feature_parts(orders, events, outcomes, attributes, dates=dates,
-                                        features_cfg=features_cfg, text_parts=list(text_parts.values()))]
+                                        features_cfg=features_cfg, text_parts=list(text_parts.values()),
+                                        order_vectors=_order_vectors(text, features_cfg))]
     parts.append(labels.window_labels(orders, origins=dates, horizon_days=horizon_days))
     if outcomes is not None:
         parts.append(labels.campaign_labels(outcomes, origins=dates, horizon_days=horizon_days))

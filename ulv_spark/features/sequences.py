@@ -16,6 +16,13 @@ token_id = 4 + ((type * A + amount) * G + gap) * C + category with A, G, C the b
 ids 0-3 are reserved: PAD (padding), MASK (masked-event pretraining), CLS (prepended by the
 model, never stored), UNK. Sequences are oldest first and right-padded with PAD to exactly
 L = ``features.sequence_length``; the mask is 1 on events and 0 on padding.
+
+Per-event text (``seq_text``, with order text vectors, see features.text.order_text_vectors):
+the k = ``features.text_dims`` projected product-text components of every event of the
+sequence, flattened in the same order (event i at [i * k, (i + 1) * k)), zeros for an event
+without product text (behaviour events, orders without a product with text) and for padding;
+null when none of the user's L events has one. The model projects and adds them to the event
+token embeddings (train.text_fusion).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from pyspark.sql import functions as F
 from ulv_spark.config import FeaturesConf
 from ulv_spark.features.inputs import days_between
 from ulv_spark.names import CLS_ID, FIRST_EVENT_ID, MASK_ID, PAD_ID, RESERVED_TOKENS, UNK_ID
-from ulv_spark.schemas import AS_OF_DATE, SEQ_MASK, SEQ_TOKENS, USER_ID
+from ulv_spark.schemas import AS_OF_DATE, SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, USER_ID
 
 __all__ = ["CLS_ID", "MASK_ID", "PAD_ID", "UNK_ID", "token_types", "bucket_counts", "vocab_size",
            "vocabulary_fingerprint", "encode_token", "category_slot", "sequence_events", "token_expr",
@@ -140,15 +147,21 @@ def token_expr(features_cfg: FeaturesConf, *, event_type: Column, amount: Column
 
 
 def user_sequences(order_history: DataFrame, event_history: Optional[DataFrame], *,
-                   features_cfg: FeaturesConf) -> DataFrame:
-    """Each user's last L events before as_of_date as tokens plus attention mask.
+                   features_cfg: FeaturesConf, order_vectors: Optional[DataFrame] = None) -> DataFrame:
+    """Each user's last L events before as_of_date as tokens plus attention mask (and per-event text).
 
     Grain: one row per (user_id, as_of_date) with an order or event in the keyed histories
     (inputs.history: rows strictly before as_of_date).
 
+    Args:
+        order_vectors: features.text.order_text_vectors output (user_id, order_id, text_vector
+            ARRAY<FLOAT> of k = features_cfg.text_dims), or None: no seq_text column.
+
     Returns:
         user_id, as_of_date, seq_tokens ARRAY<INT> and seq_mask ARRAY<INT>, both of length
-        exactly L = features_cfg.sequence_length (oldest first, PAD = 0 after the last event).
+        exactly L = features_cfg.sequence_length (oldest first, PAD = 0 after the last event);
+        with `order_vectors` also seq_text ARRAY<FLOAT> of length L * k (see the module
+        docstring; null when no event of the L has a text vector).
     """
     length = features_cfg.sequence_length
     keys = (USER_ID, AS_OF_DATE)
@@ -161,19 +174,33 @@ def user_sequences(order_history: DataFrame, event_history: Optional[DataFrame],
         F.row_number().over(ordered).alias("position"),
         F.count(F.lit(1)).over(whole).alias("n_events"))
     last = stream.filter(F.col("position") > F.col("n_events") - F.lit(length)).select(
-        *keys, "position",
+        *keys, "position", "source", "tie",
         token_expr(features_cfg, event_type=F.col("event_type"), amount=F.col("amount"),
                    gap_days=F.col("gap_days"), category=F.col("category")).alias("token"))
+    step = ["position", "token"]
+    if order_vectors is not None:  # only orders (source 0) carry a vector; an event id may equal an order id
+        vectors = order_vectors.select(USER_ID, F.col("order_id").alias("tie"), F.lit(0).alias("source"),
+                                       "text_vector")
+        last = last.join(vectors, on=[USER_ID, "tie", "source"], how="left")
+        step.append("text_vector")
     collected = (last.groupBy(*keys)
-                 .agg(F.sort_array(F.collect_list(F.struct("position", "token"))).alias("steps")))
-    tokens = F.transform("steps", lambda step: step["token"])
+                 .agg(F.sort_array(F.collect_list(F.struct(*step))).alias("steps")))
+    tokens = F.transform("steps", lambda s: s["token"])
     padding = F.lit(length) - F.size("steps")
-    return collected.select(
-        *keys,
+    columns = [
         F.concat(tokens, F.array_repeat(F.lit(PAD_ID), padding)).cast("array<int>").alias(SEQ_TOKENS),
         F.concat(F.array_repeat(F.lit(1), F.size("steps")), F.array_repeat(F.lit(0), padding))
         .cast("array<int>").alias(SEQ_MASK),
-    )
+    ]
+    if order_vectors is not None:
+        dims = features_cfg.text_dims
+        zero = F.lit(0.0).cast("float")
+        none = F.array_repeat(zero, dims)
+        flat = F.flatten(F.transform("steps", lambda s: F.coalesce(s["text_vector"], none)))
+        any_text = F.exists("steps", lambda s: s["text_vector"].isNotNull())
+        columns.append(F.when(any_text, F.concat(flat, F.array_repeat(zero, padding * F.lit(dims))))
+                       .cast("array<float>").alias(SEQ_TEXT))
+    return collected.select(*keys, *columns)
 
 
 def build_token_vocabulary(spark, features_cfg: FeaturesConf, *, as_of: dt.date) -> DataFrame:

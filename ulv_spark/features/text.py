@@ -29,6 +29,7 @@ from ulv_spark.schemas import AS_OF_DATE, USER_ID
 
 PRODUCT_ID = "product_id"
 SENTIMENT = "sentiment"
+ORDER_TEXT_VECTOR = "text_vector"   # order_text_vectors: the order's projected product-text vector
 KEYS = (USER_ID, AS_OF_DATE)
 
 PRODUCT_PROFILE = block(
@@ -58,7 +59,8 @@ class TextInputs:
     """The text inputs of the feature builders, prepared by the features job (see features.job).
 
     Attributes:
-        order_lines: bronze order_lines (user_id, product_id, order_ts, amount), or None.
+        order_lines: bronze order_lines (user_id, product_id, order_ts, amount; order_id for the per-event
+            text of the sequences), or None.
         product_vectors: project_products output (product_id, text_dim_0..k-1; products with text), or None.
         reviews: review_scores output (user_id, review_ts, rating, sentiment), or None.
     """
@@ -139,6 +141,28 @@ def product_profile(line_history: Optional[DataFrame], view_history: Optional[Da
     return used.groupBy(*KEYS).agg(
         F.lit(1.0).alias("has_product_text"),
         *[(exact_sum(F.col("_w") * F.col(n)) / total).alias(n) for n in names])
+
+
+def order_text_vectors(order_lines: DataFrame, product_vectors: DataFrame, *, dims: int) -> DataFrame:
+    """The text vector of each order: the |amount|-weighted mean of its lines' projected product vectors.
+
+    Feeds the per-event text fusion of the sequences (sequences.user_sequences). A line counts
+    when its product has a vector and its amount is not 0; return lines (order_id
+    ``<order_id>-R``) make the vector of their return order. Orders are fixed facts, so this
+    needs no as-of key: the sequences take the vector of each order they hold.
+
+    Grain: one row per (user_id, order_id) with such a line. Columns: user_id, order_id,
+    text_vector ARRAY<FLOAT> (dims: text_dim_0 .. text_dim_{dims-1} in order).
+    """
+    names = dim_names(dims)
+    weight = F.abs(F.col("amount").cast("double"))
+    lines = (order_lines.filter(F.col(PRODUCT_ID).isNotNull())
+             .select(USER_ID, "order_id", PRODUCT_ID, weight.alias("_w")).filter(F.col("_w") > 0))
+    total = exact_sum(F.col("_w"))
+    means = (lines.join(product_vectors, on=PRODUCT_ID, how="inner").groupBy(USER_ID, "order_id")
+             .agg(*[(exact_sum(F.col("_w") * F.col(n)) / total).cast("double").alias(n) for n in names]))
+    return means.select(USER_ID, "order_id", F.array(*[F.col(n) for n in names]).cast("array<float>")
+                        .alias(ORDER_TEXT_VECTOR))
 
 
 def review_activity(review_history: DataFrame) -> DataFrame:

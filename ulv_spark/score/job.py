@@ -68,7 +68,8 @@ def stage_predictions(ctx) -> StagedScores:
     with stage("score.check", log) as info:
         meta = _load_meta(model_dir)
         features = _read_features(spark, cfg.lakehouse, as_of)
-        users = check_features(features, meta, _vocabulary_fingerprint(cfg.features), as_of)
+        users = check_features(features, meta, _vocabulary_fingerprint(cfg.features), as_of,
+                               text_dims=_model_text_dims(model_dir))
         info.update(model_version=meta.version, users=users)
     if meta.horizon_days != cfg.run.horizon_days:
         log.warning("model horizon %s days differs from run.horizon_days=%s; tables use the model's",
@@ -141,11 +142,24 @@ def _read_features(spark, lake_cfg, as_of):
     return lake.read_table(spark, ref, as_of_date=as_of)
 
 
-def check_features(features, meta, vocab_fingerprint: str, as_of) -> int:
+def _model_text_dims(model_dir: str) -> int:
+    """ModelSpec.text_dims of the model (0: no text fusion, or a model written before it)."""
+    import json
+    from pathlib import Path
+
+    from ulv_spark.train.spec import ModelSpec
+
+    path = Path(model_dir) / "model_spec.json"
+    if not path.is_file():
+        return 0
+    return ModelSpec.from_dict(json.loads(path.read_text(encoding="utf-8"))).text_dims
+
+
+def check_features(features, meta, vocab_fingerprint: str, as_of, text_dims: int = 0) -> int:
     """Number of users to score; JobFailed (nothing written yet) when the model does not fit them."""
     columns = dict(features.dtypes)
     problems = compatibility_problems(meta, columns=columns, seq_lengths=(None, None),
-                                      vocab_fingerprint=vocab_fingerprint)
+                                      vocab_fingerprint=vocab_fingerprint, text_dims=text_dims)
     if problems:
         raise JobFailed(_mismatch(meta, as_of, problems))
     sizes = [F.when(F.col(c).isNotNull(), F.size(c)) for c in (SEQ_TOKENS, SEQ_MASK)]
@@ -156,7 +170,7 @@ def check_features(features, meta, vocab_fingerprint: str, as_of) -> int:
         raise JobFailed(f"user_features has no rows for as_of_date {as_of}: run `ulv-spark features "
                         f"--as-of {as_of}` first; nothing was written")
     problems = compatibility_problems(meta, columns=columns, seq_lengths=(stats["low"], stats["high"]),
-                                      vocab_fingerprint=vocab_fingerprint)
+                                      vocab_fingerprint=vocab_fingerprint, text_dims=text_dims)
     if stats["users"] != stats["rows"]:
         problems.append(f"user_features has {stats['rows']} rows but {stats['users']} distinct users for {as_of}")
     if problems:

@@ -6,7 +6,9 @@ comes from the training team (`train/artifacts.load_model`, `train/model.predict
 
 Input batch grain: one row per user, columns `user_id`, `seq_tokens`, `seq_mask` (sequences of
 ints of the model's `seq_len`) and every column of `meta.feature_columns` (numbers; NaN/None
-allowed). Output grain: one row per input row, same order, columns `PREDICTION_SCHEMA`.
+allowed), plus `seq_text` (per-event product text, null allowed) for a model with text fusion
+(`model.spec.text_dims` > 0). Output grain: one row per input row, same order, columns
+`PREDICTION_SCHEMA`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ulv_spark.names import ARM_CONVERSION, ARM_OUTPUTS, ARM_VALUE, ARM_VALUE_LONG, SCALAR_OUTPUTS
-from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
+from ulv_spark.schemas import SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, USER_ID
 
 # Columns the model adds per user (the staging table `score_predictions` holds them).
 PREDICTION_SCHEMA = (f"{USER_ID} STRING, " + ", ".join(f"{c} DOUBLE" for c in SCALAR_OUTPUTS)
@@ -33,18 +35,34 @@ def input_columns(meta) -> list[str]:
     return [USER_ID, SEQ_TOKENS, SEQ_MASK, *meta.feature_columns]
 
 
-def _stack_sequences(values: pd.Series, seq_len: int, name: str) -> np.ndarray:
-    """(B, seq_len) int64 array from a column of int sequences; a null sequence becomes all PAD (0)."""
-    out = np.zeros((len(values), seq_len), dtype=np.int64)
+def text_dims(model) -> int:
+    """Per-event text components the model fuses (its spec's text_dims; 0 = no text fusion)."""
+    return int(getattr(getattr(model, "spec", None), "text_dims", 0) or 0)
+
+
+def _stack_sequences(values: pd.Series, seq_len: int, name: str, dtype=np.int64) -> np.ndarray:
+    """(B, seq_len) array from a column of sequences; a null sequence becomes all zeros (PAD)."""
+    out = np.zeros((len(values), seq_len), dtype=dtype)
     for i, seq in enumerate(values):
         if seq is None or (isinstance(seq, float) and np.isnan(seq)):
             continue
-        arr = np.asarray(seq, dtype=np.int64)
+        arr = np.asarray(seq, dtype=dtype)
         if arr.shape != (seq_len,):
             raise ValueError(f"{name} of row {i} has length {arr.shape[0] if arr.ndim else 0}, "
                              f"the model expects seq_len={seq_len}")
         out[i] = arr
     return out
+
+
+def text_array(pdf: pd.DataFrame, meta, dims: int) -> np.ndarray:
+    """(B, seq_len * dims) float32 per-event text from `seq_text`; null (or no column) = zeros (no text).
+
+    Raises:
+        ValueError: a seq_text of the wrong length.
+    """
+    if SEQ_TEXT not in pdf.columns:
+        return np.zeros((len(pdf), meta.seq_len * dims), dtype=np.float32)
+    return _stack_sequences(pdf[SEQ_TEXT], meta.seq_len * dims, SEQ_TEXT, dtype=np.float32)
 
 
 def batch_to_arrays(pdf: pd.DataFrame, meta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,7 +137,8 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu", embedding
     Grain: one output row per input row, in the same order.
 
     Args:
-        pdf: user_id, seq_tokens, seq_mask and every column of meta.feature_columns.
+        pdf: user_id, seq_tokens, seq_mask and every column of meta.feature_columns; seq_text for
+            a model with text fusion (a missing column or a null = no text).
         model: the module returned by `train.artifacts.load_model`.
         meta: its `ModelMeta`.
         device: torch device string ("cpu", "cuda", "cuda:1").
@@ -139,11 +158,13 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu", embedding
             out[EMBEDDING] = pd.Series([], dtype=object)
         return out
     tokens, mask, tabular = batch_to_arrays(pdf, meta)
+    dims = text_dims(model)
+    text = text_array(pdf, meta, dims) if dims else None
     if not embeddings:
-        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
+        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device, text=text)
         return outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
     with capture_pooled(model) as pooled:
-        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device)
+        outputs = predict_arrays(model, meta, tokens, mask, tabular, device=device, text=text)
     out = outputs_to_frame(pdf[USER_ID].tolist(), outputs, len(meta.arms))
     vectors = np.concatenate(pooled) if pooled else np.zeros((len(pdf), 0), dtype=np.float32)
     if vectors.shape[0] != len(pdf):
@@ -153,7 +174,7 @@ def predict_batch(pdf: pd.DataFrame, model, meta, device: str = "cpu", embedding
 
 
 def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tuple[Optional[int], Optional[int]],
-                           vocab_fingerprint: Optional[str]) -> list[str]:
+                           vocab_fingerprint: Optional[str], text_dims: int = 0) -> list[str]:
     """Why the model cannot score this feature table (empty list: it can).
 
     Args:
@@ -161,6 +182,7 @@ def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tup
         columns: column name -> Spark simpleString type of the user_features table.
         seq_lengths: (min, max) length of seq_tokens over the rows to score (None: no rows).
         vocab_fingerprint: fingerprint of the token vocabulary the features were built with.
+        text_dims: per-event text components the model fuses (ModelSpec.text_dims; 0 = none).
     """
     problems = []
     for seq_col in (SEQ_TOKENS, SEQ_MASK):
@@ -184,4 +206,7 @@ def compatibility_problems(meta, *, columns: Mapping[str, str], seq_lengths: tup
     if vocab_fingerprint != meta.vocab_fingerprint:
         problems.append(f"token vocabulary differs: model vocab_fingerprint={meta.vocab_fingerprint!r}, "
                         f"features vocabulary_fingerprint={vocab_fingerprint!r}")
+    if text_dims > 0 and SEQ_TEXT not in columns:
+        problems.append(f"the model fuses per-event product text (text_dims={text_dims}) but user_features has no "
+                        f"{SEQ_TEXT} column (features.text: false?)")
     return problems

@@ -15,7 +15,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ulv_spark.schemas import SEQ_MASK, SEQ_TOKENS, USER_ID
+from ulv_spark.schemas import SEQ_MASK, SEQ_TEXT, SEQ_TOKENS, USER_ID
 from ulv_spark.score.predict import PREDICTION_SCHEMA, PREDICTION_SCHEMA_WITH_EMBEDDING, predict_batch
 
 ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -78,7 +78,7 @@ def make_partition_scorer(model_dir: str, use_gpu: bool,
 
 
 def score_users(features: DataFrame, *, model_dir: str, feature_columns: list[str], use_gpu: bool = False,
-                partitions: int = 0, embeddings: bool = False) -> DataFrame:
+                partitions: int = 0, embeddings: bool = False, text: bool = True) -> DataFrame:
     """Predictions for every row of `features` through a pandas UDF (lazy; nothing runs here).
 
     Grain: one output row per input row (user). Columns: `predict.PREDICTION_SCHEMA` (with
@@ -91,9 +91,12 @@ def score_users(features: DataFrame, *, model_dir: str, feature_columns: list[st
         use_gpu: score.use_gpu.
         partitions: spread the users over this many tasks first; 0 keeps the table's splits.
         embeddings: add the pooled encoder vector from the same forward pass (score.write_embeddings).
+        text: pass seq_text along when `features` has it (the per-event text of a model with text
+            fusion; a model without ignores it); False leaves it out.
     """
     # doubles on the wire: ints with nulls and booleans would otherwise arrive as object columns
-    inputs = features.select(USER_ID, SEQ_TOKENS, SEQ_MASK,
+    extra = [F.col(SEQ_TEXT).cast("array<float>").alias(SEQ_TEXT)] if text and SEQ_TEXT in features.columns else []
+    inputs = features.select(USER_ID, SEQ_TOKENS, SEQ_MASK, *extra,
                              *[F.col(c).cast("double").alias(c) for c in feature_columns])
     if partitions > 0:
         inputs = inputs.repartition(partitions)

@@ -190,6 +190,12 @@ class Simulation:
         self.is_loyal = rng.random(n) < expit(-1.2 + 0.8 * log_rel_rate)
         self.region = rng.integers(0, len(REGIONS), n)
         self.category_cdf = np.cumsum(rng.dirichlet(np.full(p.gen.categories, 0.5), n), axis=1)
+        # generate.texts: a latent taste that only the product words reveal (synthetic/text.py) shifts the
+        # dropout probability and the spend scale; its own seed stream, so nothing above moves
+        self.taste = np.zeros(n)
+        if p.gen.texts:
+            self.taste = _text.draw_taste(p.gen.seed, self.partition, n)
+            self.p_drop, self.nu = _text.apply_taste(self.p_drop, self.nu, self.taste)
 
     def _assign_campaigns(self, rng: np.random.Generator) -> None:
         p = self.params

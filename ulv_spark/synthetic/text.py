@@ -11,12 +11,23 @@ choose the products they buy:
 * the kind follows the user's dropout probability (loyal users buy what is re-ordered), so
   product words reveal churn risk;
 * about 30 % of purchases get a review 1-10 days later whose rating and wording follow the
-  user's satisfaction, a noisy copy of the same loyalty ("Broken on arrival, I want a refund.").
+  user's satisfaction, a noisy copy of the same loyalty ("Broken on arrival, I want a refund.");
+* a latent **taste** per user (standard normal, :func:`draw_taste`) that only the texts reveal:
+  every other product model is of the "maker" line, whose title and description carry maker
+  words ("Premium handmade handbag", "... made by small independent makers"), and a user with
+  taste t buys the maker line with probability expit(TASTE_LINE * t). The taste lowers the
+  dropout logit by TASTE_DROPOUT * t and raises the spend scale by a factor exp(TASTE_SPEND * t)
+  (:func:`apply_taste`, applied by the simulation to its latent p and nu), so it drives churn and
+  spend. It is drawn independently of the purchase rate, the categories and the other traits: the
+  category ids and the token layout carry nothing of it, and amounts and timing only reveal the
+  latent p and nu it is one part of (noisily, after a few orders), while the words of the first
+  product bought already name it. Reviews follow the latent loyalty, which includes it.
 
-The order log gets the product of each order (``product_sku``); amounts, times and every other
-generated table are unchanged, so with ``generate.texts: false`` the output is exactly as before.
-The truth tables come from the same latent traits, so what the texts add is measurable against
-them. Draws come from their own seed stream (``SeedSequence([seed, partition, TEXT_STREAM])``).
+The order log gets the product of each order (``product_sku``). With ``generate.texts: false``
+there is no taste and the output is exactly as before; with texts the taste changes the latent
+p and nu, hence the simulated orders (times, amounts) and the truth, which come from the same
+latent traits, so what the texts add is measurable against them. Text draws come from their own
+seed streams (``SeedSequence([seed, partition, TEXT_STREAM])``, the taste ``TASTE_STREAM``).
 """
 from __future__ import annotations
 
@@ -26,6 +37,12 @@ import numpy as np
 import pandas as pd
 
 TEXT_STREAM = 1515              # seed stream of the text draws (the simulation uses its own 8)
+TASTE_STREAM = 1516             # seed stream of the latent taste
+TASTE_LINE = 2.0                # P(a purchase is of the maker line) = expit(TASTE_LINE * taste)
+TASTE_DROPOUT = 1.0             # logit(dropout probability) -= TASTE_DROPOUT * taste
+TASTE_SPEND = 0.4               # mean spend per order *= exp(TASTE_SPEND * taste) (Gamma-Gamma nu /= ...)
+LINE_WORDS = ("handmade", "organic", "artisan", "eco-friendly")  # in the maker line's titles
+LINE_PHRASES = ("made by small independent makers", "crafted from recycled materials", "fair-trade, made in small batches")
 REVIEW_SHARE = 0.3              # purchases that get a review
 TIER_NAMES = ("basic", "standard", "premium")
 TIER_WORDS = (("basic", "budget", "simple", "value"), ("classic", "everyday", "standard", "regular"),
@@ -51,13 +68,30 @@ REVIEW_PHRASES = {
     4: ("Good value, happy with it.", "Nice, does what it says.", "Solid, would recommend."),
     5: ("Great quality, love it!", "Excellent, works perfectly, would buy again.", "Love it, great quality."),
 }
-PRODUCTS_PER_KIND_TIER = 6      # codes j = 6 * model + 3 * kind + tier
+PRODUCTS_PER_KIND_TIER = 6      # codes j = 6 * model + 3 * kind + tier; odd models are the maker line
 
 
 def product_parts(j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tier, kind, model) of product codes j within a category."""
     j = np.asarray(j)
     return j % 3, (j // 3) % 2, j // PRODUCTS_PER_KIND_TIER
+
+
+def product_line(j: np.ndarray) -> np.ndarray:
+    """1 where product code j is of the maker line (an odd model), else 0."""
+    return (np.asarray(j) // PRODUCTS_PER_KIND_TIER) % 2
+
+
+def draw_taste(seed: int, partition: int, n: int) -> np.ndarray:
+    """The latent taste of a partition's n users: standard normal, from its own seed stream."""
+    return np.random.default_rng(np.random.SeedSequence([seed, partition, TASTE_STREAM])).standard_normal(n)
+
+
+def apply_taste(p_drop: np.ndarray, nu: np.ndarray, taste: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dropout probability, Gamma-Gamma rate nu) shifted by the taste (see the module docstring)."""
+    logit = np.log(p_drop) - np.log1p(-p_drop) - TASTE_DROPOUT * taste
+    p = np.clip(0.5 * (1.0 + np.tanh(0.5 * logit)), 1e-12, 1.0 - 1e-9)
+    return p, nu * np.exp(-TASTE_SPEND * taste)
 
 
 def _nouns(category: str) -> tuple[str, ...]:
@@ -78,9 +112,12 @@ def catalogue(categories: list[str], per_category: int) -> pd.DataFrame:
             pick = (7 * j + 3 * c)
             noun = nouns[model % len(nouns)]
             word = TIER_WORDS[tier][pick % len(TIER_WORDS[tier])]
-            name = f"{word.capitalize()} {noun}"
-            description = (f"{word} {noun} in {MATERIALS[tier][pick % len(MATERIALS[tier])]}, "
+            line = f"{LINE_WORDS[(model // 2) % len(LINE_WORDS)]} " if model % 2 else ""
+            name = f"{word.capitalize()} {line}{noun}"
+            description = (f"{word} {line}{noun} in {MATERIALS[tier][pick % len(MATERIALS[tier])]}, "
                            f"{KIND_PHRASES[kind][pick % len(KIND_PHRASES[kind])]}.")
+            if model % 2:
+                description += f" {LINE_PHRASES[pick % len(LINE_PHRASES)].capitalize()}."
             price = round(BASE_PRICE * TIER_PRICE[tier] * (1.0 + 0.1 * (model % 5)), 2)
             rows.append((f"{category}-{j:03d}", None if j % 211 == 210 else name,
                          None if j % 97 == 96 else description, category, price))
@@ -116,13 +153,16 @@ def _draws(sim, products_per_category: int) -> tuple[np.ndarray, pd.DataFrame]:
     kind = (rng.random(n) < 1.0 / (1.0 + np.exp(-1.5 * loyalty(sim)[user]))).astype(int)
     models = max(1, products_per_category // PRODUCTS_PER_KIND_TIER)
     model = (rng.zipf(1.6, n) - 1) % models
-    product = PRODUCTS_PER_KIND_TIER * model + 3 * kind + tier
     reviewed = rng.random(n) < REVIEW_SHARE
     delay = rng.uniform(1.0, 10.0, n)
     satisfaction = loyalty(sim)[user] + rng.normal(0.0, 0.8, n)
     rating = np.clip(np.round(3.0 + 1.1 * satisfaction), 1, 5).astype(int)
     phrase = rng.integers(0, 3, n)
     no_text, no_rating = rng.random(n) < 0.05, rng.random(n) < 0.05
+    if models >= 2:  # the maker line (odd models) follows the taste; drawn last, so the draws above keep their values
+        maker = rng.random(n) < 1.0 / (1.0 + np.exp(-TASTE_LINE * sim.taste[user]))
+        model = 2 * (model % (models // 2)) + maker.astype(int)
+    product = PRODUCTS_PER_KIND_TIER * model + 3 * kind + tier
     reviews = pd.DataFrame({"i": np.arange(n), "reviewed": reviewed, "t": det["t"].to_numpy() + delay,
                             "rating": rating, "phrase": phrase, "no_text": no_text, "no_rating": no_rating})
     return product, reviews

@@ -17,7 +17,8 @@ Two halves:
 Feed rows (grain: one row per training example, i.e. per (user_id, origin_date)):
 ``row_id`` BIGINT (xxhash64 of user_id, origin_date), ``tokens`` / ``mask`` ARRAY<INT> (L),
 ``features`` ARRAY<FLOAT> (standardised), ``y_value``, ``y_churn``, ``y_converted``,
-``y_response`` FLOAT (0 when not exposed) and ``arm_index`` INT (-1: not exposed). The
+``y_response`` FLOAT (0 when not exposed) and ``arm_index`` INT (-1: not exposed), plus
+``text`` ARRAY<FLOAT> (L * k, zeros for a row without seq_text) for a model with text fusion. The
 optional pretraining feed (all users' sequences, labels or not) has ``row_id``, ``tokens``,
 ``mask`` only.
 """
@@ -36,9 +37,9 @@ import numpy as np
 from ulv_spark import schemas as S
 from ulv_spark.train.scaling import signed_log1p_column, standardised_features_column
 
-ROW_ID, TOKENS, MASK, FEATURES = "row_id", "tokens", "mask", "features"
+ROW_ID, TOKENS, MASK, FEATURES, TEXT = "row_id", "tokens", "mask", "features", "text"
 Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX = "y_value", "y_churn", "y_converted", "y_response", "arm_index"
-FEED_COLUMNS = (ROW_ID, TOKENS, MASK, FEATURES, Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX)
+FEED_COLUMNS = (ROW_ID, TOKENS, MASK, FEATURES, Y_VALUE, Y_CHURN, Y_CONVERTED, Y_RESPONSE, ARM_INDEX, TEXT)
 FEED_META_FILE = "feed.json"  # next to train/ and val/ of an exported feed (torchrun_main reads it)
 CONTROL_ARM = "control"
 
@@ -220,11 +221,12 @@ def arms_from_exposures(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
 
 
 def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float], std: list[float],
-                       arms: list[str], seq_len: int):
+                       arms: list[str], seq_len: int, text_dims: int = 0):
     """training_examples rows -> feed rows (see the module docstring for the columns).
 
     Grain: one row per input row. Rows whose arm is not in ``arms`` count as not exposed;
-    missing sequences become all-padding, null labels 0.
+    missing sequences become all-padding, null labels 0; with ``text_dims`` = k > 0 the
+    ``text`` column is seq_text (zeros where null).
     """
     from pyspark.sql import functions as F
 
@@ -244,6 +246,9 @@ def prepare_feed_frame(examples, *, feature_columns: list[str], mean: list[float
         F.when(exposed, F.greatest(F.coalesce(F.col(S.LABEL_RESPONSE_VALUE).cast("double"), F.lit(0.0)), F.lit(0.0)))
         .otherwise(F.lit(0.0)).cast("float").alias(Y_RESPONSE),
         arm_index.cast("int").alias(ARM_INDEX),
+        *([F.coalesce(F.col(S.SEQ_TEXT).cast("array<float>"),
+                      F.array_repeat(F.lit(0.0).cast("float"), seq_len * text_dims)).alias(TEXT)]
+          if text_dims > 0 else []),
     )
 
 

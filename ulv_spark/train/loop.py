@@ -100,6 +100,12 @@ def lr_factor(step: int, total: int, *, schedule: str = "cosine", warmup_share: 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _text(batch: dict):
+    """The batch's per-event text (feed column ``text``; None when the feed has none)."""
+    text = batch.get(feeds.TEXT)
+    return None if text is None else text.float()
+
+
 def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, autocast, set_lr=None) -> dict:
     """One epoch of ``stage`` over ``batches.steps_per_epoch`` batches; returns loss_sum, steps, rows, seconds.
 
@@ -125,7 +131,7 @@ def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, au
                 out = ddp(inputs, mask, mlm_labels=labels)
                 loss, _ = masked_event_loss(out["mlm_logits"], out["mlm_labels"])
             else:
-                out = ddp(tokens, mask, b[feeds.FEATURES].float())
+                out = ddp(tokens, mask, b[feeds.FEATURES].float(), text=_text(b))
                 loss, _ = multitask_loss(out, b, cfg.loss_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,7 +175,7 @@ def validate(stage: str, model, batches, spec: TrainSpec, device, autocast, dist
                     sums["mlm_loss"] += float(loss) * float(n)
                     sums["mlm_rows"] += float(n)
                     continue
-                out = model(tokens, mask, b[feeds.FEATURES].float())
+                out = model(tokens, mask, b[feeds.FEATURES].float(), text=_text(b))
                 _, parts = multitask_loss(out, b, cfg.loss_weights)
             for task, (loss, n) in parts.items():
                 sums[f"{task}_loss"] += loss * n
@@ -396,7 +402,7 @@ def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None) 
         for batch in batches.epoch():
             b = _to_device(batch, device)
             with autocast():
-                out = model(b[feeds.TOKENS].long(), b[feeds.MASK].long(), b[feeds.FEATURES].float())
+                out = model(b[feeds.TOKENS].long(), b[feeds.MASK].long(), b[feeds.FEATURES].float(), text=_text(b))
             preds = head_predictions(out)
             parts["ev"].append(preds["expected_value"].cpu().numpy())
             parts["churn"].append(preds["churn_probability"].cpu().numpy())

@@ -8,8 +8,10 @@ head shared by every exposed row + a delta head of arm k, the control's delta fi
 weight decay shrinks treatment effects toward 0) or ``tarnet`` (one independent head per
 arm). In training a row's whole pooled sequence vector is zeroed with probability
 ``spec.sequence_dropout`` (modality dropout, inverted scaling), and the encoder can be frozen
-(:meth:`MultiTaskModel.freeze_encoder`). Pretraining uses the encoder's own masked-LM head
-(``AutoModelForMaskedLM``) on the same weights.
+(:meth:`MultiTaskModel.freeze_encoder`). With ``spec.text_dims`` > 0 (train.text_fusion) each
+event's product text (seq_text, k components) goes through a bias-free Linear to the encoder
+width and is added to its token embedding, so the encoder attends over what was bought.
+Pretraining uses the encoder's own masked-LM head (``AutoModelForMaskedLM``) on the same weights.
 """
 from __future__ import annotations
 
@@ -114,6 +116,8 @@ class MultiTaskModel(nn.Module):
         self.base_arm = ArmHeads(1, width, arm_outputs) if spec.n_arms > 0 and spec.arm_heads == "delta" else None
         self.encoder_frozen = False
         self.propensity_head = nn.Linear(width, spec.n_arms) if spec.propensity and spec.n_arms > 1 else None
+        # per-event text fusion: no bias, so an event without text (zeros) adds exactly nothing
+        self.text_proj = nn.Linear(spec.text_dims, enc_hidden, bias=False) if spec.text_dims > 0 else None
 
     def _with_cls(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A leading CLS keeps every row attendable, even a user without any event.
@@ -123,22 +127,39 @@ class MultiTaskModel(nn.Module):
         attn = torch.cat([torch.ones_like(lead), (mask > 0).long()], dim=1)
         return torch.cat([lead, ids], dim=1), attn
 
-    def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, hidden) summary of each sequence: the CLS state or the masked mean."""
+    def _states(self, ids: torch.Tensor, attn: torch.Tensor, text: Optional[torch.Tensor]) -> torch.Tensor:
+        """Encoder states of ``[CLS] + tokens``; with text fusion each event's projected text is added
+        to its token embedding (CLS and padding get none; zeros add exactly nothing)."""
+        if self.text_proj is None or text is None:
+            return self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+        batch, length = ids.shape[0], ids.shape[1] - 1
+        text = text.reshape(batch, length, self.spec.text_dims)
+        embeds = self.mlm.get_input_embeddings()(ids)
+        fused = self.text_proj(text.to(embeds.dtype)) * attn[:, 1:].unsqueeze(-1).to(embeds.dtype)
+        embeds = embeds + torch.cat([torch.zeros_like(embeds[:, :1]), fused], dim=1)
+        return self.mlm.base_model(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, hidden) summary of each sequence: the CLS state or the masked mean.
+
+        ``text``: (B, L * k) or (B, L, k) per-event text (seq_text) for a model with
+        ``spec.text_dims`` = k; ignored without (None: no text, the same as all zeros).
+        """
         ids, attn = self._with_cls(tokens, mask)
-        states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+        states = self._states(ids, attn, text)
         if self.spec.encoder.pooling == "cls":
             return states[:, 0]
         weights = attn.unsqueeze(-1).to(states.dtype)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, tabular: Optional[torch.Tensor] = None,
-                mlm_labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                mlm_labels: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Raw head outputs; given ``mlm_labels`` (B, L) only the masked-event logits for pretraining.
 
         Pretraining returns ``mlm_logits`` (N, vocab) and ``mlm_labels`` (N,) for the N picked
         positions only: the vocabulary projection is the costliest layer, and the other ~85 % of
-        positions carry no loss.
+        positions carry no loss. Pretraining sees the tokens only (no text fusion). ``text``: see
+        :meth:`encode`.
         """
         if mlm_labels is not None:
             ids, attn = self._with_cls(tokens, mask)
@@ -150,11 +171,12 @@ class MultiTaskModel(nn.Module):
                 states = self.mlm.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, 1:]
                 logits = head(states[picked])
             return {"mlm_logits": logits, "mlm_labels": mlm_labels[picked]}
+        args = (tokens, mask) if text is None or self.text_proj is None else (tokens, mask, text)
         if self.encoder_frozen:
             with torch.no_grad():
-                pooled = self.encode(tokens, mask)
+                pooled = self.encode(*args)
         else:
-            pooled = self.encode(tokens, mask)
+            pooled = self.encode(*args)
         drop = self.spec.sequence_dropout
         if self.training and drop > 0:
             # modality dropout: a row's whole sequence vector, inverted scaling (inference sees it all)
@@ -173,8 +195,10 @@ class MultiTaskModel(nn.Module):
         return out
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The event encoder's parameters (transformers model + its MLM head): their own optimiser group."""
-        return list(self.mlm.parameters())
+        """The event encoder's parameters (transformers model + its MLM head, and the text projection
+        that feeds it): their own optimiser group."""
+        extra = list(self.text_proj.parameters()) if self.text_proj is not None else []
+        return list(self.mlm.parameters()) + extra
 
     def freeze_encoder(self) -> None:
         """Stop training the encoder: no gradients, eval mode (no dropout), forward under no_grad.
@@ -184,6 +208,9 @@ class MultiTaskModel(nn.Module):
         """
         for p in self.mlm.parameters():
             p.requires_grad_(False)
+        if self.text_proj is not None:  # it feeds the encoder, which then runs under no_grad
+            for p in self.text_proj.parameters():
+                p.requires_grad_(False)
         self.encoder_frozen = True
         self.mlm.eval()
 
@@ -262,7 +289,7 @@ def head_predictions(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, mask: np.ndarray,
-                   tabular: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
+                   tabular: np.ndarray, device: str = "cpu", text: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """Predictions for a batch of users from raw inputs (no Spark, no pandas).
 
     Args:
@@ -271,6 +298,8 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
         tokens, mask: int (B, L) event tokens and attention mask, L = ``meta.seq_len``.
         tabular: float (B, F) RAW features in ``meta.feature_columns`` order; NaN allowed.
         device: torch device string.
+        text: float (B, L * k) per-event text (seq_text) for a model with ``spec.text_dims`` = k;
+            None = none (zeros). Ignored by a model without text fusion.
 
     Returns:
         ``expected_value``, ``p_purchase``, ``value_p10``, ``value_p90``, ``churn_probability``
@@ -290,6 +319,13 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
                          f"({', '.join(meta.feature_columns[:5])}...); got {tabular.shape[1]}")
     n_arms = len(meta.arms)
     features = standardise(tabular, meta.feature_mean, meta.feature_std)
+    dims = int(getattr(model.spec, "text_dims", 0))
+    if dims > 0 and text is not None:
+        text = np.asarray(text, dtype=np.float32).reshape(len(tokens), -1)
+        if text.shape[1] != meta.seq_len * dims:
+            raise ValueError(f"text must be (B, {meta.seq_len * dims}) (seq_len x text_dims); got {text.shape}")
+    else:
+        text = None
     keys = list(SCALAR_OUTPUTS)
     chunks: dict[str, list[np.ndarray]] = {}
     was_training = model.training
@@ -299,7 +335,8 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
             sl = slice(start, start + PREDICT_CHUNK)
             out = model(torch.as_tensor(tokens[sl], dtype=torch.long, device=device),
                         torch.as_tensor(mask[sl], dtype=torch.long, device=device),
-                        torch.as_tensor(features[sl], device=device))
+                        torch.as_tensor(features[sl], device=device),
+                        text=None if text is None else torch.as_tensor(text[sl], device=device))
             for key, value in head_predictions(out).items():
                 chunks.setdefault(key, []).append(value.cpu().numpy())
     model.train(was_training)

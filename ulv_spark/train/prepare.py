@@ -38,14 +38,20 @@ def run_key(as_of, data_version, train_cfg, feature_columns: list[str]) -> str:
 
 
 def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> dict:
-    """Check the examples in one aggregate; returns rows, horizon_days and the distinct origins (few).
+    """Check the examples in one aggregate; returns rows, horizon_days, the distinct origins (few) and
+    text_dims (per-event text components of seq_text; 0 when no row has any).
 
     Raises:
         ValueError: no rows, or seq_tokens / seq_mask not all of length ``seq_len``.
     """
     from pyspark.sql import functions as F
 
+    has_text = S.SEQ_TEXT in examples.columns
+    text_aggs = ([F.count(F.col(S.SEQ_TEXT)).alias("text_rows"), F.max(F.size(S.SEQ_TEXT)).alias("text_hi"),
+                  F.min(F.when(F.col(S.SEQ_TEXT).isNotNull(), F.size(S.SEQ_TEXT))).alias("text_lo")]
+                 if has_text else [])
     row = examples.agg(
+        *text_aggs,
         F.count(F.lit(1)).alias("rows"), F.min(F.size(S.SEQ_TOKENS)).alias("lo"), F.max(F.size(S.SEQ_TOKENS)).alias("hi"),
         F.sum((F.size(S.SEQ_MASK) != F.size(S.SEQ_TOKENS)).cast("int")).alias("bad"),
         F.min(S.HORIZON_DAYS).alias("h_lo"), F.max(S.HORIZON_DAYS).alias("h_hi"),
@@ -61,7 +67,14 @@ def profile_examples(examples, *, seq_len: int, horizon_days: int, log=None) -> 
         if horizon != horizon_days and log is not None:
             log.warning("training_examples has horizon_days=%d, conf run.horizon_days=%d: the model keeps %d",
                         horizon, horizon_days, horizon)
-    return {"rows": int(row["rows"]), "horizon_days": horizon, "origins": sorted(row["origins"])}
+    text_dims = 0
+    if has_text and row["text_rows"]:
+        if row["text_lo"] != row["text_hi"] or row["text_hi"] % seq_len:
+            raise ValueError(f"{S.SEQ_TEXT} must all have length {seq_len} x features.text_dims; "
+                             f"found lengths {row['text_lo']}..{row['text_hi']}")
+        text_dims = int(row["text_hi"]) // seq_len
+    return {"rows": int(row["rows"]), "horizon_days": horizon, "origins": sorted(row["origins"]),
+            "text_dims": text_dims}
 
 
 def origin_quotas(counts: dict, max_rows: int) -> dict:
@@ -180,10 +193,10 @@ def prepare(spark, examples, *, train_cfg, seq_len: int, vocab_size: int, vocab_
                      vocab_fingerprint=vocab_fingerprint, arms=arms, arm_campaigns=arm_campaigns,
                      horizon_days=int(profile["horizon_days"]), trained_as_of=str(as_of))
     model = model_spec(train_cfg, vocab_size=vocab_size, seq_len=seq_len, n_features=len(feature_cols),
-                       n_arms=len(arms))
+                       n_arms=len(arms), text_dims=profile["text_dims"])
     files = train_cfg.feed_files or 4 * world
     frame_kw = dict(feature_columns=feature_cols, mean=stats.feature_mean, std=stats.feature_std, arms=arms,
-                    seq_len=seq_len)
+                    seq_len=seq_len, text_dims=model.text_dims)
     frames = {"train": feeds.prepare_feed_frame(train_df, **frame_kw)}
     if val_df is not None:
         frames["val"] = feeds.prepare_feed_frame(val_df, **frame_kw)

@@ -25,7 +25,7 @@ from ulv_spark.train.scaling import FEATURE_TRANSFORM
 _ENCODER_JSON_KEYS = {"local_dir": "encoder_local_dir"}
 # keys added later are written only when they differ from what a file without them means, so a
 # model of the earlier kind writes exactly the file it was read from
-_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0, "long_term": False}
+_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0, "long_term": False, "text_dims": 0}
 
 
 def _known(cls, data: dict) -> dict:
@@ -51,6 +51,10 @@ class ModelSpec:
     # train.long_term_uplift: arm heads also predict the horizon's spend per arm; False where
     # model_spec.json has no such key (models written before the long-term head)
     long_term: bool = False
+    # per-event text fusion (train.text_fusion): the k = features.text_dims components per event of
+    # seq_text, projected to the encoder width and added to the token embeddings; 0 = none (also
+    # where model_spec.json has no such key: models written before the fusion)
+    text_dims: int = 0
 
     def to_dict(self) -> dict:
         """The flat model_spec.json mapping (readable by every version of :meth:`from_dict`)."""
@@ -71,15 +75,21 @@ class ModelSpec:
         return cls(**_known(cls, {k: v for k, v in data.items() if k != "encoder"}), encoder=EncoderConf(**encoder))
 
 
-def model_spec(train_cfg: TrainConf, *, vocab_size: int, seq_len: int, n_features: int, n_arms: int) -> ModelSpec:
-    """The architecture from the ``train`` conf section and the data's shapes."""
+def model_spec(train_cfg: TrainConf, *, vocab_size: int, seq_len: int, n_features: int, n_arms: int,
+               text_dims: int = 0) -> ModelSpec:
+    """The architecture from the ``train`` conf section and the data's shapes.
+
+    ``text_dims``: per-event text components the examples carry (seq_text; 0 = none); the model
+    fuses them only with ``train.text_fusion``, so without text both settings give the same spec.
+    """
     enc = train_cfg.encoder
     if enc.local_dir:  # resolved now: the ranks may run in another working directory
         enc = dataclasses.replace(enc, local_dir=str(Path(enc.local_dir).expanduser().resolve()))
     return ModelSpec(vocab_size=vocab_size, seq_len=seq_len, n_features=n_features, n_arms=n_arms, encoder=enc,
                      tabular_hidden=train_cfg.tabular_hidden, head_hidden=train_cfg.head_hidden,
                      propensity=not train_cfg.randomised_assignment, arm_heads=train_cfg.arm_heads,
-                     sequence_dropout=train_cfg.sequence_dropout, long_term=train_cfg.long_term_uplift)
+                     sequence_dropout=train_cfg.sequence_dropout, long_term=train_cfg.long_term_uplift,
+                     text_dims=int(text_dims) if train_cfg.text_fusion else 0)
 
 
 @dataclass(frozen=True)

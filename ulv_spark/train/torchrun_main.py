@@ -68,7 +68,8 @@ def build_spec(args):
     spec = TrainSpec(
         train=train_cfg,
         model=model_spec(train_cfg, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                         n_features=len(meta.feature_columns), n_arms=len(meta.arms)),
+                         n_features=len(meta.feature_columns), n_arms=len(meta.arms),
+                         text_dims=int(info.get("model", {}).get("text_dims", 0))),
         meta=meta, train_feed=train_feed, val_feed=feeds.usable_validation(val_feed, world),
         checkpoint_dir=str(Path(args.checkpoint_dir).resolve()) if args.checkpoint_dir
         else str(Path(cfg.train.checkpoint_dir) / data.name),
