@@ -138,6 +138,7 @@ def log_training_run(train_cfg, shared_dir: str, *, model_dir: str, conf: dict, 
     client, tracking = _client(train_cfg, shared_dir)
     experiment = _experiment_id(client, train_cfg.mlflow_experiment, tracking, shared_dir)
     meta = read_meta(model_dir)
+    dims = mlflow_model.text_dims(model_dir)
     with mlflow.start_run(experiment_id=experiment, run_name=meta.version) as run:
         run_id = run.info.run_id
         mlflow.log_params({k: str(v)[:PARAM_VALUE_LIMIT] for k, v in flatten(conf).items()})
@@ -150,7 +151,7 @@ def log_training_run(train_cfg, shared_dir: str, *, model_dir: str, conf: dict, 
         info = mlflow.pyfunc.log_model(
             name="model", python_model=mlflow_model.UlvPyfunc(),
             artifacts={mlflow_model.MODEL_DIR_ARTIFACT: model_dir},
-            signature=mlflow_model.signature(meta), input_example=mlflow_model.input_example(meta),
+            signature=mlflow_model.signature(meta, dims), input_example=mlflow_model.input_example(meta, dims),
             pip_requirements=_requirements(), registered_model_name=train_cfg.registered_model_name)
     version = str(info.registered_model_version)
     name = train_cfg.registered_model_name

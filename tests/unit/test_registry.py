@@ -45,3 +45,18 @@ def test_backtest_metrics_average_the_models_headline_over_splits():
 def test_flatten_names_nested_keys_with_dots():
     assert registry.flatten({"train": {"epochs": 2, "encoder": {"hidden_size": 8}, "loss_weights": {}}, "x": 1}) == {
         "train.epochs": 2, "train.encoder.hidden_size": 8, "train.loss_weights": {}, "x": 1}
+
+
+def test_the_pyfunc_signature_takes_seq_text_only_for_a_model_with_text_fusion():
+    from types import SimpleNamespace
+
+    from ulv_spark import mlflow_model
+
+    meta = SimpleNamespace(feature_columns=["f1"], feature_mean=[0.5], seq_len=4)
+    plain = [c.name for c in mlflow_model.signature(meta).inputs.inputs]
+    fused = mlflow_model.signature(meta, text_dims=3).inputs.inputs
+    assert plain == ["user_id", "seq_tokens", "seq_mask", "f1"]
+    assert [c.name for c in fused] == [*plain, "seq_text"] and fused[-1].required is False
+    example = mlflow_model.input_example(meta, text_dims=3)
+    assert "seq_text" not in mlflow_model.input_example(meta).columns
+    assert [len(v) for v in example["seq_text"]] == [12, 12] and not any(v.any() for v in example["seq_text"])
