@@ -138,6 +138,15 @@ def test_an_older_table_gains_the_contracts_new_nullable_columns_and_keeps_its_r
     comments = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE {ref.name}").collect()}
     assert comments["score_long"] == "A long-term score"
     assert lake.add_new_columns(spark, ref, new) == []          # nothing left to add
+    # a new column in the middle of the contract: added at the table's end, written by name
+    cols = new.columns
+    middle = dataclasses.replace(new, columns=cols[:2] + (Col("seq_extra", "STRING", True, "Inserted"),) + cols[2:])
+    lake.write_partition(spark, spark.createDataFrame([("u3", D2, "x", 3.0, 30.0)], "user_id string, as_of_date date, "
+                                                      "seq_extra string, score double, score_long double"),
+                         ref, middle, as_of=D2)
+    got = sorted(tuple(r) for r in lake.read_table(spark, ref).select("user_id", "seq_extra", "score", "score_long")
+                 .collect())
+    assert got == [("u1", None, 1.0, None), ("u3", "x", 3.0, 30.0)]
     # a new NOT NULL column cannot be back-filled: a clear error, the table unchanged
     strict = dataclasses.replace(old, columns=old.columns + (Col("must", "DOUBLE", False, "required"),))
     version = lake.current_version(spark, ref)
