@@ -86,7 +86,10 @@ def test_a_campaign_export_alone_gives_uplift_metrics_and_says_value_and_churn_h
     metrics = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "evaluation_metrics")).collect()
     names = {r["metric"] for r in metrics}
     assert not [m for m in names if m.startswith(("value_", "churn_"))]
-    assert {r["method"] for r in metrics} == {"two_model_gbm", "x_learner", "class_transformation"}
+    # the uplift baselines, and the policies the off-policy evaluation compares (no model, so no random
+    # policy at the model plan's budget)
+    assert {r["method"] for r in metrics} == {"two_model_gbm", "x_learner", "class_transformation", "send_none",
+                                              "send_all[coupon_10]"}
     assert evaluation["margins"] == {}  # no model: no margins to bootstrap
     qini = {r["metric"]: r["value"] for r in metrics}["qini_conversion[coupon_10]"]
     assert qini > 0  # the coupon's effect on young customers is found from the observed outcomes alone
