@@ -178,8 +178,10 @@ def test_a_worker_lost_while_features_run_changes_nothing_in_the_outputs(night, 
     tables = (*OUTPUTS, "user_features", "training_examples")
     before = _snapshot(spark, night.cfg, tables)
     run = _submit(night, "features_fault", "--only", "features")
-    _wait_for(lambda: "== stage features: start" in run.out.read_text(), run, "the features stage started")
-    time.sleep(4)  # into the stage's Spark jobs
+    # killed while user_features is written (a minute of Spark jobs on both workers): by then both
+    # executors are registered and running the stage's tasks
+    _wait_for(lambda: "write user_features for" in run.out.read_text(), run, "the user_features write started")
+    time.sleep(2)
     assert "== stage features: ok" not in run.out.read_text(), "features ended before the worker was killed"
     code, summary = _finish_with_worker_killed(night, run)
     assert code == 0, summary
