@@ -151,20 +151,15 @@ def read_text_inputs(spark, cfg: Config, inputs: dict, *, run_id: str, log=None)
 
 
 def _check_columns(spark, ref: lake.TableRef, contract: TableContract) -> None:
-    """Fail before writing when the existing table's columns differ from this run's contract.
-
-    New nullable columns are not a difference: the write adds them to the table (lake.ensure_table),
-    and the older partitions read null there (an upgrade that adds e.g. seq_text needs no rebuild).
-    """
+    """Fail before writing when the existing table's columns differ from this run's contract."""
     from ulv_spark.errors import JobFailed
 
     if not lake.is_delta(spark, ref):
         return
     existing = lake.read_table(spark, ref).columns
-    added = [c for c in contract.columns if c.name not in existing]
-    dropped = [c for c in existing if c not in contract.column_names]
-    if dropped or any(not c.nullable for c in added):
-        added = [c.name for c in added]
+    if existing != contract.column_names:
+        added = [c for c in contract.column_names if c not in existing]
+        dropped = [c for c in existing if c not in contract.column_names]
         raise JobFailed(f"{ref.name}: this run's columns differ from the table's (new: {added}, missing: {dropped}); "
                         "features conf or user_attributes columns changed - write to a new lakehouse schema or "
                         "drop the table to rebuild it")

@@ -105,7 +105,7 @@ def _write(ctx, frames: dict) -> dict:
                                      also={PLAN: cfg.plan.name})
                 metrics = lake.last_operation_metrics(spark, ref)
                 written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
-                                 "rows": int(metrics.get("numOutputRows", -1))}
+                                 "rows": int(metrics.get("numOutputRows", 0))}
                 info.update(rows=written[name]["rows"])
         except Exception as exc:
             raise JobFailed(f"writing {ref.name} for {as_of} (plan {cfg.plan.name}) failed "

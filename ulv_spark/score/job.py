@@ -275,7 +275,7 @@ def _write_each(ctx, frames: dict, commit_metadata: Optional[dict] = None) -> di
                 lake.write_partition(spark, df, ref, contract, as_of=as_of, commit_metadata=commit_metadata)
                 metrics = lake.last_operation_metrics(spark, ref)
                 written[name] = {"table": ref.name, "version": lake.current_version(spark, ref),
-                                 "rows": int(metrics.get("numOutputRows", -1))}
+                                 "rows": int(metrics.get("numOutputRows", 0))}
                 info.update(rows=written[name]["rows"])
         except Exception as exc:
             pending = [t for t in SCORE_TABLES if t not in written]
@@ -301,7 +301,7 @@ def _write_embeddings(ctx, predictions, meta) -> dict:
                                           f"(model_version {meta.version}).")
             info.update(dimension=dim)
             return {"table": ref.name, "version": lake.current_version(spark, ref),
-                    "rows": int(metrics.get("numOutputRows", -1)), "dimension": dim}
+                    "rows": int(metrics.get("numOutputRows", 0)), "dimension": dim}
     except Exception as exc:
         raise JobFailed(f"writing {ref.name} for {as_of} failed ({_first_line(exc)}); the four score tables "
                         f"were written (set score.write_embeddings=false to skip embeddings)") from exc

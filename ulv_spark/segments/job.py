@@ -153,7 +153,7 @@ def _write(ctx, contract, df) -> dict:
     try:
         with stage(f"segment.write.{contract.name}", log) as info:
             lake.write_partition(spark, df, ref, contract, as_of=as_of)
-            rows = int(lake.last_operation_metrics(spark, ref).get("numOutputRows", -1))
+            rows = int(lake.last_operation_metrics(spark, ref).get("numOutputRows", 0))
             info.update(rows=rows)
     except Exception as exc:
         text = str(exc).strip().splitlines()
