@@ -263,9 +263,12 @@ def _merge_with_deletes(spark, df, ref: TableRef, contract: TableContract, targe
 def _merge_metrics(spark, ref: TableRef, before: Optional[int]) -> dict:
     """The MERGE's operation metrics; none when it committed nothing (Delta skips the commit of a
     MERGE with no rows to write, and the newest commit is then an older operation's)."""
-    if current_version(spark, ref) == before:
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forName(spark, ref.name).history(1).select("version", "operationMetrics").first()
+    if row is None or int(row["version"]) == before:
         return {}
-    return last_operation_metrics(spark, ref)
+    return dict(row["operationMetrics"] or {})
 
 
 def last_operation_metrics(spark, ref: TableRef) -> dict:
