@@ -549,3 +549,36 @@ def test_training_reads_the_text_feed_column_and_saves_a_fused_model(tmp_path):
     a = predict_arrays(model, meta, tokens, mask, tabular, text=ones)
     b = predict_arrays(model, meta, tokens, mask, tabular, text=-ones)
     assert (a["churn_probability"] != b["churn_probability"]).all()
+
+
+def test_periodic_tabular_embeddings_are_per_feature_saved_in_the_spec_and_older_specs_build_without(tmp_path):
+    from ulv_spark.train.model import PeriodicEmbeddings
+
+    torch.manual_seed(0)
+    emb = PeriodicEmbeddings(3, frequencies=4, dim=2)
+    x = torch.randn(5, 3)
+    out = emb(x)
+    assert out.shape == (5, 3 * 2 + 3)
+    torch.testing.assert_close(out[:, -3:], x)   # the raw values ride along
+    moved = x.clone()
+    moved[:, 1] += 1.0                            # feature 1 moves: only its own embedding changes
+    changed = (emb(moved) != out).any(0).reshape(-1)
+    assert changed[2:4].all() and not changed[:2].any() and not changed[4:6].any()
+
+    shape = dict(vocab_size=VOCAB, seq_len=SEQ, n_features=len(FEATURES), n_arms=0)
+    assert TrainConf().tabular_embedding == "none"
+    cfg = TrainConf(tabular_embedding="periodic", tabular_hidden=8, head_hidden=8, encoder=EncoderConf(**TINY_ENCODER))
+    model = build_model(model_spec(cfg, **shape)).eval()
+    assert isinstance(model.tabular[0], PeriodicEmbeddings)
+    model_dir = save_model(model, _meta(arms=[]), str(tmp_path), metrics={}, conf={})
+    loaded, meta = load_model(model_dir)
+    assert loaded.spec.tabular_embedding == "periodic"
+    tokens, mask, tabular = _inputs(6)
+    a, b = predict_arrays(model, meta, tokens, mask, tabular), predict_arrays(loaded, meta, tokens, mask, tabular)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # a model_spec.json without the key (written before it) means the plain MLP
+    spec = model_spec(cfg, **shape).to_dict()
+    assert spec["tabular_embedding"] == "periodic"
+    del spec["tabular_embedding"]
+    assert not isinstance(build_model(ModelSpec.from_dict(spec)).tabular[0], PeriodicEmbeddings)

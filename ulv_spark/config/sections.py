@@ -284,6 +284,10 @@ class TrainConf:
     mlm_probability: float = 0.15       # share of event tokens masked in pretraining
     randomised_assignment: bool = True  # False: campaigns were targeted, so add a propensity head
     tabular_hidden: int = 64            # width of the MLP over standardised tabular features
+    # periodic: every standardised feature gets its own embedding (sin / cos of 16 learned
+    # frequencies -> linear to 8 -> ReLU, Gorishniy et al. 2022) before that MLP; none: the raw
+    # values. Off by default: measured neutral on CDNOW (BENCHMARKS.md, "Periodic feature embeddings")
+    tabular_embedding: Literal["periodic", "none"] = "none"
     head_hidden: int = 64               # width of the shared trunk feeding every head
     loss_weights: dict[str, float] = field(default_factory=dict)  # value/churn/uplift/propensity; missing = 1
     max_grad_norm: float = 1.0          # gradient clipping; 0 = off

@@ -95,6 +95,32 @@ class ArmHeads(nn.Module):
         return torch.einsum("bak,ako->bao", hidden, self.w2) + self.b2
 
 
+class PeriodicEmbeddings(nn.Module):
+    """Per-feature periodic embeddings of numeric inputs (the "PLR" of Gorishniy, Rubachev & Babenko,
+    *On Embeddings for Numerical Features in Tabular Deep Learning*, NeurIPS 2022).
+
+    Feature j of x (B, F) -> [sin(2 pi c_j x_j), cos(2 pi c_j x_j)] with k learned frequencies c_j
+    (initialised N(0, ``scale``)) -> its own linear map to ``dim`` -> ReLU; the output is
+    (B, F * dim) followed by x itself, so the MLP behind it still sees every raw value.
+    """
+
+    def __init__(self, n_features: int, frequencies: int = 16, dim: int = 8, scale: float = 0.1):
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(n_features, frequencies) * scale)
+        self.weight = nn.Parameter(torch.empty(n_features, 2 * frequencies, dim))
+        self.bias = nn.Parameter(torch.zeros(n_features, dim))
+        bound = 1.0 / math.sqrt(2 * frequencies)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.out_features = n_features * dim + n_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angle = 2 * math.pi * self.frequencies.to(x.dtype) * x.unsqueeze(-1)         # (B, F, k)
+        periodic = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)         # (B, F, 2k)
+        emb = torch.relu(torch.einsum("bfk,fkd->bfd", periodic, self.weight.to(x.dtype)) + self.bias.to(x.dtype))
+        return torch.cat([emb.flatten(1), x], dim=1)
+
+
 class MultiTaskModel(nn.Module):
     """Encoder over ``[CLS] + tokens`` and an MLP over tabular features, feeding every head."""
 
@@ -104,7 +130,12 @@ class MultiTaskModel(nn.Module):
         self.mlm = mlm
         enc_hidden = int(mlm.config.hidden_size)
         tab, width, drop = spec.tabular_hidden, spec.head_hidden, spec.encoder.dropout
-        self.tabular = nn.Sequential(nn.Linear(spec.n_features, tab), nn.GELU(), nn.Dropout(drop),
+        layers: list[nn.Module] = []
+        tab_in = spec.n_features
+        if spec.tabular_embedding == "periodic" and spec.n_features > 0:
+            layers.append(PeriodicEmbeddings(spec.n_features))
+            tab_in = layers[0].out_features
+        self.tabular = nn.Sequential(*layers, nn.Linear(tab_in, tab), nn.GELU(), nn.Dropout(drop),
                                      nn.Linear(tab, tab), nn.GELU())
         self.trunk = nn.Sequential(nn.Linear(enc_hidden + tab, width), nn.GELU(), nn.Dropout(drop),
                                    nn.Linear(width, width), nn.GELU())

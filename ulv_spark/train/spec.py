@@ -25,7 +25,8 @@ from ulv_spark.train.scaling import FEATURE_TRANSFORM
 _ENCODER_JSON_KEYS = {"local_dir": "encoder_local_dir"}
 # keys added later are written only when they differ from what a file without them means, so a
 # model of the earlier kind writes exactly the file it was read from
-_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0, "long_term": False, "text_dims": 0}
+_LATER_KEYS = {"arm_heads": "tarnet", "sequence_dropout": 0.0, "long_term": False, "text_dims": 0,
+               "tabular_embedding": "none"}
 
 
 def _known(cls, data: dict) -> dict:
@@ -55,6 +56,10 @@ class ModelSpec:
     # seq_text, projected to the encoder width and added to the token embeddings; 0 = none (also
     # where model_spec.json has no such key: models written before the fusion)
     text_dims: int = 0
+    # train.tabular_embedding: "periodic" = each standardised feature through its own periodic
+    # embedding (sin/cos of learned frequencies -> linear -> ReLU) before the tabular MLP; "none"
+    # (also where model_spec.json has no such key: models written before it) = the plain MLP
+    tabular_embedding: str = "none"
 
     def to_dict(self) -> dict:
         """The flat model_spec.json mapping (readable by every version of :meth:`from_dict`)."""
@@ -89,7 +94,8 @@ def model_spec(train_cfg: TrainConf, *, vocab_size: int, seq_len: int, n_feature
                      tabular_hidden=train_cfg.tabular_hidden, head_hidden=train_cfg.head_hidden,
                      propensity=not train_cfg.randomised_assignment, arm_heads=train_cfg.arm_heads,
                      sequence_dropout=train_cfg.sequence_dropout, long_term=train_cfg.long_term_uplift,
-                     text_dims=int(text_dims) if train_cfg.text_fusion else 0)
+                     text_dims=int(text_dims) if train_cfg.text_fusion else 0,
+                     tabular_embedding=train_cfg.tabular_embedding)
 
 
 @dataclass(frozen=True)
