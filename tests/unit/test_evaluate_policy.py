@@ -216,6 +216,34 @@ def test_policy_rows_cover_every_policy_and_the_plan_estimate_covers_the_truth(s
     assert width["dr"] < width["ipw"]
 
 
+def test_the_short_term_only_plan_is_valued_beside_the_balanced_one_and_loses_in_the_long_run(spark, tmp_path):
+    # a coupon that lifts this window's spend by tau but costs 2 tau later (users wait for the next one)
+    res, tau = _experiment()
+    rng = np.random.default_rng(1)
+    long_tau = -tau + 0.5
+    res.test["label_value"] = res.test["label_response_value"] + np.where(res.test["arm"] == "coupon", -2 * tau, 0.0) \
+        + rng.normal(0.0, 1.0, len(tau))
+    res.test["true_uplift_value_long:coupon"] = long_tau
+    res.predictions["model"]["uplift_value_long:coupon"] = long_tau + rng.normal(0.0, 0.2, len(tau))
+    path = tmp_path / "conf.yaml"
+    path.write_text("score: {margin: 1.0, arm_costs: {coupon: 0.1}}\nplan: {short_term_weight: 0.5}\n"
+                    "evaluate: {bootstrap_resamples: 100, policy_budget_shares: [0.3]}\n")
+    wide = _wide(split_policy_rows(spark, res, load_config(str(path)), dataset="sim"))
+    assert {m for m, _ in wide} == {"send_none", "send_all[coupon]", "model", "model[short_term]", "random",
+                                    "two_model_gbm"}
+    for budget in ("0.3", "none"):
+        balanced = wide[("model", f"policy_true_gain_value_long[budget={budget}]")]
+        short = wide[("model[short_term]", f"policy_true_gain_value_long[budget={budget}]")]
+        assert balanced > short, budget
+        # ... while the short-term plan wins on the window's own value
+        assert wide[("model[short_term]", f"policy_true_gain_value[budget={budget}]")] > wide[
+            ("model", f"policy_true_gain_value[budget={budget}]")]
+    assert wide[("model", "policy_true_gain_value_long[budget=none]")] > wide[("send_all[coupon]",
+                                                                                "policy_true_gain_value_long")]
+    # a plan that already ignores the long term (weight 1) gets no short-term twin
+    assert "model[short_term]" not in {r["method"] for r in split_policy_rows(spark, res, _cfg(tmp_path), dataset="s")}
+
+
 def test_policy_rows_need_a_control_arm(spark, tmp_path):
     res, _ = _experiment(n=20)
     res.test["is_control"] = False

@@ -220,6 +220,38 @@ def test_long_term_truth_is_the_window_truth_when_the_horizon_is_the_window_and_
     assert not np.allclose(uplift["true_uplift_value_long"], uplift["true_uplift_value"])
 
 
+def test_the_integrated_rate_multiplier_is_the_integral_of_the_rate_with_windows_and_after_periods(population):
+    """_integrated_multiplier (P(alive)'s quiet time) equals the integral of multiplier_at, to the grid's error."""
+    sim = population
+    d = sim.params.day(D)
+    users = np.arange(0, sim.n, 997)
+    since = np.maximum(sim.t0[users], d - 200.0)
+    grid = np.linspace(0.0, 1.0, 200_001)
+    exact = sim._integrated_multiplier(users, since, d)
+    for i, u in enumerate(users):
+        t = since[i] + (d - since[i]) * grid
+        mult, _ = sim.multiplier_at(np.full(t.size, u), t)
+        numeric = np.trapezoid(mult, t) if hasattr(np, "trapezoid") else np.trapz(mult, t)
+        assert numeric == pytest.approx(exact[i], abs=1e-3 * max(1.0, d - since[i])), u
+    assert (sim.wave_after < 1).any() and (sim.wave_after <= 1).all()
+
+
+def test_a_coupon_teaches_waiting_its_long_term_uplift_is_below_its_short_term_one_for_price_sensitive_users(population):
+    sim = population
+    uplift = truth_uplift_frame(sim).merge(
+        pd.DataFrame({"user": sim.user_index, "ps": sim.price_sensitivity}), on="user")
+    coupon = uplift[uplift["arm"] == "coupon_10"]
+    sensitive = coupon[coupon["ps"] > 0.7]
+    assert (sensitive["true_uplift_value_long"] < sensitive["true_uplift_value"]).mean() > 0.9
+    shipping = uplift[uplift["arm"] == "free_shipping"]
+    # no after-effect: over the horizon free shipping keeps (most of) its window effect
+    assert shipping["true_uplift_value_long"].mean() > 0.5 * shipping["true_uplift_value"].mean()
+    # after_effect_scale 0: no after periods at all
+    plain = Simulation(GeneratorParams(GenerateConf(users=500, partitions=1, seed=11, after_effect_scale=0.0),
+                                       truth_dates=(D,)), 0)
+    assert (plain.wave_after == 1.0).all()
+
+
 # ------------------------------------------------------------------ campaign_waves (a single campaign)
 CAMPAIGN_DAY = dt.date(2025, 7, 3)
 

@@ -137,6 +137,9 @@ class GenerateConf:
     campaign_arms: list[str] = field(default_factory=lambda: ["control", "coupon_10", "free_shipping"])
     response_window_days: int = 30       # days after a wave's send in which its arm acts on the purchase rate
     campaign_effect_scale: float = 1.0   # multiplies every arm's effect on the purchase rate (0 = no effect)
+    # multiplies the coupons' after-effect: for a window-length after the response window a coupon
+    # lowers the purchase rate of price-sensitive users (they wait for the next one); 0 = none
+    after_effect_scale: float = 1.0
     # true: the campaign_exposures file also carries each exposure's outcome in its response
     # window, from the generated orders: converted (a purchase) and spend (net spend, floored at 0)
     observed_outcomes: bool = False
@@ -164,6 +167,7 @@ class GenerateConf:
              "campaign_every_days", f"must be 0 or >= response_window_days ({self.response_window_days}) so "
                                     f"response windows never overlap, got {self.campaign_every_days}")
         need(self.campaign_effect_scale >= 0, "campaign_effect_scale", "must be >= 0")
+        need(self.after_effect_scale >= 0, "after_effect_scale", "must be >= 0")
         need(self.campaign_waves is None or self.campaign_waves >= 0, "campaign_waves",
              f"must be null, 0 or a number of waves >= 1, got {self.campaign_waves}")
         if self.campaign_waves:

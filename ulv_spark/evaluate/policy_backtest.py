@@ -8,6 +8,9 @@ doubly robust estimators, paired bootstrap intervals over the users):
   allocation (plan_candidates + allocate, with score.margin, score.arm_costs, plan.short_term_weight
   and plan.min_roi; no capacities) applied to that method's predicted uplifts of the exposed users,
   at each budget of the curve (oracle: the true uplifts, the ceiling);
+* ``model[short_term]`` / ``oracle[short_term]``: the same plan with ``plan.short_term_weight`` = 1
+  (the response window's uplift alone), where the plan weighs the long term (weight < 1) and the
+  method predicts it: what optimising this month's revenue alone would send;
 * ``random``: the model's plan's per-arm counts spread uniformly over the users (same budget in
   expectation);
 * ``send_all[<arm>]``: every user that arm; ``send_none``: nobody anything (the control arm).
@@ -41,6 +44,11 @@ OUTCOME_MODEL_SOURCES = ("model", "two_model_gbm")    # the DR direct part, firs
 OUTCOMES = ("value", "value_long")
 RANDOM = "random"
 SEND_NONE = "send_none"
+SHORT_TERM_SOURCES = ("model", "oracle")              # also planned on the short-term uplift alone
+
+
+def short_term_name(source: str) -> str:
+    return f"{source}[short_term]"
 
 
 def send_all_name(arm: str) -> str:
@@ -80,15 +88,20 @@ def uplift_frame(users: pd.DataFrame, pred: pd.DataFrame, arms: Sequence[str], *
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def plan_choices(spark, uplift: pd.DataFrame, user_ids: Sequence[str], *, budget: Optional[float], cfg) -> list:
-    """Each user's arm under plan/allocate.py's plan at ``budget`` (None: not sent), in user_ids order."""
+def plan_choices(spark, uplift: pd.DataFrame, user_ids: Sequence[str], *, budget: Optional[float], cfg,
+                 short_term_weight: Optional[float] = None) -> list:
+    """Each user's arm under plan/allocate.py's plan at ``budget`` (None: not sent), in user_ids order.
+
+    ``short_term_weight``: instead of ``plan.short_term_weight`` (1 = the short-term-only plan).
+    """
     from ulv_spark.plan.allocate import allocate, plan_candidates
 
     ddl = ("user_id string, as_of_date date, campaign_id string, arm string, uplift_conversion double, "
            "uplift_value double, uplift_value_long double, model_version string")
     frame = spark.createDataFrame(uplift.astype({"uplift_value_long": object}).where(uplift.notna(), None), ddl)
     candidates = plan_candidates(frame, margin=cfg.score.margin, arm_costs=cfg.score.arm_costs,
-                                 short_term_weight=cfg.plan.short_term_weight, min_roi=cfg.plan.min_roi)
+                                 short_term_weight=(cfg.plan.short_term_weight if short_term_weight is None
+                                                    else short_term_weight), min_roi=cfg.plan.min_roi)
     arms = sorted(uplift[ARM].unique())
     allocation = allocate(candidates, arms=arms, budget=budget, capacities={}, price_passes=cfg.plan.price_passes,
                           prices_per_pass=cfg.plan.prices_per_pass, costs=cfg.score.arm_costs)
@@ -144,9 +157,14 @@ def split_policy_rows(spark, res, cfg, *, dataset: str, log=None) -> list[dict]:
         uplift = uplift_frame(test, preds[source], arms[1:], as_of=res.split.origin, source=source)
         if uplift.empty:
             continue
+        short_too = (source in SHORT_TERM_SOURCES and cfg.plan.short_term_weight < 1.0
+                     and uplift["uplift_value_long"].notna().any())
         for tag, budget in budgets:
             choice = P.one_hot(plan_choices(spark, uplift, user_ids, budget=budget, cfg=cfg), arms, none_arm=control)
             policies.append((source, tag, choice))
+            if short_too:
+                short = plan_choices(spark, uplift, user_ids, budget=budget, cfg=cfg, short_term_weight=1.0)
+                policies.append((short_term_name(source), tag, P.one_hot(short, arms, none_arm=control)))
             if source == "model":
                 counts = {a: int(choice[:, j].sum()) for j, a in enumerate(arms)}
                 policies.append((RANDOM, tag, P.spread(counts, n, arms, none_arm=control)))

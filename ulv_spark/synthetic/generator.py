@@ -18,7 +18,12 @@ The model, per user:
 * campaigns: a wave every ``campaign_every_days`` (or exactly ``campaign_waves`` of them) sent
   at 08:00 UTC to every acquired user, arms assigned uniformly; arm k multiplies the purchase
   rate by ``1 + campaign_effect_scale * lift_k(traits)`` during the response window, and coupon
-  arms discount the orders placed in it. With ``observed_outcomes`` the exposure file also
+  arms discount the orders placed in it. Coupons teach waiting: for one more window-length after
+  the response window (cut short by the next wave) a coupon multiplies the purchase rate by
+  ``max(0.05, 1 - after_effect_scale * after_k * price_sensitivity)`` — more orders now, fewer
+  later, so the long-term effect of a coupon is well below its short-term one for price-sensitive
+  users (the after-effect of the newest wave sent before t acts unless a window does; the truth
+  uses the same rule). With ``observed_outcomes`` the exposure file also
   carries what each exposure led to in its window (:func:`add_observed_outcomes`, in Spark).
 
 The truth for as-of date D conditions on the user's latent parameters and all activity before
@@ -62,20 +67,28 @@ class ArmEffect:
     app: float = 0.0                # for users whose channel is the app
     loyalty: float = 0.0            # for loyalty members
     discount: float = 0.0           # share of the order value given away on orders in the window
+    # after the window (one window-length, up to the next wave): the rate drops by this per unit of
+    # price_sensitivity (times generate.after_effect_scale), floored at AFTER_FLOOR of the normal rate
+    after_price_sensitivity: float = 0.0
 
     def lift(self, price_sensitivity: np.ndarray, is_app: np.ndarray, is_loyal: np.ndarray) -> np.ndarray:
         return (self.base + self.price_sensitivity * price_sensitivity + self.app * is_app
                 + self.loyalty * is_loyal)
 
+    def after(self, price_sensitivity: np.ndarray, scale: float) -> np.ndarray:
+        """Rate multiplier in the after period (1 = none)."""
+        return np.maximum(AFTER_FLOOR, 1.0 - scale * self.after_price_sensitivity * price_sensitivity)
+
 
 _SENT = -2  # a piece of the horizon inside the window of a hypothetical wave sent at d
+AFTER_FLOOR = 0.05  # the after-effect never takes the purchase rate below 5 % of the normal rate
 
 # Arms the generator knows. A coupon pays for its lift with a discount, so its effect on spend
 # is negative for users who are not price sensitive: the uplift model has something to learn.
 ARM_EFFECTS = {
     "control": ArmEffect(),
-    "coupon_10": ArmEffect(base=0.05, price_sensitivity=1.5, discount=0.10),
-    "coupon_20": ArmEffect(base=0.05, price_sensitivity=2.5, discount=0.20),
+    "coupon_10": ArmEffect(base=0.05, price_sensitivity=1.5, discount=0.10, after_price_sensitivity=1.0),
+    "coupon_20": ArmEffect(base=0.05, price_sensitivity=2.5, discount=0.20, after_price_sensitivity=1.5),
     "free_shipping": ArmEffect(base=0.10, price_sensitivity=0.3, app=0.6),
     "loyalty_points": ArmEffect(base=0.05, loyalty=0.6),
 }
@@ -205,12 +218,14 @@ class Simulation:
         self.arm_mult = np.stack([1.0 + p.gen.campaign_effect_scale * e.lift(self.price_sensitivity, self.is_app,
                                                                          self.is_loyal) for e in effects], axis=1)
         self.arm_discount = np.array([e.discount for e in effects])
+        self.arm_after = np.stack([e.after(self.price_sensitivity, p.gen.after_effect_scale) for e in effects], axis=1)
         assign = rng.integers(0, len(self.arms), (self.n, self.waves.size))
         self.assign = np.where(self.t0[:, None] < self.waves[None, :], assign, -1)
         rows = np.arange(self.n)[:, None]
         eligible = self.assign >= 0
         self.wave_mult = np.where(eligible, self.arm_mult[rows, np.maximum(self.assign, 0)], 1.0)
         self.wave_discount = np.where(eligible, self.arm_discount[np.maximum(self.assign, 0)], 0.0)
+        self.wave_after = np.where(eligible, self.arm_after[rows, np.maximum(self.assign, 0)], 1.0)
 
     def wave_at(self, t: np.ndarray) -> np.ndarray:
         """Index of the wave whose response window contains time t, else -1."""
@@ -223,6 +238,16 @@ class Simulation:
         inside &= (t - self.waves[w_safe]) < window
         return np.where(inside, w_safe, -1)
 
+    def after_at(self, t: np.ndarray) -> np.ndarray:
+        """Index of the newest wave sent at or before t whose after period [send + window, send +
+        2 window) contains t, else -1 (a later wave's send ends it: that wave is then the newest)."""
+        if self.waves.size == 0:
+            return np.full(t.shape, -1)
+        every, window = self.params.gen.campaign_every_days, self.params.gen.response_window_days
+        w = np.clip(np.floor((t - self.waves[0]) / every).astype(np.int64), 0, self.waves.size - 1)
+        since = t - self.waves[w]
+        return np.where((t >= self.waves[0]) & (since >= window) & (since < 2 * window), w, -1)
+
     def multiplier_at(self, users: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rate multiplier, discount) of `users` at times `t` under their actual campaign arms."""
         if self.waves.size == 0:
@@ -230,7 +255,9 @@ class Simulation:
         w = self.wave_at(t)
         hit = w >= 0
         w_safe = np.maximum(w, 0)
-        return (np.where(hit, self.wave_mult[users, w_safe], 1.0),
+        a = self.after_at(t)
+        after = np.where(a >= 0, self.wave_after[users, np.maximum(a, 0)], 1.0)
+        return (np.where(hit, self.wave_mult[users, w_safe], after),
                 np.where(hit, self.wave_discount[users, w_safe], 0.0))
 
     # ---------------------------------------------------------------- purchases and browsing
@@ -350,9 +377,15 @@ class Simulation:
         """Integral over (since, d) of the actual campaign rate multiplier of each user."""
         total = d - since
         if self.waves.size:
-            ends = self.waves + self.params.gen.response_window_days
+            window = self.params.gen.response_window_days
+            ends = self.waves + window
             overlap = np.clip(np.minimum(ends[None, :], d) - np.maximum(self.waves[None, :], since[:, None]), 0, None)
             total = total + ((self.wave_mult[users] - 1.0) * overlap).sum(axis=1)
+            # after periods: [send + window, min(send + 2 window, next send))
+            nxt = np.append(self.waves[1:], np.inf)
+            a_end = np.minimum(self.waves + 2 * window, nxt)
+            overlap = np.clip(np.minimum(a_end[None, :], d) - np.maximum(ends[None, :], since[:, None]), 0, None)
+            total = total + ((self.wave_after[users] - 1.0) * overlap).sum(axis=1)
         return total
 
     def _horizon_expectation(self, users: np.ndarray, d: float, horizon: float,
@@ -362,23 +395,33 @@ class Simulation:
         The rate is piecewise constant (campaign windows), so with Lambda_j the integrated rate of
         piece j, E[N] = sum_j exp(-p Lambda_<j) (1 - exp(-p Lambda_j)) / p; waves sent in the
         horizon have not been assigned yet, so every arm combination is weighed equally.
-        ``sent``: arm index of a hypothetical wave sent at d (its window replaces whatever wave
-        overlaps [d, d + window)): the long-term truth of sending that arm.
+        ``sent``: arm index of a hypothetical wave sent at d (it replaces the real waves sent in
+        [d, d + window), and is the newest wave from d on, so its window and after period act first):
+        the long-term truth of sending that arm. A piece's rate is that of the newest wave sent
+        before it: its window, else its after period, else the normal rate, as in the simulation.
         """
         window = self.params.gen.response_window_days
+        # the waves in effect: with `sent`, a hypothetical wave at d replaces the real waves sent in
+        # [d, d + window) (their windows and after periods); id = wave index or _SENT
+        waves = [(float(w), k) for k, w in enumerate(self.waves)
+                 if sent is None or not (d <= w < d + window)]
+        if sent is not None:
+            waves = sorted(waves + [(d, _SENT)])
+        sends = np.array([w for w, _ in waves])
         edges = {d, d + horizon}
-        for w in self.waves:
-            edges |= {x for x in (w, w + window) if d < x < d + horizon}
-        if sent is not None and window < horizon:
-            edges.add(d + window)
+        for w, _ in waves:
+            edges |= {x for x in (w, w + window, w + 2 * window) if d < x < d + horizon}
         edges = sorted(edges)
-        pieces = []  # (length, wave index, -1, or SENT)
+        pieces = []  # (length, kind "window" | "after" | None, wave id)
         for lo, hi in zip(edges[:-1], edges[1:]):
-            if sent is not None and lo < d + window:
-                pieces.append((hi - lo, _SENT))
-            else:
-                pieces.append((hi - lo, int(self.wave_at(np.array([(lo + hi) / 2.0]))[0])))
-        future = sorted({w for _, w in pieces if w >= 0 and self.waves[w] >= d})
+            mid = (lo + hi) / 2.0
+            newest = int(np.searchsorted(sends, mid, side="right")) - 1   # newest wave sent before mid
+            kind, wid = None, -1
+            if newest >= 0:
+                since, wid = mid - waves[newest][0], waves[newest][1]
+                kind = "window" if since < window else "after" if since < 2 * window else None
+            pieces.append((hi - lo, kind, wid))
+        future = sorted({w for _, kind, w in pieces if kind and w >= 0 and self.waves[w] >= d})
         lam, drop = self.lam[users], self.p_drop[users]
         combos = list(itertools.product(range(len(self.arms)), repeat=len(future)))
         purchases = np.zeros(users.size)
@@ -386,15 +429,17 @@ class Simulation:
         for combo in combos:
             arm_of = dict(zip(future, combo))
             integrated = np.zeros(users.size)
-            for length, w in pieces:
-                if w == _SENT:
-                    mult, disc = self.arm_mult[users, sent], self.arm_discount[sent]
-                elif w < 0:
+            for length, kind, w in pieces:
+                arm = sent if w == _SENT else arm_of.get(w)   # None: a past wave, its actual arm
+                if kind is None:
                     mult, disc = 1.0, 0.0
-                elif w in arm_of:
-                    mult, disc = self.arm_mult[users, arm_of[w]], self.arm_discount[arm_of[w]]
+                elif kind == "window":
+                    if arm is None:
+                        mult, disc = self.wave_mult[users, w], self.wave_discount[users, w]
+                    else:
+                        mult, disc = self.arm_mult[users, arm], self.arm_discount[arm]
                 else:
-                    mult, disc = self.wave_mult[users, w], self.wave_discount[users, w]
+                    mult, disc = (self.wave_after[users, w] if arm is None else self.arm_after[users, arm]), 0.0
                 piece = lam * mult * length
                 expected = np.exp(-drop * integrated) * -np.expm1(-drop * piece) / drop
                 purchases += expected / len(combos)
