@@ -216,15 +216,14 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     assert _versions(spark, cfg) == versions and _snapshot(spark, cfg) == before
     assert sorted(p.name for p in Path(cfg.train.model_dir).iterdir()) == models_before
 
-    # The scheduler reruns the night from the failed stage: training picks up its checkpoint,
-    # then score, segment and plan run on the new model.
-    code, summary = _finish(_submit(night, "train_rerun", "--from", "train", *longer))
+    # The rerun of the failed stage picks up its checkpoint and writes the new model (the stages
+    # after it run on the first night's cluster test; `--from train` is tested in test_nightly_stages).
+    code, summary = _finish(_submit(night, "train_rerun", "--only", "train", *longer))
     assert code == 0, summary
-    assert [s["stage"] for s in summary["stages"]] == ["train", "score", "segment", "plan"]
+    assert [s["stage"] for s in summary["stages"]] == ["train"]
     train = _stage(summary, "train")
     assert train["trained"] is True and train["resumed_from_epoch"] >= 3
     assert train["epochs_run"] == 41  # 1 pretraining + 40 fine-tuning epochs, counted from the start
-    new_versions = _versions(spark, cfg)
-    assert all(new_versions[n] > versions[n] for n in OUTPUTS)
-    scored = lake.read_table(spark, lake.table_ref(cfg.lakehouse, "user_value"), as_of_date=D)
-    assert {r[0] for r in scored.select("model_version").distinct().collect()} == {train["model_version"]}
+    models_after = sorted(p.name for p in Path(cfg.train.model_dir).iterdir())
+    assert set(models_after) - set(models_before) == {Path(train["model_dir"]).name}
+    assert _versions(spark, cfg) == versions   # nothing scored yet

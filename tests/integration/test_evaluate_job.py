@@ -19,7 +19,8 @@ D = dt.date(2025, 10, 1)       # run date
 H = 60                         # horizon: evaluation origin E = D - H = 2025-08-02
 E = D - dt.timedelta(days=H)
 METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner", "class_transformation"}
-POLICIES = {"send_none", "send_all[coupon]", "random"}  # policies that are no method (the plan's are the methods')
+# policies that are no method (the plan's are the methods'), and the short-term-only twins of the plan
+POLICIES = {"send_none", "send_all[coupon]", "random", "model[short_term]", "oracle[short_term]"}
 
 CONF = """
 spark: {{shuffle_partitions: 2, driver_memory: 2g}}
