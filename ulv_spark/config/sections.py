@@ -274,7 +274,9 @@ class TrainConf:
     # embedding) when the examples have any; false: the ablation (the same model without it). Inert without text
     text_fusion: bool = True
     arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
-    calibration: Literal["power", "none"] = "power"  # fit EV' = e^a EV^b and Platt churn (rows: calibration_rows)
+    # power: fit EV' = e^a EV^b and Platt churn (rows: calibration_rows); isotonic: then binned
+    # isotonic knots fitted on the validation rows (train/calibration.py); none: the raw heads
+    calibration: Literal["power", "isotonic", "none"] = "power"
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
     seed: int = 7
     retrain_every_days: int = 7

@@ -20,9 +20,21 @@ rows: on CDNOW with 2.8k training rows, ``all`` gave total predicted / actual 0.
 decile MAPE 0.13 vs 0.18 and churn ECE 0.009 vs 0.017 (BENCHMARKS.md, "Calibration rows"). Where the
 slope bound binds, the intercept is refitted with the slope held at the bound. A map that cannot
 be fitted (no spend, one churn class, too few rows) stays the identity.
+
+Binned isotonic correction (``train.calibration: isotonic``): a two-parameter map cannot follow
+a decile curve that is not a straight line in log-log, e.g. the lowest deciles of a model that
+ranks well hold users whose mean spend is near 0, where a small over-prediction is a large
+relative error. After the power / Platt maps, the *validation* rows (out of sample: the
+network's own training rows are fitted too well to show the shape new users get) are cut into
+equal-count bins of the mapped prediction (up to ``KNOT_BINS``, at least ``KNOT_MIN_ROWS`` rows
+each), the bins' mean outcome is made increasing by pool-adjacent-violators, and predictions
+move through the knots (mean prediction, mean outcome) of the pooled blocks by linear
+interpolation in log space (value) or logit space (churn), with slope 1 beyond the end knots.
+The map is continuous and strictly increasing, so rankings do not move.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -31,7 +43,10 @@ import numpy as np
 
 MIN_SLOPE = 0.05
 MIN_ROWS = 10
+KNOT_BINS = 20          # at most this many equal-count bins for the isotonic knots
+KNOT_MIN_ROWS = 200     # and at least this many rows per bin (fewer rows: fewer bins; < 2 bins: no knots)
 _EPS = 1e-12
+_P_EPS = 1e-4           # churn knots are kept inside [1e-4, 1 - 1e-4] before the logit
 
 
 @dataclass(frozen=True)
@@ -42,15 +57,27 @@ class PowerCalibration:
     value_b: float = 1.0
     churn_c: float = 0.0
     churn_d: float = 1.0
+    # isotonic knots after the power / Platt maps, in log (value) and logit (churn) space:
+    # (x, y) pairs, both strictly increasing; empty = no correction
+    value_knots: tuple = ()
+    churn_knots: tuple = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("value_knots", "churn_knots"):
+            out[key] = [list(pair) for pair in getattr(self, key)]
+            if not out[key]:
+                del out[key]   # models without knots keep the four-float dict
+        return out
 
     @classmethod
     def from_dict(cls, data) -> "PowerCalibration":
         """From ``ModelMeta.calibration``; missing keys (or an empty mapping) keep the identity."""
         data = data or {}
-        return cls(**{k: float(data[k]) for k in ("value_a", "value_b", "churn_c", "churn_d") if k in data})
+        floats = {k: float(data[k]) for k in ("value_a", "value_b", "churn_c", "churn_d") if k in data}
+        knots = {k: tuple((float(x), float(y)) for x, y in data[k]) for k in ("value_knots", "churn_knots")
+                 if data.get(k)}
+        return cls(**floats, **knots)
 
     @property
     def is_identity(self) -> bool:
@@ -59,16 +86,58 @@ class PowerCalibration:
     def value(self, ev: np.ndarray) -> np.ndarray:
         """Calibrated expected value (float64)."""
         ev = np.asarray(ev, dtype=np.float64)
-        if self.value_a == 0.0 and self.value_b == 1.0:
+        if self.value_a == 0.0 and self.value_b == 1.0 and not self.value_knots:
             return ev.copy()
-        return np.exp(self.value_a + self.value_b * np.log(np.clip(ev, _EPS, None)))
+        z = self.value_a + self.value_b * np.log(np.clip(ev, _EPS, None))
+        return np.exp(apply_knots(z, self.value_knots))
 
     def churn(self, p: np.ndarray) -> np.ndarray:
         """Calibrated churn probability (float64)."""
         p = np.asarray(p, dtype=np.float64)
-        if self.churn_c == 0.0 and self.churn_d == 1.0:
+        if self.churn_c == 0.0 and self.churn_d == 1.0 and not self.churn_knots:
             return p.copy()
-        return _sigmoid(self.churn_c + self.churn_d * _logit(p))
+        return _sigmoid(apply_knots(self.churn_c + self.churn_d * _logit(p), self.churn_knots))
+
+
+def apply_knots(z: np.ndarray, knots) -> np.ndarray:
+    """Piecewise-linear map through ``knots`` ((x, y), strictly increasing), slope 1 outside them."""
+    if not knots:
+        return z
+    xs, ys = np.array([k[0] for k in knots]), np.array([k[1] for k in knots])
+    out = np.interp(z, xs, ys)
+    out = np.where(z < xs[0], z - xs[0] + ys[0], out)
+    return np.where(z > xs[-1], z - xs[-1] + ys[-1], out)
+
+
+def isotonic_knots(pred: np.ndarray, y: np.ndarray, *, forward, floor: float,
+                   bins: int = KNOT_BINS, min_rows: int = KNOT_MIN_ROWS) -> tuple:
+    """Knots ((x, y) in the transformed space ``forward``) of the binned isotonic fit of ``y`` on ``pred``.
+
+    ``pred`` is on the outcome's scale. Equal-count bins of ``pred``; per bin the mean prediction
+    and the mean outcome; pool-adjacent-violators (weights = rows) until the outcome means
+    strictly increase; knots = forward(pooled means), the outcome mean floored at ``floor`` (a zero
+    mean has no log). () when fewer than 2 bins fit.
+    """
+    pred, y = np.asarray(pred, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(pred) & np.isfinite(y)
+    pred, y = pred[ok], y[ok]
+    n_bins = min(bins, len(pred) // max(min_rows, 1))
+    if n_bins < 2:
+        return ()
+    order = np.argsort(pred, kind="stable")
+    blocks: list[list[float]] = []   # [rows, sum pred, sum y]
+    for idx in np.array_split(order, n_bins):
+        blocks.append([len(idx), float(pred[idx].sum()), float(y[idx].sum())])
+        while len(blocks) > 1 and blocks[-1][2] / blocks[-1][0] <= blocks[-2][2] / blocks[-2][0]:
+            n, sp, sy = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + n, blocks[-1][1] + sp, blocks[-1][2] + sy]
+    knots: list[tuple[float, float]] = []
+    for n, sp, sy in blocks:
+        x, v = forward(sp / n), forward(max(sy / n, floor))
+        if knots and (x <= knots[-1][0] or v <= knots[-1][1]):
+            continue   # equal after flooring / rounding: keep the map strictly increasing
+        knots.append((float(x), float(v)))
+    return tuple(knots) if len(knots) >= 2 else ()
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -181,8 +250,24 @@ def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
     return float(c)
 
 
-def fit_power_calibration(ev, y_value, churn_p, y_churn) -> PowerCalibration:
-    """Both maps from predictions and labels (1-D arrays of the same length)."""
+def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[dict] = None) -> PowerCalibration:
+    """Both maps from predictions and labels (1-D arrays of the same length).
+
+    ``knot_rows``: {"ev", "y_value", "churn", "y_churn"} arrays (the validation rows) to fit the
+    isotonic knots on, after the power / Platt maps; None = the maps alone.
+    """
     a, b = fit_value_power(ev, y_value)
     c, d = fit_platt(churn_p, y_churn)
-    return PowerCalibration(value_a=a, value_b=b, churn_c=c, churn_d=d)
+    power = PowerCalibration(value_a=a, value_b=b, churn_c=c, churn_d=d)
+    if knot_rows is None:
+        return power
+    yv = np.clip(np.asarray(knot_rows["y_value"], dtype=np.float64), 0, None)
+    yc = (np.asarray(knot_rows["y_churn"], dtype=np.float64) > 0.5).astype(np.float64)
+    positive = yv[np.isfinite(yv) & (yv > 0)]
+    floor = 1e-6 * float(positive.mean()) if len(positive) else _EPS   # 1e-6 of the spenders' mean spend
+    value_knots = isotonic_knots(power.value(knot_rows["ev"]), yv, floor=floor,
+                                 forward=lambda v: math.log(max(v, _EPS)))
+    churn_knots = (isotonic_knots(power.churn(knot_rows["churn"]), yc, floor=_P_EPS,
+                                  forward=lambda q: float(_logit(np.array(min(max(q, _P_EPS), 1 - _P_EPS)))))
+                   if len(yc) and yc.min() != yc.max() else ())
+    return dataclasses.replace(power, value_knots=value_knots, churn_knots=churn_knots)

@@ -422,13 +422,15 @@ def _fit_calibration(model, spec: TrainSpec, device, autocast) -> tuple[dict, di
 
     from ulv_spark.train.calibration import fit_power_calibration
 
-    if spec.train.calibration != "power" or spec.val_feed is None or spec.val_feed.rows == 0:
+    if spec.train.calibration not in ("power", "isotonic") or spec.val_feed is None or spec.val_feed.rows == 0:
         return {}, {}
     rows = validation_predictions(model, spec, device, autocast)
+    held_out = rows
     if spec.train.calibration_rows == "all" and spec.train_feed is not None and spec.train_feed.rows > 0:
         fit = validation_predictions(model, spec, device, autocast, feed=spec.train_feed)
         rows = {k: np.concatenate([fit[k], rows[k]]) for k in rows}
-    calibration = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"])
+    calibration = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"],
+                                        knot_rows=held_out if spec.train.calibration == "isotonic" else None)
     observed = float(rows["y_value"].sum())
     metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(rows["ev"]))}
     if observed > 0:   # 1 up to rounding: the Poisson fit's score equation matches the totals
