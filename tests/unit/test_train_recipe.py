@@ -13,7 +13,9 @@ from ulv_spark.config import EncoderConf, TrainConf
 from ulv_spark.train import checkpoints, loop, prepare
 from ulv_spark.train import feed as feeds
 from ulv_spark.train.artifacts import load_model, read_meta
-from ulv_spark.train.calibration import PowerCalibration, fit_platt, fit_power_calibration, fit_value_power
+from ulv_spark.evaluate.metrics import decile_mape
+from ulv_spark.train.calibration import (PowerCalibration, apply_knots, fit_platt, fit_power_calibration,
+                                        fit_value_power, isotonic_knots)
 from ulv_spark.train.model import build_model, calibrate, predict_arrays
 from ulv_spark.train.spec import ModelMeta, ModelSpec
 
@@ -80,6 +82,37 @@ def test_calibration_round_trips_through_a_dict_and_is_identity_without_one():
     assert PowerCalibration.from_dict({}).is_identity and PowerCalibration.from_dict(None).is_identity
     ev = np.array([0.3, 4.0, 50.0])
     np.testing.assert_array_equal(PowerCalibration().value(ev), ev)
+
+
+def test_isotonic_knots_pool_violators_and_give_exact_bin_means_at_the_knots():
+    # 4 bins of 2 rows: outcome means 1, 3, 2, 8 -> the middle pair is pooled to 2.5
+    pred = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0])
+    y = np.array([0.0, 2.0, 3.0, 3.0, 1.0, 3.0, 8.0, 8.0])
+    knots = isotonic_knots(pred, y, forward=math.log, floor=1e-9, bins=4, min_rows=2)
+    np.testing.assert_allclose(np.exp(knots), [[1.0, 1.0], [2.5, 2.5], [4.0, 8.0]], rtol=1e-12)
+    # linear between the knots (in log space), slope 1 beyond the ends
+    z = np.log([0.5, 1.0, 1.75, 4.0, 8.0])
+    np.testing.assert_allclose(np.exp(apply_knots(z, knots)), [0.5, 1.0, 1.75, 8.0, 16.0], rtol=1e-12)
+    assert isotonic_knots(pred, y, forward=math.log, floor=1e-9, bins=4, min_rows=5) == ()  # one bin only
+
+
+def test_isotonic_calibration_is_strictly_increasing_and_fixes_a_bent_decile_curve():
+    rng = np.random.default_rng(0)
+    ev = rng.lognormal(0.0, 1.0, 20_000)
+    y = rng.poisson(np.where(ev < 1.0, 0.2 * ev, 3.0 * ev - 2.8)).astype(float)   # bent: no power law fits
+    churn, y_churn = np.full(len(ev), 0.5), (rng.random(len(ev)) < 0.5).astype(float)
+    power = fit_power_calibration(ev, y, churn, y_churn)
+    held_out = rng.random(len(ev)) < 0.3   # the knots come from these rows only
+    iso = fit_power_calibration(ev, y, churn, y_churn, knot_rows={"ev": ev[held_out], "y_value": y[held_out]})
+    assert iso.value_knots and PowerCalibration.from_dict(iso.to_dict()) == iso
+    assert (iso.value_a, iso.value_b, iso.churn_c, iso.churn_d) == (power.value_a, power.value_b, power.churn_c,
+                                                                     power.churn_d)
+    grid = np.sort(rng.lognormal(0.0, 2.0, 5000))
+    assert np.all(np.diff(iso.value(grid)) > 0)   # rankings do not move
+    rest = ~held_out
+    assert decile_mape(y[rest], iso.value(ev[rest])) < 0.5 * decile_mape(y[rest], power.value(ev[rest]))
+    assert "value_knots" not in power.to_dict()   # power-only models keep the four floats
+    np.testing.assert_array_equal(iso.churn(churn), power.churn(churn))   # churn: Platt alone
 
 
 def test_calibrate_maps_ev_and_churn_and_scales_the_quantiles_by_the_same_ratio():
@@ -324,3 +357,17 @@ def test_training_fits_the_calibration_on_training_and_validation_rows_and_store
     assert read_meta(val_only["model_dir"]).calibration != meta.calibration
     off = loop.train_rank(_spec(tmp_path / "off", root, epochs=2, calibration="none"))
     assert read_meta(off["model_dir"]).calibration == {} and "calibration" not in off["metrics"]
+
+
+def test_isotonic_calibration_adds_value_knots_from_the_validation_rows_to_the_power_maps(tmp_path, monkeypatch):
+    from ulv_spark.train import calibration
+
+    monkeypatch.setattr(calibration, "KNOT_MIN_ROWS", 16)   # 64 validation rows -> 4 bins
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 128, files=2, val_rows=64, seq_len=SEQ,
+                                          vocab_size=VOCAB, seed=3)
+    power = read_meta(loop.train_rank(_spec(tmp_path / "p", root, epochs=2, calibration="power"))["model_dir"])
+    iso = read_meta(loop.train_rank(_spec(tmp_path / "i", root, epochs=2, calibration="isotonic"))["model_dir"])
+    assert "value_knots" not in power.calibration and 2 <= len(iso.calibration["value_knots"]) <= 4
+    assert {k: iso.calibration[k] for k in power.calibration} == power.calibration   # the same weights and maps
+    xs, ys = zip(*iso.calibration["value_knots"])
+    assert all(np.diff(xs) > 0) and all(np.diff(ys) > 0)

@@ -274,9 +274,10 @@ class TrainConf:
     # embedding) when the examples have any; false: the ablation (the same model without it). Inert without text
     text_fusion: bool = True
     arm_heads: Literal["delta", "tarnet"] = "delta"  # delta: arm = base head + per-arm delta (control 0); tarnet: independent
-    # power: fit EV' = e^a EV^b and Platt churn (rows: calibration_rows); isotonic: then binned
-    # isotonic knots fitted on the validation rows (train/calibration.py); none: the raw heads
-    calibration: Literal["power", "isotonic", "none"] = "power"
+    # isotonic: fit EV' = e^a EV^b and Platt churn (rows: calibration_rows), then binned isotonic
+    # knots of the value fitted on the validation rows (train/calibration.py); power: the two maps
+    # alone; none: the raw heads
+    calibration: Literal["isotonic", "power", "none"] = "isotonic"
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
     seed: int = 7
     retrain_every_days: int = 7

@@ -119,8 +119,8 @@ class ModelMeta:
     horizon_days: int
     trained_as_of: str            # ISO date of the training run
     feature_transform: str = FEATURE_TRANSFORM  # applied to raw features before standardising
-    # post-hoc maps fitted on validation rows (see ulv_spark.train.calibration): value_a, value_b,
-    # churn_c, churn_d; {} (models written before calibration) = identity
+    # post-hoc maps (see ulv_spark.train.calibration): value_a, value_b, churn_c, churn_d and, with
+    # train.calibration = isotonic, value_knots; {} (models written before calibration) = identity
     calibration: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
