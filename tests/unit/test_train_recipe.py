@@ -111,6 +111,8 @@ def test_isotonic_calibration_is_strictly_increasing_and_fixes_a_bent_decile_cur
     assert np.all(np.diff(iso.value(grid)) > 0)   # rankings do not move
     rest = ~held_out
     assert decile_mape(y[rest], iso.value(ev[rest])) < 0.5 * decile_mape(y[rest], power.value(ev[rest]))
+    # the level stays the power map's over every fit row (the knots only reshape)
+    assert iso.value(ev).sum() == pytest.approx(power.value(ev).sum(), rel=1e-9)
     assert "value_knots" not in power.to_dict()   # power-only models keep the four floats
     np.testing.assert_array_equal(iso.churn(churn), power.churn(churn))   # churn: Platt alone
 
