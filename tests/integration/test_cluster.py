@@ -225,5 +225,5 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     assert train["trained"] is True and train["resumed_from_epoch"] >= 3
     assert train["epochs_run"] == 41  # 1 pretraining + 40 fine-tuning epochs, counted from the start
     models_after = sorted(p.name for p in Path(cfg.train.model_dir).iterdir())
-    assert set(models_after) - set(models_before) == {Path(train["model_dir"]).name}
+    assert set(models_after) - set(models_before) == {train["model_version"]}   # the directory is the version
     assert _versions(spark, cfg) == versions   # nothing scored yet
