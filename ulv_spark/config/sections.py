@@ -293,7 +293,7 @@ class TrainConf:
     tabular_hidden: int = 64            # width of the MLP over standardised tabular features
     # periodic: every standardised feature gets its own embedding (sin / cos of 16 learned
     # frequencies -> linear to 8 -> ReLU, Gorishniy et al. 2022) before that MLP; none: the raw
-    # values. Off by default: measured neutral on CDNOW (BENCHMARKS.md, "Periodic feature embeddings")
+    # values. Off by default: measured neutral on CDNOW (BENCHMARKS.md §6b)
     tabular_embedding: Literal["periodic", "none"] = "none"
     head_hidden: int = 64               # width of the shared trunk feeding every head
     loss_weights: dict[str, float] = field(default_factory=dict)  # value/churn/uplift/propensity; missing = 1
