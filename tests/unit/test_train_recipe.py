@@ -373,3 +373,57 @@ def test_isotonic_calibration_adds_value_knots_from_the_validation_rows_to_the_p
     assert {k: iso.calibration[k] for k in power.calibration} == power.calibration   # the same weights and maps
     xs, ys = zip(*iso.calibration["value_knots"])
     assert all(np.diff(xs) > 0) and all(np.diff(ys) > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the weight average (train.weight_average_epochs)
+# --------------------------------------------------------------------------------------------
+def test_weight_average_follows_the_warmed_up_exponential_rule_exactly():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    avg = loop.WeightAverage(net, horizon_epochs=2.0, steps_per_epoch=10)   # decay 1 - 1/20 = 0.95
+    assert avg.decay == pytest.approx(0.95)
+    expected = 0.0
+    for t, w in enumerate([10.0, 20.0, 30.0, 40.0] + [1.0] * 300):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        avg.update(net)
+        d = min(0.95, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * w
+        assert float(avg.module.weight) == pytest.approx(expected, rel=1e-6)
+    assert d == 0.95 and float(avg.module.weight) == pytest.approx(1.0, abs=0.01)   # it forgets the old weights
+    assert not avg.module.weight.requires_grad and net.weight.requires_grad
+
+
+def test_training_with_a_weight_average_writes_the_average_and_resumes_it_exactly(tmp_path):
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 128, files=2, val_rows=64, seq_len=SEQ,
+                                          vocab_size=VOCAB, seed=4)
+    kw = dict(epochs=3, weight_average_epochs=1.0, patience=5, calibration="none")
+    whole = loop.train_rank(_spec(tmp_path / "whole", root, **kw))
+    run = str(tmp_path / "whole" / "ck" / "run")
+    last = checkpoints.load_checkpoint(checkpoints.latest_checkpoint(run))
+    assert last.average is not None and last.state.average_updates == 3 * 4   # 3 epochs of 128 rows / 32
+    written, _ = load_model(whole["model_dir"])
+    best = checkpoints.load_best_weights(run)
+    assert all(torch.equal(v, best[k]) for k, v in written.state_dict().items())
+    if whole["best_epoch"] == 3:
+        assert all(torch.equal(v, last.average[k]) for k, v in written.state_dict().items())
+    assert not all(torch.equal(last.average[k], last.weights[k]) for k in last.weights)   # an average, not the raw
+    # interrupted after epoch 1 and resumed: the average goes on from the saved one (a resumed run reads
+    # its rows in another order, so it is not the uninterrupted run's model)
+    loop.train_rank(_spec(tmp_path / "cut", root, stop_after_epochs=1, **kw))
+    cut = checkpoints.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "cut" / "ck" / "run")))
+    assert cut.state.average_updates == 4 and cut.average is not None
+    seeded = loop.WeightAverage(torch.nn.Module(), 1.0, 4)
+    restored = loop.WeightAverage(written, 1.0, 4, state=cut.average, updates=cut.state.average_updates)
+    assert seeded.updates == 0 and restored.updates == 4
+    assert all(torch.equal(v, cut.average[k]) for k, v in restored.module.state_dict().items())
+    resumed = loop.train_rank(_spec(tmp_path / "cut", root, **kw))
+    assert resumed["resumed_from_epoch"] == 1
+    end = checkpoints.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "cut" / "ck" / "run")))
+    assert end.state.average_updates == 12
+    # off: the raw weights are validated and written
+    raw = loop.train_rank(_spec(tmp_path / "raw", root, **{**kw, "weight_average_epochs": 0.0}))
+    assert checkpoints.load_checkpoint(checkpoints.latest_checkpoint(str(tmp_path / "raw" / "ck" / "run"))).average is None
+    assert raw["history"][0]["val_loss"] != whole["history"][0]["val_loss"]

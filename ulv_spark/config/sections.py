@@ -269,6 +269,9 @@ class TrainConf:
     encoder_lr_mult: float = 0.3        # learning-rate multiplier of the event encoder's own AdamW group
     sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
     freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
+    # > 0: validate, keep and write an exponential moving average of the fine-tuning weights spanning
+    # about this many epochs (Polyak averaging; train/loop.py WeightAverage); 0 = the raw weights
+    weight_average_epochs: float = 0.0
     long_term_uplift: bool = True       # arm heads also learn the horizon's spend per arm (promo_uplift.uplift_value_long)
     # each order token also carries its products' text (seq_text, projected by a Linear and added to the token
     # embedding) when the examples have any; false: the ablation (the same model without it). Inert without text
@@ -322,6 +325,8 @@ class TrainConf:
         need(0.0 <= self.lr_floor <= 1.0, "lr_floor", f"must be in [0, 1], got {self.lr_floor}")
         need(self.encoder_lr_mult >= 0, "encoder_lr_mult", f"must be >= 0, got {self.encoder_lr_mult}")
         need(0.0 <= self.sequence_dropout < 1.0, "sequence_dropout", f"must be in [0, 1), got {self.sequence_dropout}")
+        need(self.weight_average_epochs >= 0, "weight_average_epochs",
+             f"must be >= 0, got {self.weight_average_epochs}")
         need(self.freeze_encoder_after >= 0, "freeze_encoder_after", f"must be >= 0, got {self.freeze_encoder_after}")
         need(0.0 < self.mlm_probability < 1.0, "mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")

@@ -32,6 +32,7 @@ class TrainState:
     bad_epochs: int = 0
     early_stopped: bool = False
     history: list = field(default_factory=list)
+    average_updates: int = 0          # optimiser steps folded into the weight average so far
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Checkpoint:
     optimizer: dict
     optimizer_stage: str
     state: TrainState
+    average: Optional[dict] = None   # the running weight average (train.weight_average_epochs), if any
 
 
 def checkpoint_files(checkpoint_dir: str) -> list[str]:
@@ -67,16 +69,24 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def save_checkpoint(checkpoint_dir: str, model, optimizer, optimizer_stage: str, state: TrainState,
-                    improved: bool) -> str:
-    """Write ``epoch-<state.completed>.pt`` (and ``best.pt`` when ``improved``); prune old ones; returns the path."""
+                    improved: bool, average=None) -> str:
+    """Write ``epoch-<state.completed>.pt`` (and ``best.pt`` when ``improved``); prune old ones; returns the path.
+
+    With ``average`` (the module holding the running weight average) the checkpoint carries it
+    too, and ``best.pt`` holds the average: it is what was validated.
+    """
     root = Path(checkpoint_dir)
     root.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    averaged = None if average is None else {k: v.detach().cpu() for k, v in average.state_dict().items()}
     if improved:
-        _atomic_save(weights, root / BEST_FILE)
+        _atomic_save(weights if averaged is None else averaged, root / BEST_FILE)
     path = root / f"epoch-{state.completed:04d}.pt"
-    _atomic_save({"model": weights, "optimizer": optimizer.state_dict(), "optimizer_stage": optimizer_stage,
-                  "state": json.dumps(dataclasses.asdict(state))}, path)
+    payload = {"model": weights, "optimizer": optimizer.state_dict(), "optimizer_stage": optimizer_stage,
+               "state": json.dumps(dataclasses.asdict(state))}
+    if averaged is not None:
+        payload["average"] = averaged
+    _atomic_save(payload, path)
     for old in checkpoint_files(checkpoint_dir)[:-KEEP_CHECKPOINTS]:
         os.remove(old)
     return str(path)
@@ -88,7 +98,7 @@ def load_checkpoint(path: str) -> Checkpoint:
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return Checkpoint(weights=ckpt["model"], optimizer=ckpt["optimizer"], optimizer_stage=ckpt["optimizer_stage"],
-                      state=TrainState(**json.loads(ckpt["state"])))
+                      state=TrainState(**json.loads(ckpt["state"])), average=ckpt.get("average"))
 
 
 def load_best_weights(checkpoint_dir: str) -> Optional[dict]:

@@ -13,7 +13,9 @@ linear warm-up over ``warmup_share`` of the fine-tuning steps, then cosine decay
 ``lr_floor`` x the rate (:func:`lr_factor`); gradient clipping; the encoder frozen after
 ``freeze_encoder_after`` fine-tuning epochs (no gradients, eval mode, its group's rate 0; DDP
 runs with ``find_unused_parameters``, so the frozen parameters are simply unused); early
-stopping on the validation loss, the best epoch kept; and on rank 0 at the end the
+stopping on the validation loss, the best epoch kept; with ``weight_average_epochs`` > 0 a
+running exponential average of the fine-tuning weights (:class:`WeightAverage`) is what is
+validated, kept as the best epoch and written; and on rank 0 at the end the
 :mod:`~ulv_spark.train.calibration` maps fitted on that epoch's validation predictions.
 
 Reproducibility: with the same data, conf and seed a CPU run gives the same model, bit for
@@ -106,10 +108,48 @@ def _text(batch: dict):
     return None if text is None else text.float()
 
 
-def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, autocast, set_lr=None) -> dict:
+class WeightAverage:
+    """An exponential moving average of the model's weights over the fine-tuning steps (Polyak averaging).
+
+    The decay per step is ``1 - 1 / max(1, horizon_epochs * steps_per_epoch)`` (the average spans
+    about ``horizon_epochs`` epochs whatever the data size), warmed up as ``min(decay, (1 + t) /
+    (10 + t))`` over the first updates ``t`` (TensorFlow's ``num_updates`` rule), so early steps
+    do not leave the initial weights in it. Buffers are copied, not averaged. Every rank holds the
+    same average (DDP keeps the weights equal), so nothing is communicated.
+    """
+
+    def __init__(self, model, horizon_epochs: float, steps_per_epoch: int, state: dict | None = None,
+                 updates: int = 0):
+        import copy
+
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        if state is not None:
+            self.module.load_state_dict(state)
+        self.module.eval()
+        self.decay = 1.0 - 1.0 / max(1.0, horizon_epochs * steps_per_epoch)
+        self.updates = updates
+
+    def update(self, model) -> None:
+        import torch
+
+        t = self.updates
+        decay = min(self.decay, (1.0 + t) / (10.0 + t))
+        self.updates += 1
+        with torch.no_grad():
+            for avg, p in zip(self.module.parameters(), model.parameters()):
+                avg.lerp_(p.detach().to(avg.dtype), 1.0 - decay)
+            for avg, b in zip(self.module.buffers(), model.buffers()):
+                avg.copy_(b)
+
+
+def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, autocast, set_lr=None,
+                after_step=None) -> dict:
     """One epoch of ``stage`` over ``batches.steps_per_epoch`` batches; returns loss_sum, steps, rows, seconds.
 
-    ``set_lr(i)``, when given, is called before the i-th step of the epoch (learning-rate schedule).
+    ``set_lr(i)``, when given, is called before the i-th step of the epoch (learning-rate schedule);
+    ``after_step()`` after every optimiser step (the weight average).
     """
     import torch
 
@@ -138,6 +178,8 @@ def train_epoch(stage: str, ddp, optimizer, batches, spec: TrainSpec, device, au
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         loss_sum += float(loss.detach())
         steps += 1
         rows += int(tokens.shape[0])
@@ -304,6 +346,7 @@ def train_rank(spec: TrainSpec) -> dict:
     model.set_output_bias(spec.label_stats)
     model.to(device)
     state, optimizer, optimizer_stage, resumed_from = ckpts.TrainState(), None, None, None
+    average, average_state = None, None
     ckpt_path = ckpts.pick_checkpoint(spec.checkpoint_dir, resume=cfg.resume, rank=rank, distributed=distributed)
     if ckpt_path:
         ckpt = ckpts.load_checkpoint(ckpt_path)
@@ -311,7 +354,7 @@ def train_rank(spec: TrainSpec) -> dict:
         state = ckpt.state
         optimizer = _new_optimizer(model, spec)
         optimizer.load_state_dict(ckpt.optimizer)
-        optimizer_stage, resumed_from = ckpt.optimizer_stage, state.completed
+        optimizer_stage, resumed_from, average_state = ckpt.optimizer_stage, state.completed, ckpt.average
         if rank == 0:
             log.info("resuming from %s (epoch %d done)", ckpt_path, state.completed)
     ddp = (DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True)
@@ -341,15 +384,22 @@ def train_rank(spec: TrainSpec) -> dict:
                     log.info("encoder frozen after %d fine-tuning epochs", finetuned)
             torch.manual_seed(cfg.seed + 1000 * state.completed + rank)  # dropout / masks per epoch
             batches = pretrain_batches if stage == PRETRAIN else train_batches
+            if stage == FINETUNE and cfg.weight_average_epochs > 0 and average is None:
+                average = WeightAverage(model, cfg.weight_average_epochs, batches.steps_per_epoch,
+                                        state=average_state, updates=state.average_updates)
             set_lr = _lr_setter(optimizer, stage, spec, first_step=max(finetuned, 0) * batches.steps_per_epoch,
                                 total_steps=cfg.epochs * batches.steps_per_epoch)
-            stats = train_epoch(stage, ddp, optimizer, batches, spec, device, autocast, set_lr)
+            after_step = (lambda: average.update(model)) if stage == FINETUNE and average is not None else None
+            stats = train_epoch(stage, ddp, optimizer, batches, spec, device, autocast, set_lr, after_step)
+            if after_step is not None:
+                state.average_updates = average.updates
             loss_sum, steps, rows, seconds = _reduce_sums(
                 [stats["loss_sum"], stats["steps"], stats["rows"], stats["seconds"]], device, distributed)
             record = {"epoch": state.completed + 1, "stage": stage, "train_loss": loss_sum / max(steps, 1),
                       "rows": int(rows), "rows_per_second": rows / max(seconds / world, 1e-9)}
             if val_batches is not None:
-                record.update(validate(stage, model, val_batches, spec, device, autocast, distributed))
+                judged = average.module if stage == FINETUNE and average is not None else model
+                record.update(validate(stage, judged, val_batches, spec, device, autocast, distributed))
             improved = False
             if stage == FINETUNE:
                 current = record.get("val_loss", record["train_loss"])
@@ -362,7 +412,8 @@ def train_rank(spec: TrainSpec) -> dict:
             state.history.append(record)
             epochs_this_run += 1
             if rank == 0:
-                saved = ckpts.save_checkpoint(spec.checkpoint_dir, model, optimizer, optimizer_stage, state, improved)
+                saved = ckpts.save_checkpoint(spec.checkpoint_dir, model, optimizer, optimizer_stage, state, improved,
+                                              average=average.module if average is not None else None)
                 log.info("epoch %d/%d %s: %s (checkpoint %s)", state.completed, len(plan), stage,
                          ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)),
                          Path(saved).name)
