@@ -270,7 +270,8 @@ class TrainConf:
     sequence_dropout: float = 0.3       # training only: share of rows whose pooled sequence vector is zeroed
     freeze_encoder_after: int = 3       # freeze the event encoder after N fine-tuning epochs; 0 = never
     # > 0: validate, keep and write an exponential moving average of the fine-tuning weights spanning
-    # about this many epochs (Polyak averaging; train/loop.py WeightAverage); 0 = the raw weights
+    # about this many epochs (Polyak averaging; train/loop.py WeightAverage); 0 = the raw weights. Off by
+    # default: measured neutral on CDNOW (BENCHMARKS.md §6b)
     weight_average_epochs: float = 0.0
     long_term_uplift: bool = True       # arm heads also learn the horizon's spend per arm (promo_uplift.uplift_value_long)
     # each order token also carries its products' text (seq_text, projected by a Linear and added to the token
