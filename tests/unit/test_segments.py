@@ -102,6 +102,21 @@ def test_profiles_without_arms_or_features_and_duplicate_names_get_the_id(spark)
     assert_approx_df_equality(out.orderBy("learned_segment"), expected, precision=1e-12, ignore_nullable=True)
 
 
+def test_same_named_segments_get_the_behaviour_they_stand_out_by(spark):
+    # three "mid value, wavering" segments; night means (users-weighted): recency (10+10+100+50)/4 = 42.5,
+    # orders (2+2+2+8)/4 = 3.5, tenure 200 everywhere
+    members = spark.createDataFrame([("a", 0, 10.0, 0.5), ("b", 0, 10.0, 0.5), ("c", 1, 10.0, 0.5),
+                                     ("d", 2, 10.0, 0.5)], MEMBERS)
+    features = spark.createDataFrame([("a", 10, 2, 200.0, 1.0), ("b", 10, 2, 200.0, 1.0), ("c", 100, 2, 200.0, 1.0),
+                                      ("d", 50, 8, 200.0, 1.0)], FEATURES)
+    out = segment_profiles(members, spark.createDataFrame([], UPLIFT), features, risk_tiers=[0.3, 0.6])
+    names = dict(out.select("learned_segment", "name").collect())
+    # 0: recency ln(42.5/10) = 1.45 beats orders ln(3.5/2) = 0.56 -> recent
+    # 1: recency ln(100/42.5) = 0.86 beats 0.56 -> lapsed; 2: orders ln(8/3.5) = 0.83 beats ln(50/42.5) = 0.16
+    assert names == {0: "mid value, wavering, recent", 1: "mid value, wavering, lapsed",
+                     2: "mid value, wavering, frequent"}
+
+
 def test_transitions_count_moves_new_and_gone_users(spark):
     schema = "user_id string, learned_segment int"
     previous = spark.createDataFrame([("a", 0), ("b", 0), ("c", 1), ("d", 2), ("f", 1)], schema)

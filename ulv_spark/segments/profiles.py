@@ -72,12 +72,51 @@ def segment_profiles(members: DataFrame, uplift: DataFrame, features: DataFrame,
                 .withColumn("share", F.col(USERS) / F.col("_all_users")))
     overall_mean = F.col("_all_value") / F.col("_all_users")
     named = profiled.withColumn("name", segment_name(overall_mean, risk_tiers))
-    # two segments with the same words are told apart by their id
+    # segments with the same words get the behaviour they stand out by (distinguishing_word); any
+    # still alike are told apart by their id
     same = Window.partitionBy("name")
+    named = named.withColumn("name", F.when(F.count(F.lit(1)).over(same) > 1,
+                                            F.concat_ws(", ", F.col("name"), distinguishing_word(named)))
+                             .otherwise(F.col("name")))
     named = named.withColumn("name", F.when(F.count(F.lit(1)).over(same) > 1,
                                             F.concat(F.col("name"), F.lit(" #"), F.col(LEARNED_SEGMENT).cast("string")))
                              .otherwise(F.col("name")))
     return named.select(*PROFILE_COLUMNS)
+
+
+# profile column -> (word when the segment's mean is above the night's, word when below)
+STAND_OUT_WORDS = {
+    "mean_recency_days": ("lapsed", "recent"),
+    "mean_frequency": ("frequent", "infrequent"),
+    "mean_tenure_days": ("long-standing", "new"),
+    "mean_distinct_categories": ("broad", "narrow"),
+    "mean_top_category_share": ("category-loyal", "varied"),
+}
+
+
+def distinguishing_word(profiles: DataFrame) -> Column:
+    """The word of the behaviour a segment stands out by most: the FEATURE_MEANS column whose
+    segment mean is furthest, as |ln(segment mean / night mean)|, from the night's user-weighted mean
+    (ties: STAND_OUT_WORDS order); null when no such mean is positive on both sides.
+
+    ``profiles`` has one row per segment with ``users`` and the profile means.
+    """
+    whole = Window.partitionBy()
+    candidates = []
+    for rank, (column, (above, below)) in enumerate(STAND_OUT_WORDS.items()):
+        if column not in profiles.columns:
+            continue
+        night = (F.sum(F.col(column) * F.col(USERS)).over(whole)
+                 / F.sum(F.when(F.col(column).isNotNull(), F.col(USERS))).over(whole))
+        ok = (F.col(column) > 0) & (night > 0)
+        score = F.when(ok, F.abs(F.log(F.col(column) / night)))
+        word = F.when(F.col(column) > night, F.lit(above)).otherwise(F.lit(below))
+        candidates.append(F.struct(F.coalesce(score, F.lit(-1.0)).alias("score"), F.lit(-rank).alias("order"),
+                                   F.when(ok, word).alias("word")))
+    if not candidates:
+        return F.lit(None).cast("string")
+    best = F.sort_array(F.array(*candidates), asc=False)[0]
+    return F.when(best["score"] > 0, best["word"])
 
 
 def segment_name(overall_mean_value: Column, risk_tiers: Sequence[float]) -> Column:
