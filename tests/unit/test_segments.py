@@ -103,18 +103,21 @@ def test_profiles_without_arms_or_features_and_duplicate_names_get_the_id(spark)
 
 
 def test_same_named_segments_get_the_behaviour_they_stand_out_by(spark):
-    # three "mid value, wavering" segments; night means (users-weighted): recency (10+10+100+50)/4 = 42.5,
-    # orders (2+2+2+8)/4 = 3.5, tenure 200 everywhere
+    # three "low value, wavering" segments; their means (users-weighted): recency (10+10+100+50)/4 = 42.5,
+    # orders (2+2+2+8)/4 = 3.5, tenure 200 everywhere; a fourth, "high value", is not in their mean
     members = spark.createDataFrame([("a", 0, 10.0, 0.5), ("b", 0, 10.0, 0.5), ("c", 1, 10.0, 0.5),
                                      ("d", 2, 10.0, 0.5)], MEMBERS)
     features = spark.createDataFrame([("a", 10, 2, 200.0, 1.0), ("b", 10, 2, 200.0, 1.0), ("c", 100, 2, 200.0, 1.0),
                                       ("d", 50, 8, 200.0, 1.0)], FEATURES)
+    members = members.union(spark.createDataFrame([("e", 3, 1000.0, 0.5)], MEMBERS))
+    features = features.union(spark.createDataFrame([("e", 1, 100, 5.0, 1.0)], FEATURES))
     out = segment_profiles(members, spark.createDataFrame([], UPLIFT), features, risk_tiers=[0.3, 0.6])
     names = dict(out.select("learned_segment", "name").collect())
+    assert names.pop(3) == "high value, wavering"
     # 0: recency ln(42.5/10) = 1.45 beats orders ln(3.5/2) = 0.56 -> recent
     # 1: recency ln(100/42.5) = 0.86 beats 0.56 -> lapsed; 2: orders ln(8/3.5) = 0.83 beats ln(50/42.5) = 0.16
-    assert names == {0: "mid value, wavering, recent", 1: "mid value, wavering, lapsed",
-                     2: "mid value, wavering, frequent"}
+    assert names == {0: "low value, wavering, recent", 1: "low value, wavering, lapsed",
+                     2: "low value, wavering, frequent"}
 
 
 def test_transitions_count_moves_new_and_gone_users(spark):

@@ -72,11 +72,11 @@ def segment_profiles(members: DataFrame, uplift: DataFrame, features: DataFrame,
                 .withColumn("share", F.col(USERS) / F.col("_all_users")))
     overall_mean = F.col("_all_value") / F.col("_all_users")
     named = profiled.withColumn("name", segment_name(overall_mean, risk_tiers))
-    # segments with the same words get the behaviour they stand out by (distinguishing_word); any
+    # segments with the same words get the behaviour they stand out by among them (distinguishing_word); any
     # still alike are told apart by their id
     same = Window.partitionBy("name")
     named = named.withColumn("name", F.when(F.count(F.lit(1)).over(same) > 1,
-                                            F.concat_ws(", ", F.col("name"), distinguishing_word(named)))
+                                            F.concat_ws(", ", F.col("name"), distinguishing_word(named, same)))
                              .otherwise(F.col("name")))
     named = named.withColumn("name", F.when(F.count(F.lit(1)).over(same) > 1,
                                             F.concat(F.col("name"), F.lit(" #"), F.col(LEARNED_SEGMENT).cast("string")))
@@ -94,14 +94,15 @@ STAND_OUT_WORDS = {
 }
 
 
-def distinguishing_word(profiles: DataFrame) -> Column:
-    """The word of the behaviour a segment stands out by most: the FEATURE_MEANS column whose
-    segment mean is furthest, as |ln(segment mean / night mean)|, from the night's user-weighted mean
-    (ties: STAND_OUT_WORDS order); null when no such mean is positive on both sides.
+def distinguishing_word(profiles: DataFrame, group: Window) -> Column:
+    """The word of the behaviour a segment stands out by most within its ``group`` (the segments
+    sharing its name): the STAND_OUT_WORDS column whose segment mean is furthest, as
+    |ln(segment mean / group mean)|, from the group's user-weighted mean (ties: STAND_OUT_WORDS
+    order); null when no such mean is positive on both sides.
 
     ``profiles`` has one row per segment with ``users`` and the profile means.
     """
-    whole = Window.partitionBy()
+    whole = group
     candidates = []
     for rank, (column, (above, below)) in enumerate(STAND_OUT_WORDS.items()):
         if column not in profiles.columns:
