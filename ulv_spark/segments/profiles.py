@@ -84,7 +84,7 @@ def segment_profiles(members: DataFrame, uplift: DataFrame, features: DataFrame,
     return named.select(*PROFILE_COLUMNS)
 
 
-# profile column -> (word when the segment's mean is above the night's, word when below)
+# profile column -> (word when the segment's mean is above its group's, word when below)
 STAND_OUT_WORDS = {
     "mean_recency_days": ("lapsed", "recent"),
     "mean_frequency": ("frequent", "infrequent"),
@@ -102,16 +102,15 @@ def distinguishing_word(profiles: DataFrame, group: Window) -> Column:
 
     ``profiles`` has one row per segment with ``users`` and the profile means.
     """
-    whole = group
     candidates = []
     for rank, (column, (above, below)) in enumerate(STAND_OUT_WORDS.items()):
         if column not in profiles.columns:
             continue
-        night = (F.sum(F.col(column) * F.col(USERS)).over(whole)
-                 / F.sum(F.when(F.col(column).isNotNull(), F.col(USERS))).over(whole))
-        ok = (F.col(column) > 0) & (night > 0)
-        score = F.when(ok, F.abs(F.log(F.col(column) / night)))
-        word = F.when(F.col(column) > night, F.lit(above)).otherwise(F.lit(below))
+        group_mean = (F.sum(F.col(column) * F.col(USERS)).over(group)
+                      / F.sum(F.when(F.col(column).isNotNull(), F.col(USERS))).over(group))
+        ok = (F.col(column) > 0) & (group_mean > 0)
+        score = F.when(ok, F.abs(F.log(F.col(column) / group_mean)))
+        word = F.when(F.col(column) > group_mean, F.lit(above)).otherwise(F.lit(below))
         candidates.append(F.struct(F.coalesce(score, F.lit(-1.0)).alias("score"), F.lit(-rank).alias("order"),
                                    F.when(ok, word).alias("word")))
     if not candidates:
