@@ -2,6 +2,7 @@
 split, arm catalogue check, delta arm heads, modality dropout, encoder freeze."""
 import datetime as dt
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,6 +374,80 @@ def test_isotonic_calibration_adds_value_knots_from_the_validation_rows_to_the_p
     assert {k: iso.calibration[k] for k in power.calibration} == power.calibration   # the same weights and maps
     xs, ys = zip(*iso.calibration["value_knots"])
     assert all(np.diff(xs) > 0) and all(np.diff(ys) > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the tree companion (train.tree_blend)
+# --------------------------------------------------------------------------------------------
+def test_value_stack_recovers_a_b_g_exactly_and_drops_trees_whose_weight_is_negative():
+    from ulv_spark.train.calibration import fit_value_stack
+
+    rng = np.random.default_rng(0)
+    ev, tree = np.exp(rng.normal(1.0, 1.0, 50)), np.exp(rng.normal(1.0, 1.0, 50))
+    y = np.exp(-0.4) * ev ** 0.6 * tree ** 0.7        # the Poisson score equations hold exactly at mu = y
+    a, b, g = fit_value_stack(ev, tree, y)
+    assert (a, b, g) == pytest.approx((-0.4, 0.6, 0.7), abs=1e-7)
+    cal = PowerCalibration(value_a=a, value_b=b, value_tree=g)
+    np.testing.assert_allclose(cal.value(ev, tree), y, rtol=1e-6)
+    assert fit_value_stack(ev, tree, ev ** 1.5 / tree ** 0.5) is None     # g = -0.5: the trees add nothing
+    assert fit_value_stack(ev[:5], tree[:5], y[:5]) is None                # too few rows
+    with pytest.raises(ValueError, match="tree companion"):
+        cal.value(ev)                                                      # a stack needs the trees' predictions
+
+
+def test_churn_stack_recovers_the_generating_logistic_model_and_round_trips_through_meta():
+    from ulv_spark.train.calibration import fit_churn_stack
+
+    rng = np.random.default_rng(1)
+    n = 200_000
+    zn, zt = rng.normal(0, 1.5, n), rng.normal(0, 1.5, n)
+    p_net, p_tree = 1 / (1 + np.exp(-zn)), 1 / (1 + np.exp(-zt))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * zn + 0.5 * zt)))).astype(float)
+    c, d, e = fit_churn_stack(p_net, p_tree, y)
+    assert (c, d, e) == pytest.approx((0.3, 0.8, 0.5), abs=0.03)           # ~4 standard errors at n = 200k
+    assert fit_churn_stack(p_net, p_tree, (rng.random(n) < p_net).astype(float)) is None or \
+        fit_churn_stack(p_net, p_tree, (rng.random(n) < p_net).astype(float))[2] < 0.02
+    assert fit_churn_stack(p_net, 1 - p_tree, y) is None                   # anti-informative trees: dropped
+    cal = PowerCalibration(churn_c=c, churn_d=d, churn_tree=e)
+    assert PowerCalibration.from_dict(cal.to_dict()) == cal and cal.uses_trees
+    assert "churn_tree" not in PowerCalibration(churn_c=c, churn_d=d).to_dict()   # older metas keep their keys
+
+
+def test_training_with_tree_blend_stacks_trees_fitted_on_training_rows_and_scoring_applies_them(tmp_path):
+    from ulv_spark.train.model import tree_predictions
+    from ulv_spark.train.scaling import standardise
+    from ulv_spark.train.trees import TREES_FILE
+
+    root = synthetic.write_synthetic_feed(str(tmp_path / "feed"), 512, files=2, val_rows=256, seq_len=SEQ,
+                                          vocab_size=VOCAB, seed=5)
+    summary = loop.train_rank(_spec(tmp_path / "t", root, epochs=1, tree_blend="both"))
+    metrics, meta = summary["metrics"], read_meta(summary["model_dir"])
+    assert metrics["tree_rows"] == 512 and metrics["tree_blend"] == "both"   # fitted on the training rows only
+    cal = PowerCalibration.from_dict(meta.calibration)
+    assert cal.churn_tree > 0 and cal.value_tree > 0                        # the trees earn weight on held-out rows
+    assert metrics["tree_blend_weights"] == {"value": cal.value_tree, "churn": cal.churn_tree}
+    assert (tmp_path / "t" / "models" / Path(summary["model_dir"]).name / TREES_FILE).is_file()
+    model, meta = load_model(summary["model_dir"])
+    data = synthetic.synthetic_arrays(40, seq_len=SEQ, vocab_size=VOCAB, seed=9)
+    tab = np.stack([np.asarray(data[c], dtype=np.float64) for c in meta.feature_columns], axis=1)
+    tokens, mask = np.stack(data["seq_tokens"]), np.stack(data["seq_mask"])
+    got = predict_arrays(model, meta, tokens, mask, tab)
+    bare = dict(meta.__dict__)
+    raw = predict_arrays(model, ModelMeta(**{**bare, "calibration": {}}), tokens, mask, tab)
+    trees = tree_predictions(model, cal, standardise(tab, meta.feature_mean, meta.feature_std))
+    want = calibrate({k: np.array(v, copy=True) for k, v in raw.items()}, cal, **trees)
+    np.testing.assert_allclose(got["expected_value"], want["expected_value"], rtol=1e-9)
+    np.testing.assert_allclose(got["churn_probability"], want["churn_probability"], rtol=1e-9)
+    assert not np.allclose(got["churn_probability"], calibrate(
+        {k: np.array(v, copy=True) for k, v in raw.items()},
+        PowerCalibration(churn_c=cal.churn_c, churn_d=cal.churn_d))["churn_probability"])   # the trees move it
+    model.trees = None
+    with pytest.raises(ValueError, match="tree companion"):
+        predict_arrays(model, meta, tokens, mask, tab)
+    # none (the default): no trees, the plain maps
+    off = loop.train_rank(_spec(tmp_path / "o", root, epochs=1))
+    assert not PowerCalibration.from_dict(read_meta(off["model_dir"]).calibration).uses_trees
+    assert not (Path(off["model_dir"]) / TREES_FILE).exists() and "tree_rows" not in off["metrics"]
 
 
 # --------------------------------------------------------------------------------------------

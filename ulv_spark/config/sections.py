@@ -283,6 +283,10 @@ class TrainConf:
     # alone; none: the raw heads
     calibration: Literal["isotonic", "power", "none"] = "isotonic"
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
+    # stack the heads with gradient-boosted trees on the same standardised features (train/trees.py):
+    # trees fitted on the training rows, stack weights on the validation rows (churn: logistic on both
+    # logits, value: Poisson GLM on both logs); none: the network's heads alone (the ablation)
+    tree_blend: Literal["none", "churn", "value", "both"] = "none"
     seed: int = 7
     retrain_every_days: int = 7
     # MLflow tracking store: "local" = sqlite:///<lakehouse.shared_dir>/mlflow.db (artifacts in <shared_dir>/mlruns);

@@ -9,6 +9,7 @@ A model directory ``<train.model_dir>/<version>/`` holds:
 * ``vocabulary.json`` — vocabulary size, fingerprint, sequence length, special tokens;
 * ``feature_stats.json`` — tabular feature order, mean, std and the transform before them;
 * ``metrics.json`` — validation metrics of the run; ``conf.yaml`` — the resolved conf used;
+* ``trees.pkl`` — the tree companion stacked with the heads (train.tree_blend; absent without);
 * ``_COMPLETE`` — written last, so a half-written directory is never taken as the latest.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Optional
 
 from ulv_spark.names import CLS_ID, MASK_ID, PAD_ID, UNK_ID
 from ulv_spark.train.spec import ModelMeta, ModelSpec
+from ulv_spark.train.trees import load_trees, save_trees
 
 COMPLETE_MARKER = "_COMPLETE"
 WEIGHTS_FILE = "model.safetensors"
@@ -66,6 +68,7 @@ def save_model(model, meta: ModelMeta, out_root: str, metrics: dict, conf: dict)
         "columns": meta.feature_columns, "mean": meta.feature_mean, "std": meta.feature_std,
         "transform": meta.feature_transform})
     _write_json(target / "metrics.json", metrics)
+    save_trees(getattr(module, "trees", None), str(target))
     (target / "conf.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(conf, default=str)), sort_keys=False),
                                       encoding="utf-8")
     (target / COMPLETE_MARKER).write_text(dt.datetime.now(dt.timezone.utc).isoformat(), encoding="utf-8")
@@ -98,6 +101,7 @@ def load_model(model_dir: str, device: str = "cpu"):
     if unexpected or [k for k in missing if not _is_tied(model, k)]:
         raise ValueError(f"{model_dir}: weights do not match the architecture "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    model.trees = load_trees(model_dir)   # None without a trees.pkl
     model.to(device).eval()
     return model, read_meta(model_dir)
 

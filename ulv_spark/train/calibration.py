@@ -60,6 +60,10 @@ class PowerCalibration:
     value_b: float = 1.0
     churn_c: float = 0.0
     churn_d: float = 1.0
+    # train.tree_blend (train/trees.py): the weights of the tree companion's log value / churn logit in
+    # the stacked maps; 0 = no trees (the maps of the network's heads alone)
+    value_tree: float = 0.0
+    churn_tree: float = 0.0
     # isotonic knots after the power map, in log space: (x, y) pairs, both strictly increasing;
     # empty = no correction
     value_knots: tuple = ()
@@ -69,13 +73,17 @@ class PowerCalibration:
         out["value_knots"] = [list(pair) for pair in self.value_knots]
         if not out["value_knots"]:
             del out["value_knots"]   # models without knots keep the four-float dict
+        for key in ("value_tree", "churn_tree"):
+            if not out[key]:
+                del out[key]         # nor do models without trees
         return out
 
     @classmethod
     def from_dict(cls, data) -> "PowerCalibration":
         """From ``ModelMeta.calibration``; missing keys (or an empty mapping) keep the identity."""
         data = data or {}
-        floats = {k: float(data[k]) for k in ("value_a", "value_b", "churn_c", "churn_d") if k in data}
+        floats = {k: float(data[k]) for k in ("value_a", "value_b", "churn_c", "churn_d", "value_tree", "churn_tree")
+                  if k in data}
         knots = tuple((float(x), float(y)) for x, y in data.get("value_knots") or ())
         return cls(**floats, value_knots=knots)
 
@@ -83,20 +91,41 @@ class PowerCalibration:
     def is_identity(self) -> bool:
         return self == PowerCalibration()
 
-    def value(self, ev: np.ndarray) -> np.ndarray:
-        """Calibrated expected value (float64)."""
+    @property
+    def uses_trees(self) -> bool:
+        return bool(self.value_tree or self.churn_tree)
+
+    def value(self, ev: np.ndarray, tree: Optional[np.ndarray] = None) -> np.ndarray:
+        """Calibrated expected value (float64); ``tree``: the tree companion's expected value (needed
+        when ``value_tree`` is not 0)."""
         ev = np.asarray(ev, dtype=np.float64)
-        if self.value_a == 0.0 and self.value_b == 1.0 and not self.value_knots:
+        if self.value_a == 0.0 and self.value_b == 1.0 and not self.value_knots and not self.value_tree:
             return ev.copy()
         z = self.value_a + self.value_b * np.log(np.clip(ev, _EPS, None))
+        if self.value_tree:
+            z = z + self.value_tree * np.log(np.clip(_need(tree, "value", len(ev)), _EPS, None))
         return np.exp(apply_knots(z, self.value_knots))
 
-    def churn(self, p: np.ndarray) -> np.ndarray:
-        """Calibrated churn probability (float64)."""
+    def churn(self, p: np.ndarray, tree: Optional[np.ndarray] = None) -> np.ndarray:
+        """Calibrated churn probability (float64); ``tree``: the tree companion's P(churn) (needed when
+        ``churn_tree`` is not 0)."""
         p = np.asarray(p, dtype=np.float64)
-        if self.churn_c == 0.0 and self.churn_d == 1.0:
+        if self.churn_c == 0.0 and self.churn_d == 1.0 and not self.churn_tree:
             return p.copy()
-        return _sigmoid(self.churn_c + self.churn_d * _logit(p))
+        z = self.churn_c + self.churn_d * _logit(p)
+        if self.churn_tree:
+            z = z + self.churn_tree * _logit(_need(tree, "churn", len(p)))
+        return _sigmoid(z)
+
+
+def _need(tree: Optional[np.ndarray], what: str, n: int) -> np.ndarray:
+    if tree is None:
+        raise ValueError(f"this calibration stacks the tree companion's {what}: pass its predictions "
+                         f"(the model directory's trees.pkl, train/trees.py)")
+    tree = np.asarray(tree, dtype=np.float64)
+    if tree.shape != (n,):
+        raise ValueError(f"tree {what} predictions must be ({n},); got {tree.shape}")
+    return tree
 
 
 def apply_knots(z: np.ndarray, knots) -> np.ndarray:
@@ -252,27 +281,158 @@ def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
     return float(c)
 
 
-def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[dict] = None) -> PowerCalibration:
+def _poisson_glm(design: np.ndarray, t: np.ndarray, theta0: np.ndarray) -> np.ndarray:
+    def objective(theta):
+        eta = np.clip(design @ theta, -50, 50)
+        return float(np.mean(np.exp(eta) - t * eta))
+
+    def grad_hess(theta):
+        mu = np.exp(np.clip(design @ theta, -50, 50))
+        return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
+
+    return _newton(objective, grad_hess, theta0)
+
+
+def _logistic(design: np.ndarray, y: np.ndarray, theta0: np.ndarray) -> np.ndarray:
+    def nll(theta):
+        z = design @ theta
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    def grad_hess(theta):
+        q = _sigmoid(design @ theta)
+        return design.T @ (q - y) / len(y), (design * (q * (1 - q))[:, None]).T @ design / len(y)
+
+    return _newton(nll, grad_hess, theta0)
+
+
+def fit_value_stack(ev: np.ndarray, tree: np.ndarray, y: np.ndarray) -> Optional[tuple[float, float, float]]:
+    """(a, b, g) of ``EV' = exp(a) EV^b T^g`` (T: the trees' expected value) minimising the Poisson
+    deviance of ``y``; None when unfit or when the trees' weight g is not positive (they add nothing).
+
+    b is kept >= 0.05 (the network's term, as in :func:`fit_value_power`).
+    """
+    ev, tree, y = (np.asarray(v, dtype=np.float64) for v in (ev, tree, y))
+    ok = np.isfinite(ev) & np.isfinite(tree) & np.isfinite(y) & (ev > 0) & (tree > 0) & (y >= 0)
+    ev, tree, y = ev[ok], tree[ok], y[ok]
+    if len(ev) < MIN_ROWS or y.sum() <= 0:
+        return None
+    scale = y.mean()
+    x1, x2, t = np.log(ev / scale), np.log(tree / scale), y / scale
+    design = np.stack([np.ones_like(x1), x1, x2], axis=1)
+    alpha, b, g = _poisson_glm(design, t, np.array([0.0, 0.5, 0.5]))
+    if np.isfinite(b) and b < MIN_SLOPE:
+        b = MIN_SLOPE
+        alpha, g = _fixed_slope_poisson(x1, x2, t, b)
+    if not (np.isfinite(alpha) and np.isfinite(b) and np.isfinite(g)) or g <= 0:
+        return None
+    # back to currency units: EV' = scale * exp(alpha) * (EV / scale)^b * (T / scale)^g
+    return float(alpha + (1.0 - b - g) * math.log(scale)), float(b), float(g)
+
+
+def _fixed_slope_poisson(x1: np.ndarray, x2: np.ndarray, t: np.ndarray, b: float) -> tuple[float, float]:
+    """(alpha, g) of the Poisson GLM with the network's slope fixed at ``b`` (an offset)."""
+    offset = b * x1
+    design = np.stack([np.ones_like(x2), x2], axis=1)
+
+    def objective(theta):
+        eta = np.clip(offset + design @ theta, -50, 50)
+        return float(np.mean(np.exp(eta) - t * eta))
+
+    def grad_hess(theta):
+        mu = np.exp(np.clip(offset + design @ theta, -50, 50))
+        return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
+
+    alpha, g = _newton(objective, grad_hess, np.array([0.0, 0.5]))
+    return float(alpha), float(g)
+
+
+def fit_churn_stack(p: np.ndarray, tree: np.ndarray, y: np.ndarray) -> Optional[tuple[float, float, float]]:
+    """(c, d, e) of ``sigmoid(c + d logit p + e logit t)`` (t: the trees' P(churn)) by maximum
+    likelihood; None when unfit, with one class, or when the trees' weight e is not positive.
+
+    d is kept >= 0.05 (the network's term, as in :func:`fit_platt`).
+    """
+    p, tree, y = (np.asarray(v, dtype=np.float64) for v in (p, tree, y))
+    ok = np.isfinite(p) & np.isfinite(tree) & np.isfinite(y)
+    p, tree, y = p[ok], tree[ok], (y[ok] > 0.5).astype(np.float64)
+    if len(p) < MIN_ROWS or y.min() == y.max():
+        return None
+    x1, x2 = _logit(p), _logit(tree)
+    design = np.stack([np.ones_like(x1), x1, x2], axis=1)
+    c, d, e = _logistic(design, y, np.array([0.0, 0.5, 0.5]))
+    if np.isfinite(d) and d < MIN_SLOPE:
+        d = MIN_SLOPE
+        offset, two = d * x1, design[:, [0, 2]]
+
+        def nll(theta):
+            z = offset + two @ theta
+            return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+        def grad_hess(theta):
+            q = _sigmoid(offset + two @ theta)
+            return two.T @ (q - y) / len(y), (two * (q * (1 - q))[:, None]).T @ two / len(y)
+
+        c, e = _newton(nll, grad_hess, np.array([0.0, 0.5]))
+    if not (np.isfinite(c) and np.isfinite(d) and np.isfinite(e)) or e <= 0:
+        return None
+    return float(c), float(d), float(e)
+
+
+def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[dict] = None,
+                          trees: Optional[dict] = None) -> PowerCalibration:
     """Both maps from predictions and labels (1-D arrays of the same length).
 
     ``knot_rows``: {"ev", "y_value"} arrays (the validation rows) to fit the value's isotonic knots
     on, after the power map; None = the maps alone.
+    ``trees`` (train.tree_blend, train/trees.py): {"held_out": {"ev", "y_value", "churn", "y_churn"
+    and "tree_value" and / or "tree_churn"}, "tree_value": the trees' value on the rows of ``ev``}.
+    A stack whose tree weight is positive on the held-out rows replaces that head's map; its level
+    is then set from every fit row (total = the observed total), and ``knot_rows`` must carry
+    "tree_value" too.
     """
     a, b = fit_value_power(ev, y_value)
     c, d = fit_platt(churn_p, y_churn)
     power = PowerCalibration(value_a=a, value_b=b, churn_c=c, churn_d=d)
-    if knot_rows is None:
-        return power
-    yv = np.clip(np.asarray(knot_rows["y_value"], dtype=np.float64), 0, None)
-    positive = yv[np.isfinite(yv) & (yv > 0)]
-    floor = 1e-6 * float(positive.mean()) if len(positive) else _EPS   # 1e-6 of the spenders' mean spend
-    knots = isotonic_knots(power.value(knot_rows["ev"]), yv, floor=floor, forward=lambda v: math.log(max(v, _EPS)))
-    if knots:   # the shape from the held-out rows, the level from every fit row (the power map's total)
-        ev_all = np.asarray(ev, dtype=np.float64)
-        ev_all = ev_all[np.isfinite(ev_all) & np.isfinite(np.asarray(y_value, dtype=np.float64))]
-        target = float(power.value(ev_all).sum())
-        got = float(dataclasses.replace(power, value_knots=knots).value(ev_all).sum())
+    tree_all = None
+    if trees:
+        held = trees["held_out"]
+        if held.get("tree_churn") is not None:
+            stack = fit_churn_stack(held["churn"], held["tree_churn"], held["y_churn"])
+            if stack is not None:
+                power = dataclasses.replace(power, churn_c=stack[0], churn_d=stack[1], churn_tree=stack[2])
+        if held.get("tree_value") is not None and trees.get("tree_value") is not None:
+            stack = fit_value_stack(held["ev"], held["tree_value"], held["y_value"])
+            if stack is not None:
+                power = dataclasses.replace(power, value_a=stack[0], value_b=stack[1], value_tree=stack[2])
+                tree_all = np.asarray(trees["tree_value"], dtype=np.float64)
+    ev_all, y_all = np.asarray(ev, dtype=np.float64), np.asarray(y_value, dtype=np.float64)
+    ok = np.isfinite(ev_all) & np.isfinite(y_all)
+    if tree_all is not None:
+        ok &= np.isfinite(tree_all)
+        tree_all = tree_all[ok]
+    ev_all, y_all = ev_all[ok], y_all[ok]
+
+    def total(cal: PowerCalibration) -> float:
+        return float(cal.value(ev_all, tree_all).sum())
+
+    # the level: the power map's total over every fit row (its Poisson score equation makes it the
+    # observed total); a stack was fitted on the held-out rows only, so it gets the observed total
+    target = float(np.clip(y_all, 0, None).sum()) if power.value_tree else total(power)
+    knots: tuple = ()
+    if knot_rows is not None:
+        yv = np.clip(np.asarray(knot_rows["y_value"], dtype=np.float64), 0, None)
+        positive = yv[np.isfinite(yv) & (yv > 0)]
+        floor = 1e-6 * float(positive.mean()) if len(positive) else _EPS   # 1e-6 of the spenders' mean spend
+        mapped = power.value(knot_rows["ev"], knot_rows.get("tree_value") if power.value_tree else None)
+        knots = isotonic_knots(mapped, yv, floor=floor, forward=lambda v: math.log(max(v, _EPS)))
+    if knots:   # the shape from the held-out rows, the level from every fit row
+        got = total(dataclasses.replace(power, value_knots=knots))
         if target > 0 and got > 0:
             shift = math.log(target / got)
             knots = tuple((x, v + shift) for x, v in knots)
-    return dataclasses.replace(power, value_knots=knots)
+        return dataclasses.replace(power, value_knots=knots)
+    if power.value_tree:
+        got = total(power)
+        if target > 0 and got > 0:
+            power = dataclasses.replace(power, value_a=power.value_a + math.log(target / got))
+    return power

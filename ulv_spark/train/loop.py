@@ -434,11 +434,12 @@ def train_rank(spec: TrainSpec) -> dict:
     return summary
 
 
-def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None) -> dict:
+def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None, features: bool = False) -> dict:
     """Rank 0 alone: raw expected value / churn predictions and labels over one whole pass of ``feed``.
 
     ``feed`` defaults to the validation feed; the training feed is read the same way (one
     unshuffled pass, a batch size that covers nearly every row) for the calibration levels.
+    ``features``: also return the standardised tabular inputs as "x" (the tree companion's).
     """
     import numpy as np
     import torch
@@ -447,6 +448,8 @@ def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None) 
 
     cfg, feed = spec.train, feed if feed is not None else spec.val_feed
     parts: dict[str, list] = {"ev": [], "y_value": [], "churn": [], "y_churn": []}
+    if features:
+        parts["x"] = []
     model.eval()
     with feeds.open_batches(feed, rank=0, world=1, batch_size=feeds.covering_batch_size(feed.rows, spec.batch_size, 1),
                             shuffle=False, seed=cfg.seed, workers=cfg.reader_workers) as batches, torch.no_grad():
@@ -459,6 +462,8 @@ def validation_predictions(model, spec: TrainSpec, device, autocast, feed=None) 
             parts["churn"].append(preds["churn_probability"].cpu().numpy())
             parts["y_value"].append(b[feeds.Y_VALUE].double().cpu().numpy())
             parts["y_churn"].append(b[feeds.Y_CHURN].double().cpu().numpy())
+            if features:
+                parts["x"].append(b[feeds.FEATURES].float().cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
@@ -475,18 +480,51 @@ def _fit_calibration(model, spec: TrainSpec, device, autocast) -> tuple[dict, di
 
     if spec.train.calibration not in ("power", "isotonic") or spec.val_feed is None or spec.val_feed.rows == 0:
         return {}, {}
-    rows = validation_predictions(model, spec, device, autocast)
+    blend = spec.train.tree_blend != "none" and spec.train_feed is not None and spec.train_feed.rows > 0
+    rows = validation_predictions(model, spec, device, autocast, features=blend)
     held_out = rows
-    if spec.train.calibration_rows == "all" and spec.train_feed is not None and spec.train_feed.rows > 0:
-        fit = validation_predictions(model, spec, device, autocast, feed=spec.train_feed)
+    fit = None
+    if (blend or spec.train.calibration_rows == "all") and spec.train_feed is not None and spec.train_feed.rows > 0:
+        fit = validation_predictions(model, spec, device, autocast, feed=spec.train_feed, features=blend)
+    if spec.train.calibration_rows == "all" and fit is not None:
         rows = {k: np.concatenate([fit[k], rows[k]]) for k in rows}
+    trees, tree_rows, tree_metrics = _fit_trees(model, spec, fit, held_out, rows) if blend else (None, None, {})
+    knot_rows = None
+    if spec.train.calibration == "isotonic":
+        knot_rows = held_out if tree_rows is None else {**held_out, "tree_value": tree_rows["held_out"]["tree_value"]}
     calibration = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"],
-                                        knot_rows=held_out if spec.train.calibration == "isotonic" else None)
+                                        knot_rows=knot_rows, trees=tree_rows)
+    if not calibration.uses_trees:
+        trees = None   # the stack gave the trees no weight on the held-out rows: the model stays without them
+    getattr(model, "module", model).trees = trees
     observed = float(rows["y_value"].sum())
-    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(rows["ev"]))}
+    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(rows["ev"])), **tree_metrics,
+               "tree_blend_weights": {"value": calibration.value_tree, "churn": calibration.churn_tree}}
     if observed > 0:   # 1 up to rounding: the Poisson fit's score equation matches the totals
-        metrics["calibration_expected_value_ratio"] = float(calibration.value(rows["ev"]).sum()) / observed
+        tree_value = tree_rows["tree_value"] if calibration.value_tree else None
+        metrics["calibration_expected_value_ratio"] = float(calibration.value(rows["ev"], tree_value).sum()) / observed
     return calibration.to_dict(), metrics
+
+
+def _fit_trees(model, spec: TrainSpec, fit: dict, held_out: dict, rows: dict):
+    """(trees, the ``trees`` argument of fit_power_calibration, metrics): the tree companion fitted on
+    the training rows' standardised features and labels, with its predictions on the held-out rows
+    and on the calibration rows (train/trees.py). (None, None, metrics) when nothing could be fitted."""
+    import time
+
+    from ulv_spark.train.trees import fit_trees
+
+    started = time.perf_counter()
+    trees = fit_trees(fit["x"], fit["y_churn"], fit["y_value"], spec.meta.feature_columns,
+                      kind=spec.train.tree_blend, seed=spec.train.seed)
+    metrics = {"tree_blend": spec.train.tree_blend, "tree_rows": int(len(fit["x"])),
+               "tree_seconds": round(time.perf_counter() - started, 2)}
+    if trees is None:
+        return None, None, metrics
+    held = {k: held_out[k] for k in ("ev", "y_value", "churn", "y_churn")}
+    held["tree_churn"] = trees.predict_churn(held_out["x"])
+    held["tree_value"] = trees.predict_value(held_out["x"])
+    return trees, {"held_out": held, "tree_value": trees.predict_value(rows["x"])}, metrics
 
 
 def _write_model(model, spec: TrainSpec, state: ckpts.TrainState, *, world: int, device, autocast, log) -> dict:

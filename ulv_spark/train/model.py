@@ -338,8 +338,9 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
         index 0 ((B, 0) without arms); ``arm_value_long`` (B, A) with the long-term head, else
         (B, 0); plus ``arm_propensity`` (B, A) when the model has that head.
         ``meta.calibration`` is applied: expected value and churn probability through the
-        stored maps, value_p10 / p90 scaled by calibrated / raw expected value (identity for
-        models saved without calibration).
+        stored maps (stacked with the model's tree companion where it has one, train.tree_blend),
+        value_p10 / p90 scaled by calibrated / raw expected value (identity for models saved
+        without calibration).
     """
     tokens, mask = np.asarray(tokens), np.asarray(mask)
     tabular = np.asarray(tabular, dtype=np.float64).reshape(len(tokens), -1)
@@ -372,7 +373,8 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
                 chunks.setdefault(key, []).append(value.cpu().numpy())
     model.train(was_training)
     result = {k: np.concatenate(chunks[k]) if k in chunks else np.zeros(0) for k in keys}
-    calibrate(result, PowerCalibration.from_dict(meta.calibration))
+    calibration = PowerCalibration.from_dict(meta.calibration)
+    calibrate(result, calibration, **tree_predictions(model, calibration, features))
     for key in ("arm_conversion", "arm_value", "arm_value_long", "arm_propensity"):
         if key in chunks:
             result[key] = np.concatenate(chunks[key])
@@ -383,15 +385,41 @@ def predict_arrays(model: MultiTaskModel, meta: ModelMeta, tokens: np.ndarray, m
     return result
 
 
-def calibrate(predictions: dict[str, np.ndarray], calibration: PowerCalibration) -> dict[str, np.ndarray]:
-    """Apply ``calibration`` in place to expected_value, value_p10 / p90 (same ratio) and churn_probability."""
+def tree_predictions(model, calibration: PowerCalibration, features: np.ndarray) -> dict[str, Optional[np.ndarray]]:
+    """{"tree_value", "tree_churn"}: the tree companion's predictions on the standardised ``features``
+    for the maps of ``calibration`` that stack them (None for the others).
+
+    Raises:
+        ValueError: the calibration stacks trees but the model was loaded without them (no trees.pkl).
+    """
+    out: dict[str, Optional[np.ndarray]] = {"tree_value": None, "tree_churn": None}
+    if not calibration.uses_trees:
+        return out
+    trees = getattr(model, "trees", None)
+    if trees is None:
+        raise ValueError("the model's calibration stacks the tree companion (train.tree_blend) but the model "
+                         "has none: load it with ulv_spark.train.artifacts.load_model from a directory with trees.pkl")
+    if calibration.value_tree:
+        out["tree_value"] = trees.predict_value(features)
+    if calibration.churn_tree:
+        out["tree_churn"] = trees.predict_churn(features)
+    return out
+
+
+def calibrate(predictions: dict[str, np.ndarray], calibration: PowerCalibration, *,
+              tree_value: Optional[np.ndarray] = None, tree_churn: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Apply ``calibration`` in place to expected_value, value_p10 / p90 (same ratio) and churn_probability.
+
+    ``tree_value`` / ``tree_churn``: the tree companion's predictions for the same rows, needed by a
+    calibration that stacks them (:func:`tree_predictions`).
+    """
     if calibration.is_identity or not len(predictions.get("expected_value", ())):
         return predictions
     raw = np.asarray(predictions["expected_value"], dtype=np.float64)
-    ev = calibration.value(raw)
+    ev = calibration.value(raw, tree_value)
     ratio = np.where(raw > 0, ev / np.where(raw > 0, raw, 1.0), 1.0)
     predictions["expected_value"] = ev
     for key in ("value_p10", "value_p90"):
         predictions[key] = np.asarray(predictions[key], dtype=np.float64) * ratio
-    predictions["churn_probability"] = calibration.churn(predictions["churn_probability"])
+    predictions["churn_probability"] = calibration.churn(predictions["churn_probability"], tree_churn)
     return predictions
