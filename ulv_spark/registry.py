@@ -107,7 +107,8 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("mlflow", "torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml"):
+    # scikit-learn: the tree companion (train.tree_blend) is a pickled scikit-learn model
+    for package in ("mlflow", "torch", "transformers", "safetensors", "numpy", "pandas", "pyyaml", "scikit-learn"):
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

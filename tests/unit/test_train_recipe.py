@@ -413,6 +413,26 @@ def test_churn_stack_recovers_the_generating_logistic_model_and_round_trips_thro
     assert "churn_tree" not in PowerCalibration(churn_c=c, churn_d=d).to_dict()   # older metas keep their keys
 
 
+def test_cross_fitted_trees_predict_every_row_by_the_one_fold_that_never_saw_it():
+    from ulv_spark.train.trees import fit_trees
+
+    data = synthetic.synthetic_arrays(900, seq_len=SEQ, vocab_size=VOCAB, seed=6)
+    x = np.stack([np.nan_to_num(np.asarray(data[c], dtype=np.float64)) for c in synthetic.FEATURE_NAMES], axis=1)
+    trees, oof = fit_trees(x, data["label_churned"], data["label_value"], synthetic.FEATURE_NAMES, kind="both", seed=3)
+    assert len(trees.churn) == len(trees.value) == 3
+    hits = np.stack([np.isclose(oof["churn"], np.clip(m.predict_proba(x.astype(np.float32))[:, 1], 1e-6, 1 - 1e-6),
+                                rtol=0, atol=1e-12) for m in trees.churn])
+    owner = hits.argmax(axis=0)
+    assert hits.any(axis=0).all() and sorted(np.bincount(owner)) == [300, 300, 300]   # three equal folds
+    again = fit_trees(x, data["label_churned"], data["label_value"], synthetic.FEATURE_NAMES, kind="both", seed=3)[1]
+    np.testing.assert_array_equal(again["value"], oof["value"])                       # seeded: the same folds
+    np.testing.assert_allclose(trees.predict_churn(x[:5]),
+                               np.mean([m.predict_proba(x[:5].astype(np.float32))[:, 1] for m in trees.churn], axis=0))
+    only_churn, oof_churn = fit_trees(x, data["label_churned"], data["label_value"], synthetic.FEATURE_NAMES, kind="churn")
+    assert only_churn.value == [] and oof_churn["value"] is None and only_churn.predict_value(x) is None
+    assert fit_trees(x[:100], data["label_churned"][:100], data["label_value"][:100], synthetic.FEATURE_NAMES) is None
+
+
 def test_training_with_tree_blend_stacks_trees_fitted_on_training_rows_and_scoring_applies_them(tmp_path):
     from ulv_spark.train.model import tree_predictions
     from ulv_spark.train.scaling import standardise
@@ -422,10 +442,17 @@ def test_training_with_tree_blend_stacks_trees_fitted_on_training_rows_and_scori
                                           vocab_size=VOCAB, seed=5)
     summary = loop.train_rank(_spec(tmp_path / "t", root, epochs=1, tree_blend="both"))
     metrics, meta = summary["metrics"], read_meta(summary["model_dir"])
-    assert metrics["tree_rows"] == 512 and metrics["tree_blend"] == "both"   # fitted on the training rows only
+    assert metrics["tree_rows"] == 512 + 256 and metrics["tree_blend"] == "both"   # cross-fitted on every row
     cal = PowerCalibration.from_dict(meta.calibration)
     assert cal.churn_tree > 0 and cal.value_tree > 0                        # the trees earn weight on held-out rows
     assert metrics["tree_blend_weights"] == {"value": cal.value_tree, "churn": cal.churn_tree}
+    network = PowerCalibration.from_dict(meta.calibration["network"])    # the ablation's maps, stored beside
+    assert not network.uses_trees and network.churn_d >= 0.05 and network != cal
+    from ulv_spark.evaluate.methods import NetworkOnlyMethod
+
+    ablation = NetworkOnlyMethod(summary["model_dir"], check_origin=False).fit()
+    assert ablation.name == "model_network" and ablation.model_.trees is None
+    assert ablation.meta_.calibration == meta.calibration["network"]
     assert (tmp_path / "t" / "models" / Path(summary["model_dir"]).name / TREES_FILE).is_file()
     model, meta = load_model(summary["model_dir"])
     data = synthetic.synthetic_arrays(40, seq_len=SEQ, vocab_size=VOCAB, seed=9)

@@ -44,6 +44,9 @@ BOOTSTRAP_METRICS = ("value_gini", "value_spearman", "value_decile_mape", "value
                      "churn_pr_auc", "churn_ece")
 BOOTSTRAP_PREFIXES = ("qini_", "auuc_", "uplift_at_k_")
 EXCLUDED_METHODS = ("oracle",)
+# ablations of the model itself (the network without its tree companion): margins are computed
+# against them, but they are never the "best other method" of a headline margin
+ABLATION_METHODS = ("model_network",)
 BEST = "best"
 # stat -> metric-name prefix of its rows
 STAT_PREFIX = {"margin": "margin_vs_", "lo": "margin_lo_vs_", "hi": "margin_hi_vs_", "p_not_better": "p_not_better_vs_"}
@@ -398,7 +401,8 @@ def paired_margins(full: Mapping[str, Mapping[str, float]], samples_of, n_users:
     for margin in out:
         by_metric.setdefault(margin.metric, {})[margin.other] = margin
     for metric, per_other in by_metric.items():
-        top = best_other(metric, {m: full[m][metric] for m in others if metric in full[m]})
+        top = best_other(metric, {m: full[m][metric] for m in others
+                                  if metric in full[m] and m not in ABLATION_METHODS})
         if top in per_other:
             out.append(replace(per_other[top], best=True))
     return out

@@ -88,19 +88,20 @@ class ModelMethod:
 
     def for_split(self, split) -> "ModelMethod":
         """A copy bound to the model directory that scores ``split`` (raises ValueError if none)."""
+        bound = type(self)
         if split.name in self.by_split:
-            return ModelMethod(self.by_split[split.name], check_origin=False, device=self.device)
+            return bound(self.by_split[split.name], check_origin=False, device=self.device)
         if self.model_dir:
             trained = trained_as_of(self.model_dir)
             if self.check_origin and trained is not None and trained > split.origin:
                 raise ValueError(f"model {Path(self.model_dir).name} was trained for {trained}, after the "
                                  f"evaluation origin {split.origin}: its labels overlap the evaluation window")
-            return ModelMethod(self.model_dir, check_origin=False, device=self.device)
+            return bound(self.model_dir, check_origin=False, device=self.device)
         if self.model_root:
             found = newest_model_before(self.model_root, split.origin)
             if found is None:
                 raise ValueError(f"no complete model under {self.model_root} trained on or before {split.origin}")
-            return ModelMethod(found, check_origin=False, device=self.device)
+            return bound(found, check_origin=False, device=self.device)
         raise ValueError(f"no model for split {split.name}")
 
     def fit(self, frame: Optional[pd.DataFrame] = None) -> "ModelMethod":
@@ -129,6 +130,29 @@ class ModelMethod:
                 if long.ndim == 2 and long.shape[1] == len(arms):   # the long-term head
                     result[uplift_column("value_long", arm)] = long[:, j] - long[:, 0]
         return result
+
+
+class NetworkOnlyMethod(ModelMethod):
+    """The ablation of ``train.tree_blend``: the same model directory, scored by the network's heads
+    alone (no tree companion, the plain maps stored beside the stack as ``calibration["network"]``),
+    as a backtest method named ``model_network``. For a model without trees it scores exactly as
+    :class:`ModelMethod`. Never a "best other method" of the margins (bootstrap.ABLATION_METHODS):
+    the model's margin over it is the trees' contribution, the model's margin over ``gbm`` the
+    network's."""
+
+    name = "model_network"
+
+    def fit(self, frame: Optional[pd.DataFrame] = None) -> "NetworkOnlyMethod":
+        import dataclasses
+
+        super().fit(frame)
+        cal = dict(self.meta_.calibration or {})
+        plain = cal.get("network")
+        if plain is None:   # no stack: the map minus any tree weight (identical for a model without trees)
+            plain = {k: v for k, v in cal.items() if k not in ("value_tree", "churn_tree")}
+        self.meta_ = dataclasses.replace(self.meta_, calibration=dict(plain))
+        self.model_.trees = None
+        return self
 
 
 class Oracle:

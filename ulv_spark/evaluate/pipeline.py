@@ -21,7 +21,7 @@ from ulv_spark.evaluate.backtest import Split, partition, rolling_splits
 from ulv_spark.evaluate.baselines import (UPLIFT_KINDS, BgNbdGammaGamma, ClassTransformationUplift, RfmHeuristic,
                                           TabularGbm, TwoModelUplift, XLearnerUplift)
 from ulv_spark.evaluate.methods import (TRUE_EXPECTED_PURCHASES, TRUE_EXPECTED_SPEND, TRUE_P_ALIVE, ModelMethod,
-                                        Oracle, true_uplift_column)
+                                        NetworkOnlyMethod, Oracle, true_uplift_column)
 from ulv_spark.runtime import get_logger
 from ulv_spark.schemas import (ARM, AS_OF_DATE, CAMPAIGN_ID, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED,
                                LABEL_PURCHASES, LABEL_RESPONSE_VALUE, LABEL_VALUE, ORIGIN_DATE, SEQ_MASK, SEQ_TEXT,
@@ -138,8 +138,12 @@ def driver_frame(examples, *, eval_origins: Sequence[dt.date], truth=None, with_
 
 
 def build_methods(evaluate_cfg, *, horizon_days: int, features: Sequence[str], model_root: Optional[str] = None,
-                  model_by_split: Optional[dict] = None, has_truth: bool = False) -> tuple[list, dict[str, str]]:
-    """The method objects of ``evaluate.methods``, and why any asked-for method is left out."""
+                  model_by_split: Optional[dict] = None, has_truth: bool = False,
+                  tree_ablation: bool = False) -> tuple[list, dict[str, str]]:
+    """The method objects of ``evaluate.methods``, and why any asked-for method is left out.
+
+    ``tree_ablation`` (train.tree_blend is on): the model also runs as ``model_network``, its
+    network alone without the tree companion (the ablation row of the blend)."""
     threads = evaluate_cfg.gbm_threads or None
     gbm = dict(feature_columns=list(features), max_iter=evaluate_cfg.gbm_max_iter,
                learning_rate=evaluate_cfg.gbm_learning_rate, random_state=evaluate_cfg.seed, threads=threads)
@@ -148,10 +152,10 @@ def build_methods(evaluate_cfg, *, horizon_days: int, features: Sequence[str], m
     if "model" in wanted:
         if evaluate_cfg.model == "none":
             left_out["model"] = "evaluate.model is none"
-        elif model_by_split:
-            methods.append(ModelMethod(by_split=model_by_split))
-        elif model_root:
-            methods.append(ModelMethod(model_root=model_root))
+        elif model_by_split or model_root:
+            kinds = (ModelMethod, NetworkOnlyMethod) if tree_ablation else (ModelMethod,)
+            methods.extend(kind(by_split=model_by_split) if model_by_split else kind(model_root=model_root)
+                           for kind in kinds)
         else:
             left_out["model"] = "no model directory"
     if "oracle" in wanted:
@@ -310,7 +314,8 @@ def run_evaluation(spark, inputs: EvaluationInputs, *, splits: Sequence[Split], 
         examples.unpersist()
     methods, left_out = build_methods(ev, horizon_days=horizon, features=features,
                                       model_root=cfg.train.model_dir if wants_model else None,
-                                      model_by_split=model_by_split, has_truth=has_truth)
+                                      model_by_split=model_by_split, has_truth=has_truth,
+                                      tree_ablation=cfg.train.tree_blend != "none")
     with stage("evaluate: backtest", log):
         result = run_backtest(frame, splits, methods, dataset=dataset, uplift_top_share=ev.uplift_top_share,
                               bins=ev.bins, bootstrap_resamples=ev.bootstrap_resamples,

@@ -35,13 +35,14 @@ from ulv_spark.evaluate.baselines import CHURN_PROBABILITY, EXPECTED_VALUE, UPLI
 from ulv_spark.evaluate.policy import NO_BUDGET, is_policy_metric, parse_policy_metric
 from ulv_spark.schemas import ARM, IS_CONTROL, LABEL_CHURNED, LABEL_CONVERTED, LABEL_VALUE
 
-METHOD_ORDER = EVALUATE_METHODS
-COLORS = {"model": "#d62728", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
+METHOD_ORDER = ("model", "model_network") + tuple(m for m in EVALUATE_METHODS if m != "model")
+COLORS = {"model": "#d62728", "model_network": "#ff9896", "oracle": "#7f7f7f", "bgnbd_gg": "#1f77b4", "gbm": "#2ca02c",
           "rfm_heuristic": "#ff7f0e", "two_model_gbm": "#9467bd", "x_learner": "#8c564b",
           "class_transformation": "#e377c2", "random": "#17becf"}
 MARGINS_NOTE = ("Margins: the model minus another method on the same test users, signed so that a positive "
                 "margin means the model is better (for decile MAPE and ECE: lower; for total_ratio: closer "
-                "to 1). Best other = the best non-oracle method on the full test set. [95 % CI] = the 2.5 and "
+                "to 1). Best other = the best non-oracle method on the full test set (not model_network: the "
+                "model without its tree companion, an ablation). [95 % CI] = the 2.5 and "
                 "97.5 % percentiles of the margin over {n} paired bootstrap resamples of the test users (every "
                 "method scored on the same resampled users); P(not better) = the share of resamples in which "
                 "the model is not better (margin <= 0). A claim \"the model beats X\" is supported when the "

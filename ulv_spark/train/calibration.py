@@ -9,7 +9,10 @@ isotonic knots) in the model's meta.json (``ModelMeta.calibration``) and applied
 * churn: Platt scaling ``p' = sigmoid(c + d * logit(p))`` by maximum likelihood, ``d >= 0.05``.
 
 Both maps are strictly increasing, so every ranking metric (Gini, Spearman, AUC, uplift order)
-is the raw model's; only levels (decile totals, total predicted / actual, ECE) move.
+is the raw model's; only levels (decile totals, total predicted / actual, ECE) move. With
+``train.tree_blend`` a head's map becomes a stack with the tree companion (:mod:`ulv_spark.train.trees`):
+``EV' = exp(a) EV^b T^g`` and ``sigmoid(c + d logit p + e logit t)``, fitted on the validation rows
+(``fit_value_stack`` / ``fit_churn_stack``), which does re-rank users; the uplift order is untouched.
 
 Which rows (``train.calibration_rows``): ``all`` (the default) fits both maps on the selected
 epoch's predictions of every training and validation row; ``validation`` on the held-out rows
@@ -259,15 +262,14 @@ def fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(c), float(d)
 
 
-def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
-    """The Platt intercept ``c`` for a fixed slope ``d`` by maximum likelihood; None with one class."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(p) & np.isfinite(y)
-    p, y = p[ok], (y[ok] > 0.5).astype(np.float64)
-    if len(p) < MIN_ROWS or y.min() == y.max():
+def logistic_intercept(offset: np.ndarray, y: np.ndarray) -> Optional[float]:
+    """The intercept c maximising the likelihood of ``sigmoid(c + offset)``; None with one class or too few rows."""
+    offset, y = np.asarray(offset, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(offset) & np.isfinite(y)
+    offset, y = offset[ok], (y[ok] > 0.5).astype(np.float64)
+    if len(y) < MIN_ROWS or y.min() == y.max():
         return None
-    offset = d * _logit(p)
-    one = np.ones((len(p), 1))
+    one = np.ones((len(y), 1))
 
     def nll(theta):
         z = theta[0] + offset
@@ -279,6 +281,13 @@ def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
 
     (c,) = _newton(nll, grad_hess, np.array([0.0]))
     return float(c)
+
+
+def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
+    """The Platt intercept ``c`` for a fixed slope ``d`` by maximum likelihood; None with one class."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(p) & np.isfinite(y)
+    return logistic_intercept(d * _logit(p[ok]), y[ok])
 
 
 def _poisson_glm(design: np.ndarray, t: np.ndarray, theta0: np.ndarray) -> np.ndarray:
@@ -385,10 +394,11 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
     ``knot_rows``: {"ev", "y_value"} arrays (the validation rows) to fit the value's isotonic knots
     on, after the power map; None = the maps alone.
     ``trees`` (train.tree_blend, train/trees.py): {"held_out": {"ev", "y_value", "churn", "y_churn"
-    and "tree_value" and / or "tree_churn"}, "tree_value": the trees' value on the rows of ``ev``}.
-    A stack whose tree weight is positive on the held-out rows replaces that head's map; its level
-    is then set from every fit row (total = the observed total), and ``knot_rows`` must carry
-    "tree_value" too.
+    and "tree_value" and / or "tree_churn"}, "tree_value" / "tree_churn": the trees' out-of-fold
+    predictions on the rows of ``ev``}. A stack whose tree weight is positive on the held-out rows
+    replaces that head's map; its level is then set from every fit row (value: total = the observed
+    total; churn: the intercept's maximum likelihood with the weights fixed), and ``knot_rows`` must
+    carry "tree_value" too.
     """
     a, b = fit_value_power(ev, y_value)
     c, d = fit_platt(churn_p, y_churn)
@@ -399,7 +409,12 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
         if held.get("tree_churn") is not None:
             stack = fit_churn_stack(held["churn"], held["tree_churn"], held["y_churn"])
             if stack is not None:
-                power = dataclasses.replace(power, churn_c=stack[0], churn_d=stack[1], churn_tree=stack[2])
+                c, d, e = stack
+                if trees.get("tree_churn") is not None:   # the weights from the held-out rows, the level from all
+                    offset = d * _logit(churn_p) + e * _logit(trees["tree_churn"])
+                    level = logistic_intercept(offset, y_churn)
+                    c = c if level is None else level
+                power = dataclasses.replace(power, churn_c=c, churn_d=d, churn_tree=e)
         if held.get("tree_value") is not None and trees.get("tree_value") is not None:
             stack = fit_value_stack(held["ev"], held["tree_value"], held["y_value"])
             if stack is not None:

@@ -494,37 +494,52 @@ def _fit_calibration(model, spec: TrainSpec, device, autocast) -> tuple[dict, di
         knot_rows = held_out if tree_rows is None else {**held_out, "tree_value": tree_rows["held_out"]["tree_value"]}
     calibration = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"],
                                         knot_rows=knot_rows, trees=tree_rows)
-    if not calibration.uses_trees:
+    stored = calibration.to_dict()
+    if calibration.uses_trees:   # the network's own maps beside the stack: the ablation (evaluate's model_network)
+        stored["network"] = fit_power_calibration(rows["ev"], rows["y_value"], rows["churn"], rows["y_churn"],
+                                                  knot_rows=knot_rows).to_dict()
+    else:
         trees = None   # the stack gave the trees no weight on the held-out rows: the model stays without them
     getattr(model, "module", model).trees = trees
     observed = float(rows["y_value"].sum())
-    metrics = {"calibration": calibration.to_dict(), "calibration_rows": int(len(rows["ev"])), **tree_metrics,
-               "tree_blend_weights": {"value": calibration.value_tree, "churn": calibration.churn_tree}}
+    metrics = {"calibration": stored, "calibration_rows": int(len(rows["ev"])), **tree_metrics}
+    if blend:
+        metrics["tree_blend_weights"] = {"value": calibration.value_tree, "churn": calibration.churn_tree}
     if observed > 0:   # 1 up to rounding: the Poisson fit's score equation matches the totals
         tree_value = tree_rows["tree_value"] if calibration.value_tree else None
         metrics["calibration_expected_value_ratio"] = float(calibration.value(rows["ev"], tree_value).sum()) / observed
-    return calibration.to_dict(), metrics
+    return stored, metrics
 
 
 def _fit_trees(model, spec: TrainSpec, fit: dict, held_out: dict, rows: dict):
-    """(trees, the ``trees`` argument of fit_power_calibration, metrics): the tree companion fitted on
-    the training rows' standardised features and labels, with its predictions on the held-out rows
-    and on the calibration rows (train/trees.py). (None, None, metrics) when nothing could be fitted."""
+    """(trees, the ``trees`` argument of fit_power_calibration, metrics): the tree companion cross-fitted
+    on every training and validation row's standardised features and labels, with its out-of-fold
+    predictions on the held-out rows and on the calibration rows (train/trees.py). (None, None,
+    metrics) when nothing could be fitted."""
     import time
+
+    import numpy as np
 
     from ulv_spark.train.trees import fit_trees
 
     started = time.perf_counter()
-    trees = fit_trees(fit["x"], fit["y_churn"], fit["y_value"], spec.meta.feature_columns,
-                      kind=spec.train.tree_blend, seed=spec.train.seed)
-    metrics = {"tree_blend": spec.train.tree_blend, "tree_rows": int(len(fit["x"])),
+    both = {k: np.concatenate([fit[k], held_out[k]]) for k in ("x", "y_churn", "y_value")}
+    fitted = fit_trees(both["x"], both["y_churn"], both["y_value"], spec.meta.feature_columns,
+                       kind=spec.train.tree_blend, seed=spec.train.seed)
+    metrics = {"tree_blend": spec.train.tree_blend, "tree_rows": int(len(both["x"])),
                "tree_seconds": round(time.perf_counter() - started, 2)}
-    if trees is None:
+    if fitted is None:
         return None, None, metrics
+    trees, oof = fitted
+    n_fit = len(fit["x"])
     held = {k: held_out[k] for k in ("ev", "y_value", "churn", "y_churn")}
-    held["tree_churn"] = trees.predict_churn(held_out["x"])
-    held["tree_value"] = trees.predict_value(held_out["x"])
-    return trees, {"held_out": held, "tree_value": trees.predict_value(rows["x"])}, metrics
+    on_rows = {}
+    for head in ("churn", "value"):
+        out = oof[head]
+        held[f"tree_{head}"] = None if out is None else out[n_fit:]
+        # rows: every fit + held-out row (calibration_rows all) or the held-out rows alone
+        on_rows[f"tree_{head}"] = None if out is None else (out if len(rows["ev"]) == len(out) else out[n_fit:])
+    return trees, {"held_out": held, **on_rows}, metrics
 
 
 def _write_model(model, spec: TrainSpec, state: ckpts.TrainState, *, world: int, device, autocast, log) -> dict:

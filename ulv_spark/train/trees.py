@@ -6,13 +6,17 @@ event sequence, text, the arm heads). Stacking the two is the classic remedy (Sh
 *Tabular data: deep learning is not all you need*, 2022: the deep model + XGBoost ensemble beat
 either alone on every data set they tried). Here:
 
-* ``churn``: a HistGradientBoostingClassifier of ``y_churn`` is fitted on the network's *training*
-  rows (a seeded sample of at most ``MAX_ROWS``) and then the stack
-  ``p = sigmoid(c + d logit(p_net) + e logit(p_tree))`` by maximum likelihood on the
-  *validation* rows, which neither model was fitted on (``d, e >= 0``; a tree weight that comes
-  out <= 0 is dropped and the plain Platt map kept). This replaces the Platt map of the churn head.
-* ``value``: a Poisson HistGradientBoostingRegressor of ``y_value`` likewise, and the power map
-  becomes ``EV' = exp(a) EV_net^b EV_tree^g`` (Poisson GLM on the validation rows, ``b, g >= 0``),
+* the trees are **cross-fitted** over every training and validation row (``FOLDS`` seeded folds of
+  a sample of at most ``MAX_ROWS``): each row gets a prediction from trees that never saw it, and
+  scoring uses the mean of the fold models;
+* ``churn``: HistGradientBoostingClassifier of ``y_churn``; the stack
+  ``p = sigmoid(c + d logit(p_net) + e logit(p_tree))`` takes its weights (d, e) by maximum
+  likelihood on the *validation* rows, where neither the network nor the trees were fitted
+  (``d >= 0.05``; a tree weight <= 0 is dropped and the plain Platt map kept), and its intercept c
+  from every fit row with (d, e) fixed (the level from the most rows, as ``calibration_rows: all``).
+  This replaces the Platt map of the churn head.
+* ``value``: a Poisson HistGradientBoostingRegressor of ``y_value`` likewise; the power map
+  becomes ``EV' = exp(a) EV_net^b EV_tree^g`` ((b, g) by a Poisson GLM on the validation rows),
   followed by the same isotonic knots, whose level is set so that the total over every fit row
   is the observed total.
 
@@ -24,7 +28,7 @@ standardised features the network reads. Numpy / scikit-learn only.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -39,23 +43,39 @@ BLEND_KINDS = ("none", "churn", "value", "both")
 
 @dataclass
 class TreeCompanion:
-    """Fitted trees (either may be None) over the standardised features, in ``feature_columns`` order."""
+    """Fitted trees over the standardised features, in ``feature_columns`` order: one model per
+    cross-fitting fold for each head (an empty list: no tree for that head); predictions are the
+    mean over the folds."""
 
     feature_columns: list
-    churn: Optional[object] = None
-    value: Optional[object] = None
+    churn: list = field(default_factory=list)
+    value: list = field(default_factory=list)
 
     def predict_churn(self, features: np.ndarray) -> Optional[np.ndarray]:
-        """P(churn) of the classifier (float64, clipped to (1e-6, 1 - 1e-6)), or None without one."""
-        if self.churn is None or len(features) == 0:
-            return None if self.churn is None else np.zeros(0)
-        return np.clip(self.churn.predict_proba(_matrix(features))[:, 1].astype(np.float64), 1e-6, 1 - 1e-6)
+        """P(churn) (float64, clipped to (1e-6, 1 - 1e-6)), or None without a churn tree."""
+        if not self.churn:
+            return None
+        x = _matrix(features)
+        if not len(x):
+            return np.zeros(0)
+        return _clip_p(np.mean([m.predict_proba(x)[:, 1] for m in self.churn], axis=0))
 
-    def predict_value(self, features: np.ndarray, floor: float = 1e-6) -> Optional[np.ndarray]:
-        """Expected spend of the Poisson regressor (float64, > 0), or None without one."""
-        if self.value is None or len(features) == 0:
-            return None if self.value is None else np.zeros(0)
-        return np.maximum(self.value.predict(_matrix(features)).astype(np.float64), floor)
+    def predict_value(self, features: np.ndarray) -> Optional[np.ndarray]:
+        """Expected spend (float64, >= ``VALUE_FLOOR``), or None without a value tree."""
+        if not self.value:
+            return None
+        x = _matrix(features)
+        if not len(x):
+            return np.zeros(0)
+        return np.maximum(np.mean([m.predict(x) for m in self.value], axis=0).astype(np.float64), VALUE_FLOOR)
+
+
+VALUE_FLOOR = 1e-6
+FOLDS = 3   # cross-fitting folds: every row the stack is fitted on gets a tree prediction from trees that never saw it
+
+
+def _clip_p(p) -> np.ndarray:
+    return np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
 
 
 def _matrix(features: np.ndarray) -> np.ndarray:
@@ -77,11 +97,19 @@ def sample_rows(n: int, seed: int, cap: int = MAX_ROWS) -> np.ndarray:
 
 
 def fit_trees(features: np.ndarray, y_churn: np.ndarray, y_value: np.ndarray, feature_columns, *,
-              kind: str = "both", seed: int = 7, threads: Optional[int] = None) -> Optional[TreeCompanion]:
-    """The trees for ``kind`` fitted on these (training) rows; None when nothing could be fitted.
+              kind: str = "both", seed: int = 7, folds: int = FOLDS,
+              threads: Optional[int] = None) -> Optional[tuple[TreeCompanion, dict]]:
+    """Cross-fitted trees for ``kind`` and their out-of-fold predictions; None when nothing could be fitted.
 
-    A head whose labels have one class (churn) or no spend (value), or fewer than ``MIN_ROWS``
-    rows, gets no tree.
+    The rows (a seeded sample of at most ``MAX_ROWS``) are cut into ``folds`` seeded folds; the
+    trees of fold k are fitted on the other folds and predict fold k, so every sampled row gets a
+    prediction from trees that never saw it; rows outside the sample get the mean of all folds'
+    trees (which never saw them either).
+
+    Returns:
+        (companion, {"churn": (n,) or None, "value": (n,) or None}) — the out-of-fold predictions
+        of every input row, in input order. A head whose labels have one class (churn) or no
+        spend (value), or fewer than ``MIN_ROWS`` rows, gets no tree.
     """
     from contextlib import nullcontext
 
@@ -90,20 +118,42 @@ def fit_trees(features: np.ndarray, y_churn: np.ndarray, y_value: np.ndarray, fe
 
     do_churn, do_value = wanted(kind)
     x = _matrix(features)
-    if len(x) < MIN_ROWS or not (do_churn or do_value):
+    n = len(x)
+    if n < MIN_ROWS or not (do_churn or do_value):
         return None
-    idx = sample_rows(len(x), seed)
-    x = x[idx]
-    yc = (np.asarray(y_churn, dtype=np.float64)[idx] > 0.5).astype(int)
-    yv = np.clip(np.nan_to_num(np.asarray(y_value, dtype=np.float64)[idx]), 0.0, None)
+    yc = (np.asarray(y_churn, dtype=np.float64) > 0.5).astype(int)
+    yv = np.clip(np.nan_to_num(np.asarray(y_value, dtype=np.float64)), 0.0, None)
+    sample = sample_rows(n, seed)
+    fold = np.random.default_rng(seed + 1).permutation(len(sample)) % max(folds, 2)
+    outside = np.setdiff1d(np.arange(n), sample, assume_unique=True)
+    do_churn = do_churn and 0 < yc[sample].sum() < len(sample)
+    do_value = do_value and yv[sample].sum() > 0
+    if not (do_churn or do_value):
+        return None
+    companion = TreeCompanion(feature_columns=list(feature_columns))
+    oof: dict = {"churn": np.zeros(n) if do_churn else None, "value": np.zeros(n) if do_value else None}
     with threadpool_limits(limits=threads, user_api="openmp") if threads else nullcontext():
-        churn = (HistGradientBoostingClassifier(**TREE_PARAMS, random_state=seed).fit(x, yc)
-                 if do_churn and 0 < yc.sum() < len(yc) else None)
-        value = (HistGradientBoostingRegressor(loss="poisson", **TREE_PARAMS, random_state=seed).fit(x, yv)
-                 if do_value and yv.sum() > 0 else None)
-    if churn is None and value is None:
-        return None
-    return TreeCompanion(feature_columns=list(feature_columns), churn=churn, value=value)
+        for k in range(max(folds, 2)):
+            fit_idx, out_idx = sample[fold != k], sample[fold == k]
+            if do_churn:
+                model = HistGradientBoostingClassifier(**TREE_PARAMS, random_state=seed).fit(x[fit_idx], yc[fit_idx])
+                companion.churn.append(model)
+                oof["churn"][out_idx] = model.predict_proba(x[out_idx])[:, 1]
+            if do_value:
+                model = HistGradientBoostingRegressor(loss="poisson", **TREE_PARAMS, random_state=seed).fit(
+                    x[fit_idx], yv[fit_idx])
+                companion.value.append(model)
+                oof["value"][out_idx] = model.predict(x[out_idx])
+        if len(outside):
+            if do_churn:
+                oof["churn"][outside] = companion.predict_churn(x[outside])
+            if do_value:
+                oof["value"][outside] = companion.predict_value(x[outside])
+    if do_churn:
+        oof["churn"] = _clip_p(oof["churn"])
+    if do_value:
+        oof["value"] = np.maximum(oof["value"], VALUE_FLOOR)
+    return companion, oof
 
 
 def save_trees(trees: Optional[TreeCompanion], model_dir: str) -> None:
