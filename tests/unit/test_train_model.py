@@ -192,7 +192,8 @@ def test_a_model_directory_written_before_the_train_split_loads_and_predicts_as_
     assert set(out) == set(recorded["predictions"]) | {"arm_value_long"}
     assert out["arm_value_long"].shape == (len(tabular), 0)   # written before the long-term head: no such numbers
     for key, want in recorded["predictions"].items():
-        np.testing.assert_allclose(out[key], np.array(want), rtol=1e-9, atol=1e-12, err_msg=key)
+        # float32 network: another CPU's kernels (AVX2 vs AVX-512) differ in the 8th digit, not more
+        np.testing.assert_allclose(out[key], np.array(want), rtol=1e-6, atol=1e-9, err_msg=key)
 
 
 def test_model_spec_json_keeps_its_flat_format():

@@ -284,8 +284,9 @@ class TrainConf:
     calibration: Literal["isotonic", "power", "none"] = "isotonic"
     calibration_rows: Literal["all", "validation"] = "all"  # rows the calibration is fitted on: all = training + validation
     # stack the heads with gradient-boosted trees on the same standardised features (train/trees.py):
-    # trees fitted on the training rows, stack weights on the validation rows (churn: logistic on both
-    # logits, value: Poisson GLM on both logs); none: the network's heads alone (the ablation)
+    # trees cross-fitted (3 folds) over every row, stack weights from the validation rows (churn: logistic
+    # on both logits, value: Poisson GLM on both logs), levels from every row; none: the network's heads
+    # alone (the ablation; evaluate reports it as model_network when a blend is on)
     tree_blend: Literal["none", "churn", "value", "both"] = "none"
     seed: int = 7
     retrain_every_days: int = 7

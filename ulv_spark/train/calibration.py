@@ -396,9 +396,10 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
     ``trees`` (train.tree_blend, train/trees.py): {"held_out": {"ev", "y_value", "churn", "y_churn"
     and "tree_value" and / or "tree_churn"}, "tree_value" / "tree_churn": the trees' out-of-fold
     predictions on the rows of ``ev``}. A stack whose tree weight is positive on the held-out rows
-    replaces that head's map; its level is then set from every fit row (value: total = the observed
-    total; churn: the intercept's maximum likelihood with the weights fixed), and ``knot_rows`` must
-    carry "tree_value" too.
+    replaces that head's map: churn's weights come from the held-out rows and its intercept from
+    every calibration row (maximum likelihood with the weights fixed); the value's stack is fitted on
+    the calibration rows, like the power map, and its level kept at the observed total. ``knot_rows``
+    must carry "tree_value" too.
     """
     a, b = fit_value_power(ev, y_value)
     c, d = fit_platt(churn_p, y_churn)
@@ -415,8 +416,10 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
                     level = logistic_intercept(offset, y_churn)
                     c = c if level is None else level
                 power = dataclasses.replace(power, churn_c=c, churn_d=d, churn_tree=e)
-        if held.get("tree_value") is not None and trees.get("tree_value") is not None:
-            stack = fit_value_stack(held["ev"], held["tree_value"], held["y_value"])
+        if trees.get("tree_value") is not None:
+            # on the calibration rows (every fit row by default), like the power map it extends: from the
+            # validation rows alone the slope is noisy (CDNOW decile MAPE 0.130 vs 0.087; BENCHMARKS.md §6c)
+            stack = fit_value_stack(ev, trees["tree_value"], y_value)
             if stack is not None:
                 power = dataclasses.replace(power, value_a=stack[0], value_b=stack[1], value_tree=stack[2])
                 tree_all = np.asarray(trees["tree_value"], dtype=np.float64)
@@ -430,9 +433,9 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
     def total(cal: PowerCalibration) -> float:
         return float(cal.value(ev_all, tree_all).sum())
 
-    # the level: the power map's total over every fit row (its Poisson score equation makes it the
-    # observed total); a stack was fitted on the held-out rows only, so it gets the observed total
-    target = float(np.clip(y_all, 0, None).sum()) if power.value_tree else total(power)
+    # the level: the map's total over every calibration row (the Poisson score equation makes it the
+    # observed total)
+    target = total(power)
     knots: tuple = ()
     if knot_rows is not None:
         yv = np.clip(np.asarray(knot_rows["y_value"], dtype=np.float64), 0, None)
@@ -446,8 +449,4 @@ def fit_power_calibration(ev, y_value, churn_p, y_churn, *, knot_rows: Optional[
             shift = math.log(target / got)
             knots = tuple((x, v + shift) for x, v in knots)
         return dataclasses.replace(power, value_knots=knots)
-    if power.value_tree:
-        got = total(power)
-        if target > 0 and got > 0:
-            power = dataclasses.replace(power, value_a=power.value_a + math.log(target / got))
     return power

@@ -15,10 +15,10 @@ either alone on every data set they tried). Here:
   (``d >= 0.05``; a tree weight <= 0 is dropped and the plain Platt map kept), and its intercept c
   from every fit row with (d, e) fixed (the level from the most rows, as ``calibration_rows: all``).
   This replaces the Platt map of the churn head.
-* ``value``: a Poisson HistGradientBoostingRegressor of ``y_value`` likewise; the power map
-  becomes ``EV' = exp(a) EV_net^b EV_tree^g`` ((b, g) by a Poisson GLM on the validation rows),
-  followed by the same isotonic knots, whose level is set so that the total over every fit row
-  is the observed total.
+* ``value``: a Poisson HistGradientBoostingRegressor of ``y_value``; the power map becomes
+  ``EV' = exp(a) EV_net^b EV_tree^g``, a Poisson GLM on the same rows as the power map (every fit
+  row by default: from the validation rows alone its slope was too noisy), followed by the same
+  isotonic knots from the validation rows, the total over every fit row kept at the observed one.
 
 The stack weights (``churn_tree`` = e, ``value_tree`` = g in ``ModelMeta.calibration``) are the
 measured contribution of each side: e = 0 means the trees added nothing on held-out rows. The
