@@ -225,3 +225,26 @@ def test_no_margins_without_a_model_or_with_the_bootstrap_off():
     assert res.splits[0].margins == [] and not res.metrics["metric"].map(B.is_margin_metric).any()
     res = run_backtest(ex, [split], [GbmAsModel(), RfmHeuristic()], dataset="t", bootstrap_resamples=0)
     assert res.splits[0].margins == [] and not res.metrics["metric"].map(B.is_margin_metric).any()
+
+
+def test_an_ablation_of_the_model_gets_margins_but_is_never_the_best_other_method():
+    test, pred = _random_case()
+    index = np.random.default_rng(0).integers(0, len(test), (10, len(test)))
+    # model_network = the model itself (a blend whose trees earned nothing): better than "weak" on nothing
+    margins = _margins(test, {"model": pred(5), "model_network": pred(5), "weak": pred(8)}, index, uplift_top_share=0.3)
+    assert {m.other for m in margins if not m.best} == {"model_network", "weak"}
+    assert {m.other for m in margins if m.best} == {"weak"}        # never the ablation, even where it ties the model
+    assert all(m.margin == 0.0 for m in margins if m.other == "model_network")
+
+
+def test_build_methods_adds_the_network_only_ablation_when_a_tree_blend_is_on():
+    from ulv_spark.config import EvaluateConf
+    from ulv_spark.evaluate.methods import NetworkOnlyMethod
+    from ulv_spark.evaluate.pipeline import build_methods
+
+    ev = EvaluateConf(methods=["model", "gbm"])
+    plain, _ = build_methods(ev, horizon_days=90, features=["f"], model_root="/models")
+    blended, _ = build_methods(ev, horizon_days=90, features=["f"], model_root="/models", tree_ablation=True)
+    assert [m.name for m in plain] == ["model", "gbm"]
+    assert [m.name for m in blended] == ["model", "model_network", "gbm"]
+    assert isinstance(blended[1], NetworkOnlyMethod) and blended[1].model_root == "/models"
