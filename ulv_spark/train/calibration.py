@@ -243,19 +243,8 @@ def fit_platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     if len(p) < MIN_ROWS or y.min() == y.max():
         return 0.0, 1.0
     x = _logit(p)
-
-    def nll(theta, design):
-        z = design @ theta
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
-    def grad_hess_of(design):
-        def grad_hess(theta):
-            q = _sigmoid(design @ theta)
-            return design.T @ (q - y) / len(y), (design * (q * (1 - q))[:, None]).T @ design / len(y)
-        return grad_hess
-
     design = np.stack([np.ones_like(x), x], axis=1)
-    c, d = _newton(lambda th: nll(th, design), grad_hess_of(design), np.array([0.0, 1.0]))
+    c, d = _logistic(design, y, np.array([0.0, 1.0]))
     if not np.isfinite(d) or d < MIN_SLOPE:
         d = MIN_SLOPE
         c = churn_level(p, y, d)
