@@ -217,17 +217,8 @@ def fit_value_power(ev: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     scale = y.mean()   # work in units of the mean spend: the same optimum, better conditioned
     x, t = np.log(ev / scale), y / scale
     design = np.stack([np.ones_like(x), x], axis=1)
-
-    def objective(theta):
-        eta = np.clip(design @ theta, -50, 50)
-        return float(np.mean(np.exp(eta) - t * eta))
-
-    def grad_hess(theta):
-        mu = np.exp(np.clip(design @ theta, -50, 50))
-        return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
-
     a0 = math.log(t.sum() / np.exp(x).sum())
-    alpha, b = _newton(objective, grad_hess, np.array([a0, 1.0]))
+    alpha, b = _poisson_glm(design, t, np.array([a0, 1.0]))
     if not np.isfinite(b) or b < MIN_SLOPE:
         b = MIN_SLOPE
         alpha = math.log(t.sum() / np.exp(b * x).sum())   # the intercept's exact optimum for a fixed slope
@@ -258,17 +249,7 @@ def logistic_intercept(offset: np.ndarray, y: np.ndarray) -> Optional[float]:
     offset, y = offset[ok], (y[ok] > 0.5).astype(np.float64)
     if len(y) < MIN_ROWS or y.min() == y.max():
         return None
-    one = np.ones((len(y), 1))
-
-    def nll(theta):
-        z = theta[0] + offset
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
-    def grad_hess(theta):
-        q = _sigmoid(theta[0] + offset)
-        return one.T @ (q - y) / len(y), np.array([[np.mean(q * (1 - q))]])
-
-    (c,) = _newton(nll, grad_hess, np.array([0.0]))
+    (c,) = _logistic(np.ones((len(y), 1)), y, np.array([0.0]), offset=offset)
     return float(c)
 
 
@@ -279,25 +260,27 @@ def churn_level(p: np.ndarray, y: np.ndarray, d: float) -> Optional[float]:
     return logistic_intercept(d * _logit(p[ok]), y[ok])
 
 
-def _poisson_glm(design: np.ndarray, t: np.ndarray, theta0: np.ndarray) -> np.ndarray:
+def _poisson_glm(design: np.ndarray, t: np.ndarray, theta0: np.ndarray, offset=0.0) -> np.ndarray:
+    """theta minimising the mean Poisson deviance of ``t`` under ``log mu = offset + design @ theta``."""
     def objective(theta):
-        eta = np.clip(design @ theta, -50, 50)
+        eta = np.clip(offset + design @ theta, -50, 50)
         return float(np.mean(np.exp(eta) - t * eta))
 
     def grad_hess(theta):
-        mu = np.exp(np.clip(design @ theta, -50, 50))
+        mu = np.exp(np.clip(offset + design @ theta, -50, 50))
         return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
 
     return _newton(objective, grad_hess, theta0)
 
 
-def _logistic(design: np.ndarray, y: np.ndarray, theta0: np.ndarray) -> np.ndarray:
+def _logistic(design: np.ndarray, y: np.ndarray, theta0: np.ndarray, offset=0.0) -> np.ndarray:
+    """theta maximising the likelihood of ``y`` under ``P = sigmoid(offset + design @ theta)``."""
     def nll(theta):
-        z = design @ theta
+        z = offset + design @ theta
         return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
     def grad_hess(theta):
-        q = _sigmoid(design @ theta)
+        q = _sigmoid(offset + design @ theta)
         return design.T @ (q - y) / len(y), (design * (q * (1 - q))[:, None]).T @ design / len(y)
 
     return _newton(nll, grad_hess, theta0)
@@ -329,18 +312,8 @@ def fit_value_stack(ev: np.ndarray, tree: np.ndarray, y: np.ndarray) -> Optional
 
 def _fixed_slope_poisson(x1: np.ndarray, x2: np.ndarray, t: np.ndarray, b: float) -> tuple[float, float]:
     """(alpha, g) of the Poisson GLM with the network's slope fixed at ``b`` (an offset)."""
-    offset = b * x1
     design = np.stack([np.ones_like(x2), x2], axis=1)
-
-    def objective(theta):
-        eta = np.clip(offset + design @ theta, -50, 50)
-        return float(np.mean(np.exp(eta) - t * eta))
-
-    def grad_hess(theta):
-        mu = np.exp(np.clip(offset + design @ theta, -50, 50))
-        return design.T @ (mu - t) / len(t), (design * mu[:, None]).T @ design / len(t)
-
-    alpha, g = _newton(objective, grad_hess, np.array([0.0, 0.5]))
+    alpha, g = _poisson_glm(design, t, np.array([0.0, 0.5]), offset=b * x1)
     return float(alpha), float(g)
 
 
@@ -360,17 +333,7 @@ def fit_churn_stack(p: np.ndarray, tree: np.ndarray, y: np.ndarray) -> Optional[
     c, d, e = _logistic(design, y, np.array([0.0, 0.5, 0.5]))
     if np.isfinite(d) and d < MIN_SLOPE:
         d = MIN_SLOPE
-        offset, two = d * x1, design[:, [0, 2]]
-
-        def nll(theta):
-            z = offset + two @ theta
-            return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
-        def grad_hess(theta):
-            q = _sigmoid(offset + two @ theta)
-            return two.T @ (q - y) / len(y), (two * (q * (1 - q))[:, None]).T @ two / len(y)
-
-        c, e = _newton(nll, grad_hess, np.array([0.0, 0.5]))
+        c, e = _logistic(design[:, [0, 2]], y, np.array([0.0, 0.5]), offset=d * x1)
     if not (np.isfinite(c) and np.isfinite(d) and np.isfinite(e)) or e <= 0:
         return None
     return float(c), float(d), float(e)
