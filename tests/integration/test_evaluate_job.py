@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 D = dt.date(2025, 10, 1)       # run date
 H = 60                         # horizon: evaluation origin E = D - H = 2025-08-02
 E = D - dt.timedelta(days=H)
-METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner", "class_transformation"}
+METHODS = {"model", "oracle", "bgnbd_gg", "gbm", "rfm_heuristic", "two_model_gbm", "x_learner", "class_transformation",
+           "model_network"}   # train.tree_blend: churn (the default) adds the network-only ablation row
 # policies that are no method (the plan's are the methods'), and the short-term-only twins of the plan
 POLICIES = {"send_none", "send_all[coupon]", "random", "model[short_term]", "oracle[short_term]"}
 

@@ -137,7 +137,11 @@ def test_default_hash_split_learns_every_arm_and_calibrates_under_ddp(spark, exa
     assert {r[0] for r in held.select(S.ORIGIN_DATE).distinct().collect()} == origins
     meta = _assert_usable_model(summary, examples, cfg.model_dir,
                                 held_users={r[0] for r in held.select(S.USER_ID).distinct().collect()})
-    assert set(meta.calibration) == {"value_a", "value_b", "churn_c", "churn_d"}
+    # train.tree_blend: churn (the default) stacks the churn head with trees; the network's own maps
+    # are kept beside the stack (key "network") whenever the trees got a weight
+    stacked = {"churn_tree", "network"} if meta.calibration.get("churn_tree") else set()
+    assert set(meta.calibration) == {"value_a", "value_b", "churn_c", "churn_d"} | stacked
+    assert summary["metrics"]["tree_blend"] == "churn" and summary["metrics"]["tree_blend_weights"]["value"] == 0.0
     assert meta.calibration == summary["metrics"]["calibration"]
     # fitted on every training + validation row's prediction (train.calibration_rows: all)
     assert summary["rows_val"] < summary["metrics"]["calibration_rows"] <= summary["rows_val"] + summary["rows_train"]
