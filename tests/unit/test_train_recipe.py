@@ -471,8 +471,8 @@ def test_training_with_tree_blend_stacks_trees_fitted_on_training_rows_and_scori
     model.trees = None
     with pytest.raises(ValueError, match="tree companion"):
         predict_arrays(model, meta, tokens, mask, tab)
-    # none (the default): no trees, the plain maps
-    off = loop.train_rank(_spec(tmp_path / "o", root, epochs=1))
+    # none (the ablation; the default is churn): no trees, the plain maps
+    off = loop.train_rank(_spec(tmp_path / "o", root, epochs=1, tree_blend="none"))
     assert not PowerCalibration.from_dict(read_meta(off["model_dir"]).calibration).uses_trees
     assert not (Path(off["model_dir"]) / TREES_FILE).exists() and "tree_rows" not in off["metrics"]
 
