@@ -118,7 +118,8 @@ def main(argv=None) -> int:
                                                                 model_dir=f"{cfg.evaluate.model_dir}/{variant}"))
         inputs = read_inputs(spark, vcfg.lakehouse)
         inputs.text, text_facts = read_text_inputs(spark, vcfg, read_feature_inputs(spark, vcfg),
-                                                   run_id=f"ablation-{variant}")
+                                                   run_id=f"ablation-{variant}",
+                                                   history_before=min(s.origin for s in splits), store=False)
         start = time.perf_counter()
         result, run_facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=vcfg,
                                                     dataset=f"text_ablation_{variant}")

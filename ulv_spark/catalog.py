@@ -764,16 +764,19 @@ TEXT_PROJECTION = register(TEXT, TableContract(
     name="text_projection",
     comment=("The projection of product text embeddings onto the few dimensions of the users' product-text "
              "profile (features text_dim_*): the leading principal components of product_embeddings (products "
-             "with text) of one encoder. Grain: one row per (model_id, component). Fitted once per encoder and "
-             "features.text_dims by jobs/features.py when no projection is stored (MERGE), then reused by every "
-             "later features, training and scoring run, so a model always sees the projection it was trained "
-             "with; delete the rows to refit."),
+             "with text) of one encoder, then features.text_supervised directions fitted by ridge regression to "
+             "what each product's buyers did next (bought again within the horizon, log spend then; purchases "
+             "whose window closed before the fitting night). Grain: one row per (model_id, component). Fitted "
+             "once per encoder and features.text_dims by jobs/features.py when no projection is stored (MERGE), "
+             "then reused by every later features, training and scoring run, so a model always sees the "
+             "projection it was trained with; delete the rows to refit. The backtest fits its own, not stored."),
     columns=(
         _c(MODEL_ID, "STRING", "Encoder (product_embeddings.model_id) whose embeddings were fitted", False),
         _c("component", "INT", "Component index i: the weights of feature text_dim_<i>", False),
         _c(DIM, "INT", "Embedding length (length of weights)", False),
-        _c("weights", "ARRAY<DOUBLE>", "Unit-length principal direction in embedding space", False),
-        _c("explained_variance", "DOUBLE", "Share of the embeddings' variance along this component"),
+        _c("weights", "ARRAY<DOUBLE>", "Unit-length direction in embedding space (principal or supervised)", False),
+        _c("explained_variance", "DOUBLE", "Share of the embeddings' variance along this principal component; "
+                                           "null for a supervised one"),
         _c("products", "INT", "Products with text the projection was fitted on", False),
         _c("fitted_at", "TIMESTAMP", "When the projection was fitted (UTC)", False),
         _c(RUN_ID, "STRING", "Id of the features run that fitted it", False),

@@ -195,7 +195,7 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     versions, before = _versions(spark, cfg), _snapshot(spark, cfg)
     models_before = sorted(p.name for p in Path(cfg.train.model_dir).iterdir())
     # long enough to be killed in the middle; no early stop
-    longer = ("--retrain", "--set", "train.epochs=40", "--set", "train.patience=100")
+    longer = ("--retrain", "--set", "train.epochs=12", "--set", "train.patience=100")
     run = _submit(night, "train_fault", "--only", "train", *longer)
     checkpoints = Path(cfg.train.checkpoint_dir)
 
@@ -223,7 +223,7 @@ def test_a_worker_lost_while_training_fails_cleanly_and_the_rerun_resumes(night,
     assert [s["stage"] for s in summary["stages"]] == ["train"]
     train = _stage(summary, "train")
     assert train["trained"] is True and train["resumed_from_epoch"] >= 3
-    assert train["epochs_run"] == 41  # 1 pretraining + 40 fine-tuning epochs, counted from the start
+    assert train["epochs_run"] == 13  # 1 pretraining + 12 fine-tuning epochs, counted from the start
     models_after = sorted(p.name for p in Path(cfg.train.model_dir).iterdir())
     assert set(models_after) - set(models_before) == {train["model_version"]}   # the directory is the version
     assert _versions(spark, cfg) == versions   # nothing scored yet

@@ -128,3 +128,75 @@ def test_without_text_inputs_the_text_features_are_defaults_and_text_false_leave
 def test_text_dims_is_checked():
     with pytest.raises(ValueError, match="text_dims"):
         FeaturesConf(text_dims=0)
+    with pytest.raises(ValueError, match="text_supervised"):
+        FeaturesConf(text_supervised=3)
+    assert FeaturesConf(text_dims=1).text_supervised == 2   # fitted as min(2, text_dims) supervised components
+
+
+ORDERS_DDL = "user_id string, order_id string, order_ts timestamp, amount double, is_return boolean"
+ORDER_LINES_DDL = "user_id string, order_id string, product_id string, amount double"
+
+
+def test_purchase_outcomes_reads_only_windows_closed_before_the_cutoff_and_shrinks_to_the_prior(spark):
+    import math
+
+    from ulv_spark.features.text import purchase_outcomes
+
+    day = lambda d: dt.datetime(2025, 1, 1, 12) + dt.timedelta(days=d)  # noqa: E731
+    orders = spark.createDataFrame([
+        ("u1", "o1", day(0), 30.0, False), ("u1", "o2", day(5), 20.0, False),   # o1: bought again, 20 spent
+        ("u1", "r2", day(6), -5.0, True),                                       # o2's window: only a return
+        ("u2", "o3", day(1), 40.0, False), ("u2", "o4", day(19), 10.0, False),  # o3: next order after 18 days
+        ("u3", "o5", day(25), 50.0, False),                                     # window ends after the cutoff
+        ("u3", "o6", day(31), 70.0, False),                                     # on / after the cutoff: unseen
+    ], ORDERS_DDL)
+    lines = spark.createDataFrame([
+        ("u1", "o1", "P1", 10.0), ("u1", "o1", "P2", 20.0), ("u1", "o2", "P1", 20.0),
+        ("u1", "r2", "P1", -5.0),            # a return line: not a purchase
+        ("u2", "o3", "P2", 40.0), ("u2", "o4", "P2", 10.0), ("u2", "o4", None, 1.0),
+        ("u3", "o5", "P3", 50.0),
+    ], ORDER_LINES_DDL)
+    got = {r["product_id"]: r for r in purchase_outcomes(orders, lines, before=dt.date(2025, 1, 31),
+                                                         horizon_days=10, prior_weight=1.0).collect()}
+    # purchase lines with a closed window (t + 10 days < Jan 31): o1 (P1, P2), o2 (P1), o3 (P2), o4 (P2)
+    outcome = {"o1": (1.0, math.log1p(15.0)), "o2": (0.0, 0.0), "o3": (0.0, 0.0), "o4": (0.0, 0.0)}
+    # o1's window (day 0, day 10]: o2 (+20) and r2 (-5), o3 and o4 are u2's; o2's: r2 only, -5 -> 0
+    prior = [sum(v[i] for v in (outcome["o1"], outcome["o1"], outcome["o2"], outcome["o3"], outcome["o4"])) / 5
+             for i in (0, 1)]
+    per_line = {"P1": ["o1", "o2"], "P2": ["o1", "o3", "o4"]}
+    assert set(got) == {"P1", "P2"}
+    for product, orders_of in per_line.items():
+        assert got[product]["lines"] == len(orders_of)
+        for i, name in enumerate(("retained", "next_spend")):
+            want = (sum(outcome[o][i] for o in orders_of) + prior[i]) / (len(orders_of) + 1.0)
+            assert got[product][name] == pytest.approx(want, abs=1e-9), (product, name)
+
+
+def test_the_supervised_components_point_at_what_predicts_the_outcome(spark):
+    """Products whose buyers come back differ along one embedding axis; the fitted direction finds it."""
+    import numpy as np
+
+    from ulv_spark.features.job import SUPERVISED_MIN_PRODUCTS, fit_projection
+
+    rng = np.random.default_rng(0)
+    n = 2 * SUPERVISED_MIN_PRODUCTS
+    kind = np.arange(n) % 2                                  # axis 3 carries the kind, axes 0-2 most variance
+    emb = np.column_stack([rng.normal(0, 1.0, (n, 3)), 0.2 * (2 * kind - 1) + rng.normal(0, 0.02, n)])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    embeddings = spark.createDataFrame([(f"P{i}", True, "m", [float(x) for x in emb[i]]) for i in range(n)],
+                                       "product_id string, has_text boolean, model_id string, embedding array<float>")
+    outcomes = spark.createDataFrame([(f"P{i}", 10.0, 0.3 + 0.4 * float(kind[i]), 1.0 + float(kind[i]))
+                                      for i in range(n)],
+                                     "product_id string, lines double, retained double, next_spend double")
+    components, variance, fitted = fit_projection(embeddings, model_id="m", dims=3, outcomes=outcomes, supervised=2)
+    assert fitted == n and len(components) == 3 and variance[0] is not None and variance[1:] == [None, None]
+    for direction in components[1:]:
+        w = np.asarray(direction)
+        assert np.linalg.norm(w) == pytest.approx(1.0)
+        assert w[3] > 0.9                                    # towards more retention / spend
+    assert abs(components[0][3]) < 0.3                       # the principal component is a variance axis
+
+    # too few products with outcomes: principal components only
+    few = outcomes.limit(SUPERVISED_MIN_PRODUCTS - 1)
+    components, variance, _ = fit_projection(embeddings, model_id="m", dims=3, outcomes=few, supervised=2)
+    assert len(components) == 3 and None not in variance

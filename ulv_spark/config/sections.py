@@ -200,7 +200,11 @@ class FeaturesConf:
     # string attributes are left out so the table schema never depends on the data.
     attribute_onehot: dict[str, list[str]] = field(default_factory=dict)
     text: bool = True                   # text features (products bought / viewed, reviews); false: columns left out
-    text_dims: int = 8                  # product-text profile dimensions: PCA of the product embeddings
+    text_dims: int = 8                  # product-text dimensions per user and per order event (table text_projection)
+    # of the text_dims, the last text_supervised (0-2) are directions of the product embeddings that predict what a
+    # product's buyers did next (bought again within run.horizon_days; log spend then), fitted by ridge regression
+    # over the products on purchases before the fitting night; the others are the leading principal components
+    text_supervised: int = 2
     # review_sentiment = cosine of a review's embedding to the positive concept minus that to the negative one
     text_positive_concept: str = "great quality, love it, works perfectly"
     text_negative_concept: str = "broken, bad quality, want a refund"  # see text_positive_concept
@@ -225,6 +229,7 @@ class FeaturesConf:
         need(self.origin_step_days >= 1, "origin_step_days", "must be >= 1")
         need(self.default_response_window_days >= 1, "default_response_window_days", "must be >= 1")
         need(1 <= self.text_dims <= 64, "text_dims", f"must be in [1, 64], got {self.text_dims}")
+        need(0 <= self.text_supervised <= 2, "text_supervised", f"must be 0, 1 or 2, got {self.text_supervised}")
         need(bool(self.text_positive_concept.strip()) and bool(self.text_negative_concept.strip()),
              "text_positive_concept", "and text_negative_concept must be non-empty texts")
         names = [t.strip().lower() for t in self.event_types]

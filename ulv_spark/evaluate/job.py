@@ -6,6 +6,7 @@ from typing import Optional
 
 from ulv_spark import catalog
 from ulv_spark.context import JobContext, Summary
+from ulv_spark.runtime import get_logger
 
 # EvaluationInputs field -> table: the bronze inputs and the truth tables; only orders is required
 _FIELD_NAMES = {catalog.CAMPAIGN_EXPOSURES.name: "exposures", catalog.USER_ATTRIBUTES.name: "attributes"}
@@ -46,8 +47,11 @@ def run_evaluate(ctx: JobContext, *, dataset: Optional[str] = None, report: Opti
         raise JobFailed(f"{lake.table_ref(cfg.lakehouse, catalog.ORDERS.name).name} does not exist: "
                         "run `ulv-spark ingest` first")
     from ulv_spark.features.job import read_inputs as read_feature_inputs, read_text_inputs
-    inputs.text, _ = read_text_inputs(spark, cfg, read_feature_inputs(spark, cfg), run_id=ctx.run_id)
     splits = pipeline.splits_from_conf(ctx.as_of, horizon_days=cfg.run.horizon_days, evaluate_cfg=cfg.evaluate)
+    # the backtest fits its own text projection on history before its first test origin (nothing stored)
+    inputs.text, _ = read_text_inputs(spark, cfg, read_feature_inputs(spark, cfg), run_id=ctx.run_id,
+                                      history_before=min(s.origin for s in splits), store=False,
+                                      log=get_logger("ulv_spark.evaluate"))
     try:
         result, facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=cfg, dataset=dataset)
     except ValueError as exc:  # its first non-blank line (lifetimes' messages start with a newline)

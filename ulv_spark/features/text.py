@@ -3,10 +3,13 @@
 * Product-text profile: the spend-weighted mean of the text embeddings of the products the user
   bought before D (bronze ``order_lines``: net spend per product, products with net spend > 0),
   or, for a user without such a purchase, the view-weighted mean over the products they viewed
-  (``events.product_id``). Embeddings enter projected onto ``features.text_dims`` principal
-  components fitted on the product embeddings (a product-level fit, stored in the
-  ``text_projection`` table by the features job, so scoring uses the training projection). The
-  projection is linear, so the mean of projected vectors is the projection of the mean vector.
+  (``events.product_id``). Embeddings enter projected onto ``features.text_dims`` components
+  fitted on the product embeddings (a product-level fit, stored in the ``text_projection`` table
+  by the features job, so scoring uses the training projection): the leading principal components
+  and, last, ``features.text_supervised`` directions that predict what a product's buyers did next
+  (purchase_outcomes: bought again, spend), so a few dimensions keep what matters for value and
+  churn, not only the most variance. The projection is linear, so the mean of projected vectors is
+  the projection of the mean vector.
 * Reviews written before D: count, mean rating, and a sentiment score per review — cosine
   similarity of its embedding to the conf-named positive concept minus that to the negative one —
   averaged over the reviews with text.
@@ -17,10 +20,11 @@ user attributes): a product's current text describes its past purchases too.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ulv_spark.features.declare import PRODUCT_TEXT, REVIEW_TEXT, Feature, block
@@ -40,8 +44,9 @@ PRODUCT_PROFILE = block(
 PRODUCT_DIMS = block(
     Feature("text_dim_{i}", "Component {i} of the user's product-text profile: spend-weighted mean of the bought "
                             "products' text embeddings (view-weighted over viewed products without a purchase), "
-                            "projected on principal component {i} of the product embeddings (table text_projection); "
-                            "0 without"),
+                            "projected on component {i} of table text_projection (a principal component of the product "
+                            "embeddings; the last features.text_supervised ones: directions that predict whether a "
+                            "product's buyers bought again and what they spent next); 0 without"),
     source=PRODUCT_TEXT, per="text_dim",
 )
 REVIEWS = block(
@@ -91,6 +96,46 @@ def project_products(product_embeddings: DataFrame, components: Sequence[Sequenc
     with_text = product_embeddings.filter(F.col("has_text"))
     return with_text.select(PRODUCT_ID, *[_dot("embedding", c).alias(name)
                                           for name, c in zip(dim_names(len(components)), components)])
+
+
+OUTCOMES = ("retained", "next_spend")  # purchase_outcomes' per-product targets, in component order
+
+
+def purchase_outcomes(orders: DataFrame, order_lines: DataFrame, *, before: dt.date, horizon_days: int,
+                      prior_weight: float = 5.0) -> DataFrame:
+    """What the buyers of each product did in the `horizon_days` after buying it, seen strictly before `before`.
+
+    A purchase line (order_lines, amount > 0, with a product id) of an order at time t counts when
+    its whole outcome window (t, t + H] ends before `before`, so nothing on or after that date is
+    read. Its outcomes: ``retained`` = 1 when the user placed another purchase order (amount > 0,
+    not a return) in the window, and ``next_spend`` = log(1 + the user's net order spend in the
+    window, floored at 0). Per product, each is the mean over its lines shrunk towards the mean of
+    all lines by `prior_weight` pseudo-lines (products bought a few times get the prior mostly).
+
+    Grain: one row per product with such a line. Columns: product_id, lines (DOUBLE), retained,
+    next_spend. Sort-based (a range window per user), no self-join: the cost follows the orders.
+    """
+    horizon = int(horizon_days) * 86400
+    cutoff = F.unix_timestamp(F.lit(dt.datetime.combine(before, dt.time())).cast("timestamp"))
+    seconds = F.unix_timestamp(F.col("order_ts"))
+    buy = ((F.col("amount") > 0) & ~F.col("is_return")).cast("int")
+    past = orders.select(USER_ID, "order_id", seconds.alias("_t"), F.col("amount").cast("double").alias("_a"),
+                         buy.alias("_buy")).filter(F.col("_t") < cutoff)
+    window = Window.partitionBy(USER_ID).orderBy("_t").rangeBetween(1, horizon)
+    outcome = (past.select(USER_ID, "order_id", "_t",
+                           F.coalesce(F.max("_buy").over(window), F.lit(0)).cast("double").alias("retained"),
+                           F.log1p(F.greatest(F.coalesce(F.sum("_a").over(window), F.lit(0.0)), F.lit(0.0)))
+                           .alias("next_spend"))
+               .filter(F.col("_t") + F.lit(horizon) < cutoff).drop("_t"))
+    lines = (order_lines.filter(F.col(PRODUCT_ID).isNotNull() & (F.col("amount") > 0))
+             .select(USER_ID, "order_id", PRODUCT_ID).join(outcome, on=[USER_ID, "order_id"], how="inner"))
+    prior = lines.agg(*[F.avg(c).alias(f"_p_{c}") for c in OUTCOMES])
+    per_product = lines.groupBy(PRODUCT_ID).agg(F.count(F.lit(1)).cast("double").alias("lines"),
+                                                *[F.sum(c).alias(f"_s_{c}") for c in OUTCOMES])
+    k = F.lit(float(prior_weight))
+    return per_product.crossJoin(F.broadcast(prior)).select(
+        PRODUCT_ID, "lines",
+        *[((F.col(f"_s_{c}") + k * F.col(f"_p_{c}")) / (F.col("lines") + k)).alias(c) for c in OUTCOMES])
 
 
 def review_scores(review_embeddings: DataFrame, *, positive: Sequence[float], negative: Sequence[float]) -> DataFrame:
