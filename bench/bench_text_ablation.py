@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     from ulv_spark.evaluate.job import read_inputs
     from ulv_spark.features.job import read_inputs as read_feature_inputs
     from ulv_spark.features.job import read_text_inputs
+    from ulv_spark.runtime import get_logger
     from ulv_spark.schemas import LABEL_CHURNED, LABEL_VALUE, ORIGIN_DATE, USER_ID
     from ulv_spark.spark import get_spark
 
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
         inputs = read_inputs(spark, vcfg.lakehouse)
         inputs.text, text_facts = read_text_inputs(spark, vcfg, read_feature_inputs(spark, vcfg),
                                                    run_id=f"ablation-{variant}",
-                                                   history_before=min(s.origin for s in splits), store=False)
+                                                   history_before=min(s.origin for s in splits), store=False,
+                                                   log=get_logger("ulv_spark.features"))
         start = time.perf_counter()
         result, run_facts = pipeline.run_evaluation(spark, inputs, splits=splits, cfg=vcfg,
                                                     dataset=f"text_ablation_{variant}")

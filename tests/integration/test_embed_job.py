@@ -197,3 +197,57 @@ def test_cli_embed_fails_clearly_when_the_encoder_dir_is_not_local(tmp_path, cap
     conf = _conf(tmp_path, "embed_bad", extra=f"  encoder_dir: {tmp_path / 'no-such-model'}\n")
     assert cli.main(["embed", "--conf", str(conf)]) == 1
     assert "is not a local directory" in capsys.readouterr().err
+
+
+def _write_shop(spark, cfg, n_products=60):
+    """Products of two kinds, each bought by 3 users on 5 January; a refill's buyers buy it again on the 15th."""
+    from ulv_spark.catalog import ORDER_LINES, ORDERS
+
+    products, orders, lines = [], [], []
+    for i in range(n_products):
+        refill = i % 2 == 0
+        title = f"Refill pack {i} of coffee capsules" if refill else f"Garden gazebo model {i}"
+        products.append((f"p{i:02d}", title, None, "misc", 10.0))
+        for j in range(3):
+            for day in ((5, 15) if refill else (5,)):
+                ts, order_id = dt.datetime(2025, 1, day, 10), f"o{i}-{j}-{day}"
+                orders.append((f"u{i}-{j}", order_id, ts, ts.date(), 10.0, 1.0, 1, "misc", None, False, "i-0"))
+                lines.append((order_id, "1", f"u{i}-{j}", f"p{i:02d}", ts, 1.0, 10.0, "i-0"))
+    _write_products(spark, cfg, rows=products)
+    for contract, rows in ((ORDERS, orders), (ORDER_LINES, lines)):
+        df = spark.createDataFrame(rows, contract.ddl().replace(" NOT NULL", ""))
+        lake.append(spark, df, lake.table_ref(cfg.lakehouse, contract.name), contract)
+
+
+def test_a_finetuned_encoder_is_fitted_once_on_purchase_outcomes_and_embeds_everything(spark, tmp_path):
+    from ulv_spark.features.job import concept_vectors
+    from ulv_spark.text import finetune
+    from ulv_spark.text.job import current_encoder_dir
+
+    extra = (f"  finetune_layers: 1\n  finetune_epochs: 1\n  finetune_dir: {tmp_path / 'encoders'}\n"
+             "run:\n  horizon_days: 30\n")
+    conf = _conf(tmp_path, "embed_ft", extra=extra)
+    cfg = load_config(conf)
+    base = describe_encoder()
+    # no orders yet: the shipped encoder embeds, and the summary says why
+    _write_products(spark, cfg, rows=PRODUCT_ROWS[:2])
+    first = _run(spark, conf, "ft-0")
+    assert first["finetune"]["how"] == "not fitted: no embed_ft.orders / embed_ft.order_lines table"
+    assert first["model_id"] == base.model_id and current_encoder_dir(cfg) is None
+
+    _write_shop(spark, cfg)
+    second = _run(spark, conf, "ft-1")
+    tuned = second["finetune"]
+    assert tuned["how"] == "fitted" and tuned["products"] == 60 and tuned["history_before"] == "2025-03-10"
+    assert [h["epoch"] for h in tuned["history"]] == [0, 1]
+    path = finetune.finetuned_dir(str(tmp_path / "encoders"), base, 1)
+    assert tuned["path"] == str(path) == current_encoder_dir(cfg) == second["encoder_dir"]
+    assert second["model_id"] == describe_encoder(str(path)).model_id != base.model_id
+    assert second["tables"]["product_embeddings"]["rows_written"] == 62   # the 2 earlier rows re-embedded too
+    stored_ids = _read(spark, cfg, "product_embeddings").select("model_id").distinct().collect()
+    assert [r[0] for r in stored_ids] == [second["model_id"]]
+    assert concept_vectors(cfg)[0] == second["model_id"]   # the review concepts use the same encoder
+
+    third = _run(spark, conf, "ft-2")
+    assert third["finetune"]["how"] == "stored" and third["model_id"] == second["model_id"]
+    assert third["tables"]["product_embeddings"]["texts_embedded"] == 0

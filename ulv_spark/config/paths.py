@@ -17,7 +17,7 @@ from ulv_spark.config.sections import Config, SourcesConf
 PATH_KEYS = {
     ("lakehouse", "root"), ("lakehouse", "shared_dir"), ("generate", "output_dir"),
     ("train", "model_dir"), ("train", "checkpoint_dir"), ("train", "petastorm_cache"), ("train", "parquet_dir"),
-    ("evaluate", "report_dir"), ("evaluate", "model_dir"), ("embed", "encoder_dir"),
+    ("evaluate", "report_dir"), ("evaluate", "model_dir"), ("embed", "encoder_dir"), ("embed", "finetune_dir"),
     ("segments", "model_dir"),
 }
 

@@ -479,11 +479,22 @@ class EmbedConf:
     batch_size: int = 64                # texts per forward pass (sorted by length within each Arrow batch)
     max_length: int = 0                 # tokens per text, longer texts are truncated; 0 = the checkpoint's own (256 for MiniLM)
     partitions: int = 0                 # tasks the texts to embed are spread over; 0 = Spark's default parallelism
+    # Fine-tuning (off by default): the top `finetune_layers` transformer layers are trained, once, to predict what
+    # each product's buyers did next (bought again, log spend; purchase windows closed before the night's as-of
+    # date), saved under finetune_dir and used for every text from then on (delete the directory to refit)
+    finetune_layers: int = 0            # 0 = off: the encoder's weights as shipped
+    finetune_epochs: int = 3            # passes over the products
+    finetune_lr: float = 1e-5           # AdamW learning rate of the unfrozen layers and the head
+    finetune_max_products: int = 20000  # products (most-bought first) collected to the driver to fit on
+    finetune_dir: str = "lakehouse/_shared/text_encoders"  # fine-tuned checkpoints: <base>-<fingerprint>-top<layers>/
 
     def __post_init__(self):
-        for key, low in (("batch_size", 1), ("max_length", 0), ("partitions", 0)):
+        for key, low in (("batch_size", 1), ("max_length", 0), ("partitions", 0), ("finetune_layers", 0),
+                         ("finetune_epochs", 1), ("finetune_max_products", 50)):
             if getattr(self, key) < low:
                 raise ConfigError(f"'embed.{key}' must be >= {low}, got {getattr(self, key)}")
+        if not self.finetune_lr > 0:
+            raise ConfigError(f"'embed.finetune_lr' must be > 0, got {self.finetune_lr}")
 
 
 @dataclass(frozen=True)

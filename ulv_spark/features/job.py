@@ -185,10 +185,14 @@ def load_projection(spark, cfg: Config, inputs: dict, *, run_id: str, history_be
 
 
 def concept_vectors(cfg: Config) -> tuple[str, list[float], list[float]]:
-    """(model_id, positive, negative): the conf-named sentiment concepts embedded by the configured encoder."""
-    from ulv_spark.text.encoder import get_encoder
+    """(model_id, positive, negative): the conf-named sentiment concepts embedded by the night's encoder.
 
-    encoder = get_encoder(cfg.embed.encoder_dir, max_length=cfg.embed.max_length)
+    The night's encoder: embed.encoder_dir, or its fine-tuned copy when embed.finetune_layers is set and fitted.
+    """
+    from ulv_spark.text.encoder import get_encoder
+    from ulv_spark.text.job import current_encoder_dir
+
+    encoder = get_encoder(current_encoder_dir(cfg), max_length=cfg.embed.max_length)
     vectors = encoder.encode([cfg.features.text_positive_concept, cfg.features.text_negative_concept]).vectors
     return encoder.model_id, [float(x) for x in vectors[0]], [float(x) for x in vectors[1]]
 

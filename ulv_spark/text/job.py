@@ -12,27 +12,32 @@ with a line in the summary):
    so the model runs once per text even though the MERGE reads its source twice);
 4. MERGE the rows into the embeddings table on its key.
 
+With ``embed.finetune_layers > 0`` the encoder is first fine-tuned on the products' purchase
+outcomes (`text/finetune.py`; once, then reused), and that encoder embeds every text.
+
 Rows whose key has left the bronze table are kept (bronze tables are never deleted from).
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from ulv_spark import lake
-from ulv_spark.catalog import PRODUCT_EMBEDDINGS, PRODUCTS, REVIEW_EMBEDDINGS, REVIEWS
+from ulv_spark.catalog import ORDER_LINES, ORDERS, PRODUCT_EMBEDDINGS, PRODUCTS, REVIEW_EMBEDDINGS, REVIEWS
 from ulv_spark.context import JobContext, Summary
 from ulv_spark.errors import JobFailed
 from ulv_spark.runtime import get_logger, stage
 from ulv_spark.schemas import TableContract
-from ulv_spark.text import build
+from ulv_spark.text import build, finetune
 from ulv_spark.text.contracts import HAS_TEXT, TEXT_HASH, TRUNCATED
 from ulv_spark.text.encoder import EncoderInfo, EncoderNotFound, describe_encoder
+from ulv_spark.score.udf import resolve_device
 from ulv_spark.text.udf import TEXT, embed_texts_df
 
 log = get_logger("ulv_spark.text")
@@ -71,12 +76,21 @@ def run_embed(ctx: JobContext) -> Summary:
         info = describe_encoder(conf.encoder_dir, max_length=conf.max_length)
     except EncoderNotFound as exc:
         raise JobFailed(str(exc)) from None
+    encoder_dir, finetuned = conf.encoder_dir, None
+    if conf.finetune_layers:
+        with stage("embed.finetune", log) as facts:
+            encoder_dir, finetuned = finetuned_encoder(ctx, info)
+            facts.update({k: finetuned[k] for k in ("how", "products") if k in finetuned})
+        if encoder_dir != conf.encoder_dir:
+            info = describe_encoder(encoder_dir, max_length=conf.max_length)
     summary: Summary = {"model_id": info.model_id, "encoder_dir": info.path, "max_length": info.max_length,
                         "dim": info.dim, "use_gpu": conf.use_gpu, "batch_size": conf.batch_size, "tables": {}}
+    if finetuned is not None:
+        summary["finetune"] = finetuned
     embedded_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     for spec in SPECS:
         with stage(f"embed.{spec.target.name}", log) as facts:
-            result = embed_table(ctx, spec, info, embedded_at=embedded_at)
+            result = embed_table(ctx, spec, info, embedded_at=embedded_at, encoder_dir=encoder_dir)
             facts.update({k: v for k, v in result.items() if k in ("texts_embedded", "rows_written", "skipped")})
         summary["tables"][spec.target.name] = result
     return summary
@@ -91,7 +105,63 @@ def _partitions(spark, configured: int) -> int:
         return 0
 
 
-def embed_table(ctx: JobContext, spec: EmbedSpec, info: EncoderInfo, *, embedded_at: dt.datetime) -> dict:
+def current_encoder_dir(cfg) -> Optional[str]:
+    """The directory the night's texts are embedded with: the fine-tuned one when configured and fitted, else
+    embed.encoder_dir (None = the packaged default)."""
+    conf = cfg.embed
+    if conf.finetune_layers:
+        base = describe_encoder(conf.encoder_dir, max_length=conf.max_length)
+        path = finetune.stored(conf.finetune_dir, base, conf.finetune_layers)
+        if path is not None:
+            return str(path)
+    return conf.encoder_dir
+
+
+def finetuned_encoder(ctx: JobContext, base: EncoderInfo) -> tuple[Optional[str], dict]:
+    """(encoder dir, facts): the stored fine-tuned encoder, else one fitted now, else the base one (with a reason)."""
+    from ulv_spark.features.text import purchase_outcomes
+
+    spark, conf = ctx.spark, ctx.cfg.embed
+    if "://" in conf.finetune_dir or conf.finetune_dir.startswith("dbfs:"):
+        raise JobFailed(f"embed.finetune_dir must be a local or mounted directory (transformers saves there), "
+                        f"got {conf.finetune_dir}")
+    path = finetune.stored(conf.finetune_dir, base, conf.finetune_layers)
+    if path is not None:
+        facts = json.loads((path / finetune.MARKER).read_text(encoding="utf-8"))
+        return str(path), {"how": "stored", "path": str(path), "products": facts.get("products"),
+                           "history_before": facts.get("history_before"), "best_epoch": facts.get("best_epoch")}
+    refs = {name: lake.table_ref(ctx.cfg.lakehouse, name) for name in (ORDERS.name, ORDER_LINES.name, PRODUCTS.name)}
+    absent = [ref.name for ref in refs.values() if not lake.is_delta(spark, ref)]
+    if absent:
+        log.warning("text fine-tune: no %s table; the shipped encoder is used", " / ".join(absent))
+        return conf.encoder_dir, {"how": f"not fitted: no {' / '.join(absent)} table"}
+    tables = {name: lake.read_table(spark, ref) for name, ref in refs.items()}
+    outcomes = purchase_outcomes(tables[ORDERS.name], tables[ORDER_LINES.name], before=ctx.as_of,
+                                 horizon_days=ctx.cfg.run.horizon_days)
+    texts = build.product_texts(tables[PRODUCTS.name]).filter(F.col(TEXT) != F.lit("")).dropDuplicates(["product_id"])
+    rows = (outcomes.join(texts, on="product_id", how="inner")
+            .orderBy(F.col("lines").desc(), F.col("product_id"))
+            .select("product_id", TEXT, "lines", "retained", "next_spend")
+            .limit(conf.finetune_max_products).toPandas())  # one row per product, capped
+    if len(rows) < finetune.MIN_PRODUCTS:
+        log.warning("text fine-tune: %d products with text and purchase outcomes before %s (need %d); the shipped "
+                    "encoder is used", len(rows), ctx.as_of, finetune.MIN_PRODUCTS)
+        return conf.encoder_dir, {"how": f"not fitted: {len(rows)} products with outcomes (need "
+                                         f"{finetune.MIN_PRODUCTS})", "products": len(rows)}
+    rows = rows.sort_values("product_id", kind="stable").reset_index(drop=True)
+    out = finetune.finetuned_dir(conf.finetune_dir, base, conf.finetune_layers)
+    facts = finetune.fit(base, rows[TEXT].tolist(), rows[["retained", "next_spend"]].to_numpy(),
+                         rows["lines"].to_numpy(), layers=conf.finetune_layers, epochs=conf.finetune_epochs,
+                         lr=conf.finetune_lr, seed=ctx.cfg.train.seed, out_dir=out,
+                         device=resolve_device(conf.use_gpu), product_ids=rows["product_id"].tolist(),
+                         extra={"history_before": ctx.as_of.isoformat(), "run_id": ctx.run_id})
+    return str(out), {"how": "fitted", "path": str(out), "products": facts["products"],
+                      "history_before": ctx.as_of.isoformat(), "best_epoch": facts["best_epoch"],
+                      "head_ridge": facts["head_ridge"], "history": facts["history"], "seconds": facts["seconds"]}
+
+
+def embed_table(ctx: JobContext, spec: EmbedSpec, info: EncoderInfo, *, embedded_at: dt.datetime,
+                encoder_dir: Optional[str] = None) -> dict:
     """Embed the pending rows of one source table and MERGE them; the table's summary facts."""
     spark, conf = ctx.spark, ctx.cfg.embed
     source_ref = lake.table_ref(ctx.cfg.lakehouse, spec.source.name)
@@ -118,7 +188,7 @@ def embed_table(ctx: JobContext, spec: EmbedSpec, info: EncoderInfo, *, embedded
             facts["version"] = lake.current_version(spark, target_ref)
             return facts
         _check_unique(pending, keys, source_ref.name)
-        facts.update(_embed_and_merge(ctx, spec, info, pending, embedded_at=embedded_at,
+        facts.update(_embed_and_merge(ctx, spec, info, pending, embedded_at=embedded_at, encoder_dir=encoder_dir,
                                       partitions=_partitions(spark, conf.partitions)))
         facts["version"] = lake.current_version(spark, target_ref)
         return facts
@@ -134,9 +204,9 @@ def _check_unique(pending, keys: list[str], table: str) -> None:
 
 
 def _embed_and_merge(ctx, spec: EmbedSpec, info: EncoderInfo, pending, *, embedded_at: dt.datetime,
-                     partitions: int) -> dict:
+                     encoder_dir: Optional[str], partitions: int) -> dict:
     spark, conf = ctx.spark, ctx.cfg.embed
-    vectors = embed_texts_df(build.distinct_texts(pending), info=info, encoder_dir=conf.encoder_dir,
+    vectors = embed_texts_df(build.distinct_texts(pending), info=info, encoder_dir=encoder_dir,
                              use_gpu=conf.use_gpu, batch_size=conf.batch_size, partitions=partitions)
     vectors = vectors.persist(StorageLevel.MEMORY_AND_DISK)
     try:
