@@ -335,10 +335,10 @@ def _sequence_cols(features_cfg: Optional[FeaturesConf] = None) -> tuple[Col, ..
     )
     if not (features_cfg or FeaturesConf()).text:
         return cols
-    return cols + (Col(SEQ_TEXT, "ARRAY<FLOAT>", True, "Per-event product text of seq_tokens: for each of the L "
-                       "positions the k = features.text_dims components (text_projection) of the |amount|-weighted "
-                       "mean of the event's order lines' product embeddings, flattened (length L * k); zeros for an "
-                       "event or padding without; null when no event has product text (the model's text fusion)"),)
+    return cols + (Col(SEQ_TEXT, "ARRAY<FLOAT>", True, "Per-event product text of seq_tokens: per position, the "
+                       "features.text_dims (k) text_projection components of the |amount|-weighted mean product "
+                       "embedding of the event's order lines, flattened (L * k); zeros without; null when no event "
+                       "has text"),)
 
 
 def user_features_contract(features_cfg: Optional[FeaturesConf] = None,
@@ -640,14 +640,9 @@ EVALUATION_METRICS = register(EVALUATION, TableContract(
                               "is scored, that share, e.g. origin=1997-10-01/h=273/test=0.5", False),
         _c("method", "STRING", "model, bgnbd_gg, gbm, rfm_heuristic, two_model_gbm, x_learner, class_transformation, "
                                "oracle", False),
-        _c("metric", "STRING", "Metric name: value_gini, value_decile_mape, value_spearman, value_total_ratio, "
-                               "churn_auc, churn_pr_auc, churn_ece, qini_<conversion|value>[<arm>] (without [arm]: "
-                               "mean over arms), auuc_*, uplift_at_k_*, *_truth_pearson / *_truth_spearman "
-                               "(synthetic: vs the true values), <metric>_share_of_oracle; and, with method model, "
-                               "its paired-bootstrap margins over method O (best[O]: the best non-oracle other "
-                               "method on the full test set), positive = the model is better: "
-                               "margin_vs_<O>:<metric> (point), margin_lo_vs_<O>:<metric> / margin_hi_vs_<O>:<metric> "
-                               "(95 % interval), p_not_better_vs_<O>:<metric> (share of resamples with margin <= 0)",
+        _c("metric", "STRING", "Metric name: value_gini, value_decile_mape, churn_auc, qini_*, policy_* ...; with method "
+                               "model also margin_vs_<O>:<m>, margin_lo_vs_ / margin_hi_vs_<O>:<m> (95 % paired "
+                               "bootstrap) and p_not_better_vs_<O>:<m>, O the best other method (README: Evaluation)",
            False),
         _c("value", "DOUBLE", "Metric value"),
         _c(AS_OF_DATE, "DATE", "Run date of the evaluation", False),

@@ -65,7 +65,8 @@ def ensure_table(spark, ref: TableRef, contract: TableContract):
     The contract supplies the table comment, every column's type, nullability and comment, and
     the partition columns, so the table documents itself in ``DESCRIBE TABLE EXTENDED``.
     An existing table written by an older version gains the contract's new nullable columns
-    (:func:`add_new_columns`), so an upgrade needs no manual migration.
+    (:func:`add_new_columns`) and its current column comments (:func:`refresh_comments`), so an
+    upgrade needs no manual migration.
     """
     from delta.tables import DeltaTable
 
@@ -94,14 +95,20 @@ _HYGIENE_CHECKED: set = set()
 
 
 def _apply_hygiene(spark, ref: TableRef, contract: TableContract, fresh: bool = False) -> None:
-    """Add the contract's missing table properties and CHECK constraints (once per table and process).
+    """Add the contract's missing table properties and CHECK constraints, refresh changed column
+    comments (once per table and process).
 
     A new table gets its properties in the CREATE commit and one commit per constraint; a table
     made before the contract had them gets them the first time a job touches it. A constraint
     that existing rows break makes Delta refuse to add it: that error names the constraint.
     """
     key = (ref.name, ref.path)
-    if (key in _HYGIENE_CHECKED and not fresh) or not (contract.checks or contract.properties):
+    if key in _HYGIENE_CHECKED and not fresh:
+        return
+    if not fresh:
+        refresh_comments(spark, ref, contract)
+    if not (contract.checks or contract.properties):
+        _HYGIENE_CHECKED.add(key)
         return
     current = {r[0]: r[1] for r in spark.sql(f"SHOW TBLPROPERTIES {_quote(ref.name)}").collect()}
     missing = {k: v for k, v in contract.properties if current.get(k) != v}
@@ -131,6 +138,25 @@ def add_new_columns(spark, ref: TableRef, contract: TableContract) -> list[str]:
                          for c in missing)
         spark.sql(f"ALTER TABLE {_quote(ref.name)} ADD COLUMNS ({spec})")
     return [c.name for c in missing]
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def refresh_comments(spark, ref: TableRef, contract: TableContract) -> list[str]:
+    """``ALTER COLUMN .. COMMENT`` where the table's column comment differs from the contract's.
+
+    Returns the columns changed. Tables written by an older version keep documenting themselves
+    with the current text, and lose comments longer than the Hive metastore's 256 characters (a
+    permanent view over such a column retries for 20 s in the metastore on every CREATE).
+    """
+    fields = {f.name: f for f in spark.table(ref.name).schema.fields}
+    changed = [c for c in contract.columns
+               if c.name in fields and c.comment and fields[c.name].metadata.get("comment") != c.comment]
+    for c in changed:
+        spark.sql(f"ALTER TABLE {_quote(ref.name)} ALTER COLUMN `{c.name}` COMMENT {_sql_string(c.comment)}")
+    return [c.name for c in changed]
 
 
 def set_table_comment(spark, ref: TableRef, comment: str) -> None:

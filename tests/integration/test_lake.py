@@ -153,3 +153,23 @@ def test_an_older_table_gains_the_contracts_new_nullable_columns_and_keeps_its_r
     with pytest.raises(lake.SchemaMismatchError, match=r"NOT NULL column\(s\) \['must'\]"):
         lake.ensure_table(spark, ref, strict)
     assert lake.current_version(spark, ref) == version
+
+
+def test_an_older_table_gets_the_contracts_current_column_comments(spark, lakehouse):
+    import dataclasses
+
+    ref = lake.table_ref(lakehouse, "scores_commented")
+    old = dataclasses.replace(SCORES, name="scores_commented",
+                              columns=tuple(dataclasses.replace(c, comment="x" * 300) if c.name == "score" else c
+                                            for c in SCORES.columns))
+    lake.write_partition(spark, spark.createDataFrame([("u1", D1, 1.0)], "user_id string, as_of_date date, score double"),
+                         ref, old, as_of=D1)
+    lake._HYGIENE_CHECKED.discard((ref.name, ref.path))   # a later process, with the current contract
+    new = dataclasses.replace(old, columns=tuple(dataclasses.replace(c, comment="Score, it's short") if c.name == "score"
+                                                 else c for c in old.columns))
+    lake.write_partition(spark, spark.createDataFrame([("u2", D2, 2.0)], "user_id string, as_of_date date, score double"),
+                         ref, new, as_of=D2)
+    comments = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE {ref.name}").collect()}
+    assert comments["score"] == "Score, it's short"
+    assert lake.refresh_comments(spark, ref, new) == []    # nothing left to change
+    assert sorted(r[0] for r in lake.read_table(spark, ref).select("user_id").collect()) == ["u1", "u2"]

@@ -42,11 +42,10 @@ PRODUCT_PROFILE = block(
     source=PRODUCT_TEXT,
 )
 PRODUCT_DIMS = block(
-    Feature("text_dim_{i}", "Component {i} of the user's product-text profile: spend-weighted mean of the bought "
-                            "products' text embeddings (view-weighted over viewed products without a purchase), "
-                            "projected on component {i} of table text_projection (a principal component of the product "
-                            "embeddings; the last features.text_supervised ones: directions that predict whether a "
-                            "product's buyers bought again and what they spent next); 0 without"),
+    # at most 256 characters (the Hive metastore's column-comment limit; see tests/unit/test_catalog.py)
+    Feature("text_dim_{i}", "Component {i} of the user's product-text profile: spend-weighted mean embedding of "
+                            "bought products (view-weighted if only viewed) on text_projection component {i} (the "
+                            "last features.text_supervised predict what buyers did next); 0 without"),
     source=PRODUCT_TEXT, per="text_dim",
 )
 REVIEWS = block(
