@@ -39,6 +39,7 @@ EXTRAS = {
         "nbclient>=0.10",
         "ipykernel>=6.29",
         "scikit-uplift==0.5.1",  # independent reference for the class-transformation uplift baseline's test
+        "duckdb>=1.1",  # single-node SQL reference of the user_features (bench/duckdb_features.py, issue 16)
     ],
 }
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHES = ("generate", "ingest", "features", "train", "score", "embed", "evaluate", "cluster")
+BENCHES = ("generate", "ingest", "features", "duckdb", "train", "score", "embed", "evaluate", "cluster")
 
 
 def main(argv=None) -> int:
