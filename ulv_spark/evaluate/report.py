@@ -78,7 +78,8 @@ def _png(fig) -> str:
 def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.2):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height * nrows))
+    # constrained layout: a panel's title never runs into the x-axis label of the panel above
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
 
