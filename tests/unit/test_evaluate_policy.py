@@ -119,6 +119,15 @@ def test_true_gain_is_the_mean_true_uplift_of_the_chosen_arms():
     assert P.true_gain(P.spread({"coupon": 3}, 3, ARMS, none_arm="control"), tau) == pytest.approx(5 / 3)
 
 
+def test_profit_is_the_margin_on_the_gain_net_of_the_mean_arm_cost():
+    target = P.one_hot(["coupon", "coupon", None, None], ARMS, none_arm="control")
+    cost = P.mean_cost(target, np.array([0.0, 1.5]))
+    assert cost == pytest.approx(0.75)
+    assert P.profit(4.0, 0.3, cost) == pytest.approx(0.45) and P.profit(None, 0.3, cost) is None
+    assert P.parse_policy_metric("policy_true_profit_value_long[budget=none]") == ("true_profit", "value_long", "",
+                                                                                   "none")
+
+
 def test_policy_metric_names_round_trip():
     name = P.policy_metric("dr_gain", "value_long", "lo", "0.25")
     assert name == "policy_dr_gain_value_long_lo[budget=0.25]"
@@ -210,6 +219,16 @@ def test_policy_rows_cover_every_policy_and_the_plan_estimate_covers_the_truth(s
         assert wide[("model", f"policy_true_gain_value[budget={budget}]")] > wide[
             ("random", f"policy_true_gain_value[budget={budget}]")]
     assert wide[("model", "policy_true_gain_value[budget=0.2]")] < wide[("model", "policy_true_gain_value[budget=0.4]")]
+    # profit = margin (1) x gain - mean cost (1 per user sent): sending everyone loses what the
+    # users with tau = 0 cost, so the plan's true profit is above send-all's
+    sent = {"send_all[coupon]": 1.0, "send_none": 0.0}
+    for method, share in sent.items():
+        gain = wide[(method, "policy_true_gain_value")]
+        assert wide[(method, "policy_true_profit_value")] == pytest.approx(gain - share)
+        assert wide[(method, "policy_dr_profit_value")] == pytest.approx(wide[(method, "policy_dr_gain_value")] - share)
+        assert wide[(method, "policy_dr_profit_value_lo")] == pytest.approx(
+            wide[(method, "policy_dr_gain_value_lo")] - share)
+    assert wide[("model", "policy_true_profit_value[budget=none]")] > wide[("send_all[coupon]", "policy_true_profit_value")]
     # DR's interval is narrower than IPW's with a good outcome model
     width = {est: wide[("model", f"policy_{est}_gain_value_hi[budget=none]")]
              - wide[("model", f"policy_{est}_gain_value_lo[budget=none]")] for est in ("ipw", "dr")}

@@ -29,7 +29,7 @@ from ulv_spark.evaluate import bootstrap as B
 ESTIMATORS = ("ipw", "dr")
 POLICY_PREFIX = "policy_"
 NO_BUDGET = "none"
-_METRIC_RE = re.compile(r"^policy_(ipw|dr|ipw_gain|dr_gain|true_gain)_(value|value_long)(_lo|_hi)?"
+_METRIC_RE = re.compile(r"^policy_(ipw|dr|ipw_gain|dr_gain|true_gain|dr_profit|true_profit)_(value|value_long)(_lo|_hi)?"
                         r"(?:\[budget=([^\]]+)\])?$")
 
 
@@ -143,6 +143,16 @@ def estimate(terms: np.ndarray, samples: Optional[np.ndarray], level: float = 0.
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(samples, [tail, 100 - tail])
     return Estimate(value, float(lo), float(hi))
+
+
+def mean_cost(target: np.ndarray, arm_cost: np.ndarray) -> float:
+    """Mean arm cost per user of a policy: mean_u Σ_k target[u, k] · cost[k] (cost 0 for the none arm)."""
+    return float(np.mean(np.asarray(target, np.float64) @ np.asarray(arm_cost, np.float64)))
+
+
+def profit(gain: Optional[float], margin: float, cost: float) -> Optional[float]:
+    """Profit per user over send-none: margin · gain − cost (None stays None; monotone, so intervals map too)."""
+    return None if gain is None else margin * gain - cost
 
 
 def true_gain(target: np.ndarray, true_uplift: np.ndarray) -> float:

@@ -23,7 +23,9 @@ budgets do not bind, and only "none" is evaluated. Outcomes: the response-window
 The DR outcome model μ(u, k) = mean outcome of the exposed control users + the uplift the model
 predicts for arm k (two_model_gbm when the model did not run; the constant alone when neither did);
 the same μ for every policy, so their DR values stay paired. Rows go into evaluation_metrics as
-(method = policy, metric = policy_<ipw|dr|ipw_gain|dr_gain|true_gain>_<outcome>[_lo|_hi][budget=..]).
+(method = policy, metric = policy_<ipw|dr|ipw_gain|dr_gain|true_gain|dr_profit|true_profit>_<outcome>[_lo|_hi][budget=..]);
+profit = score.margin × gain − the policy's mean arm cost per exposed user (score.arm_costs), i.e.
+what the plan's objective counts: incremental margin net of what the promotions cost.
 """
 from __future__ import annotations
 
@@ -188,6 +190,9 @@ def split_policy_rows(spark, res, cfg, *, dataset: str, log=None) -> list[dict]:
             out.append({"dataset": dataset, "split": res.split.name, "method": method, "metric": metric,
                         "value": float(value)})
 
+    margin = float(cfg.score.margin)
+    arm_cost = np.array([0.0] + [float(cfg.score.arm_costs.get(a, 0.0)) for a in arms[1:]])
+    costs = {(method, tag): P.mean_cost(target, arm_cost) for method, tag, target in policies}
     width = terms.shape[1]
     for i, (method, tag, k, est) in enumerate(names):
         for quantity, column in ((est, i), (f"{est}_gain", width + i)):
@@ -195,12 +200,20 @@ def split_policy_rows(spark, res, cfg, *, dataset: str, log=None) -> list[dict]:
             add(method, P.policy_metric(quantity, k, budget=tag), got.value)
             add(method, P.policy_metric(quantity, k, "lo", tag), got.lo)
             add(method, P.policy_metric(quantity, k, "hi", tag), got.hi)
+            if est == "dr" and quantity == "dr_gain":
+                cost = costs[(method, tag)]
+                for stat, value in (("", got.value), ("lo", got.lo), ("hi", got.hi)):
+                    got_profit = P.profit(value, margin, cost)
+                    if got_profit is not None:
+                        add(method, P.policy_metric("dr_profit", k, stat, tag), got_profit)
     for method, tag, target in policies:
         for k in outcomes:
             cols = [true_uplift_column(k, a) for a in arms[1:]]
             if all(c in test.columns for c in cols):
                 tau = np.column_stack([np.zeros(n)] + [test[c].astype(float).fillna(0.0).to_numpy() for c in cols])
-                add(method, P.policy_metric("true_gain", k, budget=tag), P.true_gain(target, tau))
+                gain = P.true_gain(target, tau)
+                add(method, P.policy_metric("true_gain", k, budget=tag), gain)
+                add(method, P.policy_metric("true_profit", k, budget=tag), P.profit(gain, margin, costs[(method, tag)]))
     log.info("%s: %d policies valued off-policy on %d exposed test users (propensities %s, DR outcome model %s)",
              res.split.name, len(policies), n, {a: round(p, 4) for a, p in shares.items()}, mu_source or "constant")
     return out

@@ -210,7 +210,8 @@ POLICY_NOTE = ("Policies valued off-policy on the randomised exposures of the ev
                "(paired); [95 % CI] over paired bootstrap resamples of the users; true gain = the policy's mean "
                "true uplift (synthetic data). model / two_model_gbm / oracle = plan/allocate.py's plan from that "
                "method's uplifts at the budget (a share of the cost of sending every exposed user an arm); "
-               "random = the model plan's per-arm counts given to random users.")
+               "random = the model plan's per-arm counts given to random users. profit = score.margin x gain minus "
+               "the policy's mean arm cost per exposed user (score.arm_costs): the money the promotions made.")
 
 
 def policy_frame(metrics: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -232,7 +233,8 @@ def policy_table(metrics: pd.DataFrame, split: str) -> str:
         return ""
     cells = {(r.method, r.budget, r.quantity, r.outcome, r.stat): r.value for r in frame.itertuples(index=False)}
     outcomes = [o for o in ("value", "value_long") if o in set(frame["outcome"])]
-    quantities = [q for q in ("ipw", "dr", "ipw_gain", "dr_gain", "true_gain") if q in set(frame["quantity"])]
+    quantities = [q for q in ("ipw", "dr", "ipw_gain", "dr_gain", "true_gain", "dr_profit", "true_profit")
+                  if q in set(frame["quantity"])]
     keys = sorted({(r.method, r.budget) for r in frame.itertuples(index=False)},
                   key=lambda k: (k[1] is not None, _budget_key(k[1]), k[0]))
     head = "".join(f"<th>{html.escape(q)} {html.escape(o)}</th>" for o in outcomes for q in quantities)
