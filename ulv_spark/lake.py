@@ -134,13 +134,13 @@ def add_new_columns(spark, ref: TableRef, contract: TableContract) -> list[str]:
         raise SchemaMismatchError(f"{contract.name}: the existing table lacks NOT NULL column(s) {required}; "
                                   f"rebuild it (older rows have no value for them)")
     if missing:
-        spec = ", ".join(f"`{c.name}` {c.type} COMMENT '{c.comment.replace(chr(39), chr(92) + chr(39))}'"
-                         for c in missing)
+        spec = ", ".join(f"`{c.name}` {c.type} COMMENT {_sql_string(c.comment)}" for c in missing)
         spark.sql(f"ALTER TABLE {_quote(ref.name)} ADD COLUMNS ({spec})")
     return [c.name for c in missing]
 
 
 def _sql_string(text: str) -> str:
+    """``text`` as a Spark SQL string literal (backslashes and quotes escaped)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

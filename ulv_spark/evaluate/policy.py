@@ -150,9 +150,9 @@ def mean_cost(target: np.ndarray, arm_cost: np.ndarray) -> float:
     return float(np.mean(np.asarray(target, np.float64) @ np.asarray(arm_cost, np.float64)))
 
 
-def profit(gain: Optional[float], margin: float, cost: float) -> Optional[float]:
-    """Profit per user over send-none: margin · gain − cost (None stays None; monotone, so intervals map too)."""
-    return None if gain is None else margin * gain - cost
+def profit(gain: float, margin: float, cost: float) -> float:
+    """Profit per user over send-none: margin · gain − cost (monotone in the gain, so its interval maps too)."""
+    return margin * gain - cost
 
 
 def true_gain(target: np.ndarray, true_uplift: np.ndarray) -> float:

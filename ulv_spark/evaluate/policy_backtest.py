@@ -200,12 +200,9 @@ def split_policy_rows(spark, res, cfg, *, dataset: str, log=None) -> list[dict]:
             add(method, P.policy_metric(quantity, k, budget=tag), got.value)
             add(method, P.policy_metric(quantity, k, "lo", tag), got.lo)
             add(method, P.policy_metric(quantity, k, "hi", tag), got.hi)
-            if est == "dr" and quantity == "dr_gain":
-                cost = costs[(method, tag)]
+            if quantity == "dr_gain":   # add() drops a non-finite bound (no resamples)
                 for stat, value in (("", got.value), ("lo", got.lo), ("hi", got.hi)):
-                    got_profit = P.profit(value, margin, cost)
-                    if got_profit is not None:
-                        add(method, P.policy_metric("dr_profit", k, stat, tag), got_profit)
+                    add(method, P.policy_metric("dr_profit", k, stat, tag), P.profit(value, margin, costs[(method, tag)]))
     for method, tag, target in policies:
         for k in outcomes:
             cols = [true_uplift_column(k, a) for a in arms[1:]]
